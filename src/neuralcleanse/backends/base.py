@@ -1,0 +1,174 @@
+"""The small interface every framework backend implements.
+
+Everything outside ``backends/`` talks to a model only through :class:`Classifier` and the
+:class:`TriggerSession` it opens, and never imports a deep-learning framework itself.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..config import ScanConfig
+
+#: Keeps ``tanh`` away from exactly +-1 so that the inverse stays finite (the authors' epsilon).
+TANH_EPSILON = 1e-7
+
+Preprocessing = tuple[Any, Any] | Callable[[Any], Any] | None
+
+
+def to_raw(values: np.ndarray) -> np.ndarray:
+    """Map values in [0, 1] to the unconstrained ``tanh`` parametrisation."""
+    return np.arctanh((np.asarray(values, dtype=np.float64) - 0.5) * (2.0 - TANH_EPSILON))
+
+
+@dataclass
+class StepStats:
+    """What one optimisation step measured for each stacked label (host arrays)."""
+
+    attack_success_rate: np.ndarray
+    reg: np.ndarray
+    loss: np.ndarray
+
+
+class TriggerSession(abc.ABC):
+    """Stacked trigger parameters of several labels, optimised together on one model.
+
+    Slots are the positions of the labels in the stack; :meth:`remove` compacts them.
+    """
+
+    @abc.abstractmethod
+    def add(self, targets: np.ndarray, mask_raw: np.ndarray, pattern_raw: np.ndarray) -> None:
+        """Append labels with their initial raw mask ``(k, H, W)`` and pattern ``(k, *shape)``."""
+
+    @abc.abstractmethod
+    def remove(self, slots: np.ndarray) -> None:
+        """Drop the labels in ``slots``; the remaining ones keep their order."""
+
+    @abc.abstractmethod
+    def step(self, batch_indices: np.ndarray, costs: np.ndarray) -> StepStats:
+        """Run one step: ``batch_indices`` has shape ``(M, n_slots, B)``, ``costs`` ``(n_slots,)``.
+
+        Each mini-batch is one forward/backward pass over all slots followed by an Adam update;
+        the results are synchronised to the host once, at the end of the step.
+        """
+
+    @abc.abstractmethod
+    def triggers(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Decoded ``(mask (k, H, W) in [0, 1], pattern (k, *shape) in the raw range)``."""
+
+    @property
+    @abc.abstractmethod
+    def size(self) -> int:
+        """Number of labels in the stack."""
+
+
+class Classifier(abc.ABC):
+    """A wrapped model: what the framework-neutral code may ask of it.
+
+    Attributes:
+        framework: ``"pytorch"`` or ``"tensorflow"``.
+        input_shape: Shape of one input, without the batch axis.
+        nb_classes: Number of outputs.
+        channels_first: Whether the channel axis comes before the spatial axes.
+        clip_values: Raw input range ``(min, max)``.
+        output: ``"logits"`` or ``"probabilities"``.
+    """
+
+    framework: str
+    input_shape: tuple[int, ...]
+    nb_classes: int
+    channels_first: bool
+    clip_values: tuple[float, float]
+    output: str
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        """Spatial size ``(H, W)`` of one input, the shape of a trigger mask."""
+        if len(self.input_shape) == 2:
+            return tuple(self.input_shape)  # type: ignore[return-value]
+        if self.channels_first:
+            return tuple(self.input_shape[1:])  # type: ignore[return-value]
+        return tuple(self.input_shape[:2])  # type: ignore[return-value]
+
+    @abc.abstractmethod
+    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Model outputs for raw inputs ``x`` (preprocessing applied inside)."""
+
+    def predict_labels(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Predicted class of each input."""
+        return self.predict(x, batch_size=batch_size).argmax(axis=1)
+
+    @abc.abstractmethod
+    def activation_bytes_per_image(self) -> int:
+        """Rough memory that one image's forward and backward pass needs."""
+
+    @abc.abstractmethod
+    @contextmanager
+    def trigger_session(self, x: np.ndarray, y: np.ndarray, config: ScanConfig
+                        ) -> Iterator[TriggerSession]:
+        """Open a session for a trigger search over clean data ``x, y``.
+
+        While it is open the model's weights are frozen and it runs in inference mode; on exit,
+        even by an exception or ``KeyboardInterrupt``, the model is restored exactly.
+        """
+
+    # -- used by mitigation (filtering, pruning, unlearning) and the ART-compatible API --------
+    #: Layer spec meaning "the input of the final classification layer" (the default).
+    FINAL_LAYER_INPUT = "final_layer_input"
+
+    @abc.abstractmethod
+    def layer_names(self) -> list[str]:
+        """Names of the model's layers that may be chosen for activations and pruning."""
+
+    @abc.abstractmethod
+    def neuron_activations(self, x: np.ndarray, layer: str | int | None = None,
+                           batch_size: int = 256) -> np.ndarray:
+        """Per-neuron activations ``(N, neurons)`` of raw inputs ``x`` in one layer.
+
+        ``layer`` is a name or index from :meth:`layer_names` (its output), or ``None`` /
+        :attr:`FINAL_LAYER_INPUT` for the input of the final classification layer. Convolutional
+        outputs are averaged over space, so a channel is one neuron. An unknown layer raises
+        ``ValueError`` listing the candidates.
+        """
+
+    @abc.abstractmethod
+    def set_pruned_neurons(self, layer: str | int | None, neurons: np.ndarray) -> None:
+        """Make the given neurons of ``layer`` output zero (replacing any earlier pruning).
+
+        Reversible: weights are not touched (a mask or hook), ``neurons=[]`` undoes it, and
+        :meth:`save` writes the pruning into the saved weights.
+        """
+
+    @abc.abstractmethod
+    def copy(self) -> Classifier:
+        """An independent copy (model weights included) with the same settings."""
+
+    @abc.abstractmethod
+    def fine_tune(self, x: np.ndarray, y: np.ndarray, epochs: int, learning_rate: float,
+                  batch_size: int, seed: int) -> None:
+        """Train the model in place on raw inputs ``x`` and integer labels ``y``.
+
+        Uses the framework's own training loop, with training-mode layers (BatchNorm, dropout)
+        while training; the model is left in inference mode.
+        """
+
+    @abc.abstractmethod
+    def save(self, path: str) -> str:
+        """Save the model in its framework's native format; returns the path written."""
+
+    def describe(self) -> dict[str, Any]:
+        """Model facts echoed in reports."""
+        return {
+            "framework": self.framework,
+            "input_shape": list(self.input_shape),
+            "nb_classes": int(self.nb_classes),
+            "channels_first": bool(self.channels_first),
+            "clip_values": [float(self.clip_values[0]), float(self.clip_values[1])],
+            "output": self.output,
+        }

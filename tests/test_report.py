@@ -1,0 +1,267 @@
+"""Tests of the JSON/HTML reports: fields, images, chart, self-containment, Chromium rendering."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from neuralcleanse.config import ScanConfig
+from neuralcleanse.report import (
+    norm_chart,
+    render_directory,
+    render_html,
+    trigger_arrays,
+    write_report,
+)
+from neuralcleanse.results import LabelResult, ScanResult
+
+H = W = 8
+BACKDOOR = 3
+
+
+def _label(label: int, mask: np.ndarray, rng: np.random.Generator,
+           channels_first: bool = True) -> LabelResult:
+    shape = (3, H, W) if channels_first else (H, W, 3)
+    return LabelResult(label=label, mask=mask.astype(np.float32),
+                       pattern=rng.random(shape).astype(np.float32),
+                       norm=float(mask.sum()), attack_success_rate=0.995, converged=True,
+                       steps=40, seconds=0.5, final_cost=1e-3)
+
+
+def make_result(flag_backdoor: bool = True, partial: bool = False,
+                source: str = "digits.npz") -> ScanResult:
+    """Ten labels with evenly spread mask norms 19-25; label 3 gets a 2x2 mask if backdoored."""
+    rng = np.random.default_rng(0)
+    labels = []
+    for t in range(10):
+        mask = np.full((H, W), 0.3 + 0.01 * t)
+        if t == BACKDOOR and flag_backdoor:
+            mask = np.zeros((H, W))
+            mask[-2:, -2:] = 1.0
+        labels.append(_label(t, mask, rng))
+    return ScanResult.from_labels(
+        labels, nb_classes=10, anomaly_threshold=2.0, config=ScanConfig().to_dict(),
+        model_info={"framework": "pytorch", "path": "model.pt", "input_shape": [3, H, W],
+                    "channels_first": True, "clip_values": [0.0, 1.0], "output": "logits",
+                    "preprocessing": None},
+        data_info={"n_images": 500, "class_counts": [50] * 10, "source": source},
+        versions={"neuralcleanse": "0.1.0", "python": "3"}, wall_seconds=12.5,
+        partial=partial)
+
+
+def test_report_json_has_the_documented_fields(tmp_path: Path) -> None:
+    result = make_result()
+    paths = write_report(result, tmp_path)
+    data = json.loads(paths.json.read_text())
+    assert data["schema_version"] == 1
+    assert data["flagged_labels"] == [BACKDOOR]
+    assert data["partial"] is False
+    assert len(data["labels"]) == 10
+    for entry, r in zip(data["labels"], result.labels):
+        for key in ("label", "norm", "anomaly_index", "attack_success_rate", "converged"):
+            assert key in entry
+        assert entry["label"] == r.label
+        assert entry["norm"] == pytest.approx(r.norm)
+        assert np.asarray(entry["mask"]).reshape(entry["mask_shape"]).shape == (H, W)
+    assert data["labels"][BACKDOOR]["anomaly_index"] > 2
+    # the trigger images are written next to the report
+    for t in range(10):
+        for kind in ("mask", "pattern", "trigger"):
+            assert (paths.images / f"label_{t}_{kind}.png").is_file()
+
+
+def test_trigger_images_show_mask_pattern_and_their_product() -> None:
+    rng = np.random.default_rng(1)
+    mask = np.zeros((H, W))
+    mask[1, 2] = 1.0
+    mask[4, 4] = 0.5
+    r = _label(0, mask, rng)
+    r.pattern[:] = 0.0
+    r.pattern[0, 1, 2] = 1.0  # red channel of the masked pixel at full range
+    r.pattern[:, 4, 4] = 1.0
+    result = make_result()
+    images = trigger_arrays(result, r)
+    assert images["mask"].shape == (H, W) and images["mask"].dtype == np.uint8
+    assert images["pattern"].shape == (H, W, 3)
+    assert images["mask"][1, 2] == 255 and images["mask"][0, 0] == 0
+    assert images["mask"][4, 4] in (127, 128)
+    trigger = images["trigger"]
+    assert tuple(trigger[1, 2]) == (255, 0, 0)
+    assert tuple(trigger[4, 4]) in ((127, 127, 127), (128, 128, 128))
+    # everything the mask hides is black
+    hidden = np.ones((H, W), bool)
+    hidden[1, 2] = hidden[4, 4] = False
+    assert not trigger[hidden].any()
+
+
+def test_trigger_images_of_channels_last_grey_models_in_0_255() -> None:
+    r = LabelResult(label=0, mask=np.full((H, W), 0.5, np.float32),
+                    pattern=np.full((H, W, 1), 255.0, np.float32), norm=32.0,
+                    attack_success_rate=1.0, converged=True, steps=1, seconds=0.0,
+                    final_cost=0.0)
+    result = make_result()
+    result.model_info.update(channels_first=False, clip_values=[0.0, 255.0])
+    images = trigger_arrays(result, r)
+    assert images["pattern"].shape == (H, W)
+    assert np.all(images["pattern"] == 255)
+    assert np.all(np.isin(images["trigger"], (127, 128)))
+
+
+def test_chart_marks_the_flagged_label_below_the_threshold_line() -> None:
+    result = make_result()
+    chart = norm_chart(result)
+    assert [b["label"] for b in chart["bars"]] == list(range(10))
+    assert [b["flagged"] for b in chart["bars"]] == [t == BACKDOOR for t in range(10)]
+    lines = {line["kind"]: line["y"] for line in chart["lines"]}
+    assert set(lines) == {"median", "threshold"}
+    assert lines["threshold"] > lines["median"]  # a smaller norm is drawn lower
+    cutoff = result.median_norm - 2.0 * result.mad
+    assert chart["cutoff"] == pytest.approx(cutoff)
+    for bar, r in zip(chart["bars"], result.labels):
+        top_is_below_line = bar["y"] > lines["threshold"]
+        assert top_is_below_line == (r.norm < cutoff)
+    # heights are proportional to the norms
+    heights = np.array([b["h"] for b in chart["bars"]])
+    norms = np.array([r.norm for r in result.labels])
+    assert np.allclose(heights / heights.max(), norms / norms.max(), atol=0.01)
+
+
+def test_html_is_self_contained_verdict_first_and_escaped() -> None:
+    result = make_result(source="<script>alert('x')</script>")
+    html = render_html(result)
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
+    assert "@import" not in html and "url(http" not in html
+    assert "<script>alert" not in html and "&lt;script&gt;" in html
+    verdict = html.index('id="verdict"')
+    assert verdict < html.index('id="norm-chart"') < html.index("Every label")
+    assert "Backdoor suspected: label 3" in html
+    # mask, pattern and mask*pattern of every label, plus the large copies of the flagged one
+    assert html.count("<img ") == 3 * 10 + 3
+    assert html.count('src="data:image/png;base64,') == 3 * 10 + 3
+    assert html.count('id="flagged-3"') == 1
+    # settings, model facts, data summary, versions and timings are all shown
+    for field in ("early_stop_patience", "anomaly_threshold", "clip values", "channels first",
+                  "images per class", "python", "scan wall time"):
+        assert field in html
+
+
+def test_clean_and_partial_verdicts() -> None:
+    clean = render_html(make_result(flag_backdoor=False))
+    assert "No backdoor found" in clean and "Backdoor suspected" not in clean
+    assert 'class="verdict clean"' in clean
+    partial = render_html(make_result(partial=True))
+    assert 'class="verdict partial"' in partial
+    assert "Partial scan" in partial and "--resume" in partial
+    assert "Backdoor suspected" not in partial
+
+
+def test_report_dir_is_rerendered_from_its_json(tmp_path: Path) -> None:
+    paths = write_report(make_result(), tmp_path)
+    first = paths.html.read_text()
+    paths.html.unlink()
+    shutil.rmtree(paths.images)
+    again = render_directory(tmp_path)
+    second = again.html.read_text()
+
+    def strip_time(text: str) -> str:
+        return re.sub(r"generated \d{4}-\d\d-\d\d \d\d:\d\d", "", text)
+
+    assert strip_time(first) == strip_time(second)
+    assert len(list(again.images.glob("*.png"))) == 30
+
+
+def test_render_directory_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="report.json"):
+        render_directory(tmp_path)
+    (tmp_path / "report.json").write_text(json.dumps({"schema_version": 99}))
+    with pytest.raises(ValueError, match="schema_version"):
+        render_directory(tmp_path)
+
+
+# -- headless Chromium -----------------------------------------------------------------------
+def _chromium() -> str | None:
+    for name in (os.environ.get("NEURALCLEANSE_CHROMIUM"), "chromium", "chromium-browser",
+                 "google-chrome", "google-chrome-stable"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+CHECK_SCRIPT = """<script>
+window.addEventListener("load", () => {
+  const imgs = [...document.images];
+  const decoded = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
+  const bars = [...document.querySelectorAll("#norm-chart rect")]
+    .filter(r => r.getBoundingClientRect().height > 0).length;
+  document.body.setAttribute("data-check", decoded + "/" + imgs.length + "/" + bars);
+});
+</script>
+</body>"""
+
+
+def _run_chromium(browser: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--no-first-run", "--hide-scrollbars", f"--user-data-dir={profile}",
+         "--enable-logging=stderr", "--v=0", *args],
+        capture_output=True, text=True, timeout=120, check=False)
+
+
+def _console_messages(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if ":CONSOLE" in line]
+
+
+def test_html_renders_in_headless_chromium(tmp_path: Path) -> None:
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium, or set "
+                    "NEURALCLEANSE_CHROMIUM): the HTML rendering check is skipped")
+    from PIL import Image
+
+    paths = write_report(make_result(), tmp_path / "report")
+    shot = tmp_path / "shot.png"
+    run = _run_chromium(browser, tmp_path / "profile", f"--screenshot={shot}",
+                        "--window-size=1100,1600", paths.html.as_uri())
+    assert shot.is_file(), run.stderr[-2000:]
+    assert _console_messages(run.stderr) == []
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(np.int32)
+    assert pixels.shape[:2] == (1600, 1100)
+    assert pixels.std() > 20  # not blank
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50
+    red = (pixels[..., 0] > 170) & (pixels[..., 1] < 80) & (pixels[..., 2] < 80)
+    assert red.sum() > 500  # the verdict bar and the flagged label's bar are red
+
+    # every image decodes and every bar of the chart has a height, with no console message
+    probe = tmp_path / "report" / "probe.html"
+    probe.write_text(paths.html.read_text().replace("</body>", CHECK_SCRIPT))
+    run = _run_chromium(browser, tmp_path / "profile2", "--virtual-time-budget=5000",
+                        "--dump-dom", probe.as_uri())
+    found = re.search(r'data-check="(\d+)/(\d+)/(\d+)"', run.stdout)
+    assert found, run.stderr[-2000:]
+    decoded, total, bars = map(int, found.groups())
+    assert total == 33 and decoded == total
+    assert bars == 10
+    assert _console_messages(run.stderr) == []
+
+
+def test_chromium_check_detects_broken_pages(tmp_path: Path) -> None:
+    """The checks above would fail on a page with a broken image or a script error."""
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("Chromium is not installed: the HTML rendering check is skipped")
+    page = tmp_path / "broken.html"
+    page.write_text('<html><body><img src="data:image/png;base64,AAAA">'
+                    "<script>undefinedFunction();</script>" + CHECK_SCRIPT + "</html>")
+    run = _run_chromium(browser, tmp_path / "profile", "--virtual-time-budget=5000",
+                        "--dump-dom", page.as_uri())
+    found = re.search(r'data-check="(\d+)/(\d+)/(\d+)"', run.stdout)
+    assert found and found.group(1) == "0" and found.group(2) == "1"
+    assert any("undefinedFunction" in m for m in _console_messages(run.stderr))

@@ -1,0 +1,923 @@
+"""The ``neuralcleanse`` command line: ``scan``, ``mitigate``, ``report`` and ``demo``.
+
+Exit codes (the same for every command):
+
+* ``0``: success; for ``scan``, no label was flagged.
+* ``1``: ``scan`` flagged at least one label as a backdoor target.
+* ``2``: usage or input error (unknown flag, bad value, missing or unreadable model or data).
+* ``3``: unexpected internal error (``--debug`` shows the traceback).
+* ``130``: interrupted (Ctrl-C); ``scan`` leaves a partial report and ``--resume`` continues it.
+
+Errors are printed as one line on stderr, never as a traceback (unless ``--debug``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.console import Console
+
+from . import __version__
+from .config import ScanConfig
+from .loaders import (
+    LoadedData,
+    LoadedModel,
+    LoadError,
+    balanced_subsample,
+    fingerprint,
+    load_data,
+    load_model,
+    to_layout,
+)
+from .results import LabelResult, ScanResult
+
+try:  # typer >= 0.20 ships its own copy of click
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover - older typer depends on click
+    from click.exceptions import ClickException
+
+EXIT_CLEAN, EXIT_FLAGGED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+PARTIAL_DIR = "partial"
+DEFAULT_OUT = "neuralcleanse-report"
+
+_state: dict[str, Any] = {"debug": False}
+
+
+class CliError(Exception):
+    """A usage or input error; its message is shown as one line and the exit code is 2."""
+
+
+app = typer.Typer(
+    name="neuralcleanse",
+    help="Find and remove backdoors in trained image classifiers (Neural Cleanse).\n\n"
+         "Exit codes: 0 nothing flagged / success, 1 backdoor flagged (scan), 2 usage or input "
+         "error, 3 internal error, 130 interrupted.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"neuralcleanse {__version__}")
+        raise typer.Exit(EXIT_CLEAN)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version_callback,
+                                          is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors."
+                                        )] = False,
+) -> None:
+    """Find and remove backdoors in trained image classifiers (Neural Cleanse)."""
+    _state["debug"] = debug
+
+
+# -- option types shared by several commands -------------------------------------------------
+class OutputKind(str, Enum):
+    """What the model's last layer returns."""
+
+    auto = "auto"
+    logits = "logits"
+    probabilities = "probabilities"
+
+
+class DataLayout(str, Enum):
+    """Where the channel axis of 4-D data sits."""
+
+    auto = "auto"
+    nhwc = "nhwc"
+    nchw = "nchw"
+
+
+class Preset(str, Enum):
+    """Default search settings to start from."""
+
+    paper = "paper"
+    art = "art"
+
+
+class Method(str, Enum):
+    """Mitigation methods."""
+
+    unlearning = "unlearning"
+    pruning = "pruning"
+    filtering = "filtering"
+
+
+_MODEL = "Model"
+_DATA = "Data"
+_SEARCH = "Search settings (defaults: the paper's; see also --config)"
+_OUT = "Output"
+_MIT = "Mitigation options"
+
+ModelArg = Annotated[Path, typer.Argument(
+    help="Model file: .keras/.h5 (Keras), a TorchScript file, a torch.export archive (.pt2), "
+         "a PyTorch state dict (with --arch) or a pickled module (with --trust-pickle).",
+    show_default=False)]
+ArchOpt = Annotated[str | None, typer.Option(
+    "--arch", metavar="MODULE:FACTORY", rich_help_panel=_MODEL,
+    help="For a state dict: the function that builds the network, e.g. "
+         "neuralcleanse.architectures:mnist_badnet.")]
+ArchKwargsOpt = Annotated[str | None, typer.Option(
+    "--arch-kwargs", metavar="JSON", rich_help_panel=_MODEL,
+    help='Keyword arguments for the --arch factory, as JSON, e.g. \'{"nb_classes": 43}\'.')]
+TrustPickleOpt = Annotated[bool, typer.Option(
+    "--trust-pickle", rich_help_panel=_MODEL,
+    help="Allow loading a pickled full PyTorch module. Unpickling RUNS CODE STORED IN THE "
+         "FILE: only use it for files you trust.")]
+InputShapeOpt = Annotated[str | None, typer.Option(
+    "--input-shape", metavar="DIMS", rich_help_panel=_MODEL,
+    help="Shape of one input in the model's layout, e.g. 1,28,28 (channels first) or 32,32,3; "
+         "image folders are resized to it, other data must match it. Default: the model's "
+         "own (Keras) or the data's.")]
+ChannelsOpt = Annotated[bool | None, typer.Option(
+    "--channels-first/--channels-last", rich_help_panel=_MODEL, show_default=False,
+    help="Channel order the model takes. Default: first for PyTorch, last for Keras.")]
+ClipOpt = Annotated[str | None, typer.Option(
+    "--clip-values", metavar="MIN,MAX", rich_help_panel=_MODEL,
+    help="Raw input value range, e.g. 0,255. Default: 0,1 or 0,255, whichever the data "
+         "fits.")]
+SubtractOpt = Annotated[str | None, typer.Option(
+    "--subtract", metavar="V[,V...]", rich_help_panel=_MODEL,
+    help="Preprocessing applied after the trigger is stamped: (x - SUBTRACT) / DIVIDE. One "
+         "value, or one per channel.")]
+DivideOpt = Annotated[str | None, typer.Option(
+    "--divide", metavar="V[,V...]", rich_help_panel=_MODEL,
+    help="Divisor of the preprocessing (see --subtract).")]
+OutputOpt = Annotated[OutputKind, typer.Option(
+    "--output", rich_help_panel=_MODEL, case_sensitive=False,
+    help="What the model returns; auto checks whether its outputs are probability rows.")]
+DeviceOpt = Annotated[str | None, typer.Option(
+    "--device", rich_help_panel=_MODEL, help="PyTorch device, e.g. cpu or cuda (default cpu).")]
+DataOpt = Annotated[Path, typer.Option(
+    "--data", "-d", rich_help_panel=_DATA, show_default=False,
+    help="Clean labelled images: an .npz file or a folder with one sub-folder per class.")]
+XKeyOpt = Annotated[str | None, typer.Option(
+    "--x-key", rich_help_panel=_DATA, help="Key of the images in the .npz (default: detected).")]
+YKeyOpt = Annotated[str | None, typer.Option(
+    "--y-key", rich_help_panel=_DATA, help="Key of the labels in the .npz (default: detected).")]
+MaxSamplesOpt = Annotated[int | None, typer.Option(
+    "--max-samples", min=1, rich_help_panel=_DATA,
+    help="Use at most this many images: a seeded (--seed), class-balanced subsample.")]
+LayoutOpt = Annotated[DataLayout, typer.Option(
+    "--data-layout", rich_help_panel=_DATA, case_sensitive=False,
+    help="Channel axis of 4-D data; auto guesses it and moves it where the model wants it.")]
+
+
+# -- small parsers ---------------------------------------------------------------------------
+def _numbers(text: str, flag: str, count: int | None = None) -> list[float]:
+    try:
+        values = [float(v) for v in text.replace(" ", "").split(",") if v != ""]
+    except ValueError:
+        raise CliError(f"{flag} takes comma-separated numbers (got {text!r})") from None
+    if not values or (count is not None and len(values) != count):
+        want = f"{count} comma-separated numbers" if count else "comma-separated numbers"
+        raise CliError(f"{flag} takes {want} (got {text!r})")
+    if not all(math.isfinite(v) for v in values):
+        raise CliError(f"{flag} values must be finite (got {text!r})")
+    return values
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    out = []
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        lo, dash, hi = part.partition("-")
+        try:
+            if dash:
+                out.extend(range(int(lo), int(hi) + 1))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise CliError(f"{flag} takes integers or ranges like 0,3,5-7 (got {text!r})"
+                           ) from None
+    if not out:
+        raise CliError(f"{flag} is empty")
+    return sorted(set(out))
+
+
+def _auto_int(text: str | None, flag: str, word: str) -> int | None | str:
+    """Parse ``N`` or the word meaning ``None``; returns ``"unset"`` when not given."""
+    if text is None:
+        return "unset"
+    if text.strip().lower() == word:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise CliError(f"{flag} takes an integer or {word!r} (got {text!r})") from None
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read search settings from a JSON or TOML file (a flat table, or a ``[scan]`` table).
+
+    Keys are :class:`ScanConfig` field names (dashes allowed); ``mini_batches = "all"`` and
+    ``label_batch = "auto"`` stand for ``None``.
+    """
+    if not path.is_file():
+        raise CliError(f"config file {str(path)!r} does not exist")
+    text = path.read_text()
+    if path.suffix.lower() == ".toml":
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib  # type: ignore[no-redef]
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise CliError(f"{path.name} is not valid TOML: {exc}") from None
+    elif path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CliError(f"{path.name} is not valid JSON: {exc}") from None
+    else:
+        raise CliError(f"--config takes a .json or .toml file (got {path.name!r})")
+    if isinstance(data, dict) and isinstance(data.get("scan"), dict) and len(data) == 1:
+        data = data["scan"]
+    if not isinstance(data, dict):
+        raise CliError(f"{path.name} must hold a table of search settings")
+    out = {str(k).replace("-", "_"): v for k, v in data.items()}
+    for key, word in (("mini_batches", "all"), ("label_batch", "auto")):
+        if isinstance(out.get(key), str) and out[key].strip().lower() == word:
+            out[key] = None
+    unknown = sorted(set(out) - set(ScanConfig.field_names()))
+    if unknown:
+        raise CliError(f"{path.name}: unknown setting(s) {', '.join(unknown)}; valid settings "
+                       f"are {', '.join(ScanConfig.field_names())}")
+    return out
+
+
+def build_config(preset: Preset, config_file: Path | None, flags: dict[str, Any]) -> ScanConfig:
+    """Settings from the preset, then the config file, then the flags given on the line."""
+    settings: dict[str, Any] = {}
+    if config_file is not None:
+        settings.update(read_config_file(config_file))
+    settings.update({k: v for k, v in flags.items() if v != "unset" and v is not ...})
+    if "progress" not in settings:
+        settings["progress"] = sys.stdout.isatty()
+    try:
+        if preset is Preset.art:
+            return ScanConfig.art_defaults(**settings)
+        return ScanConfig(**settings)
+    except (TypeError, ValueError) as exc:
+        raise CliError(f"bad search setting: {exc}") from None
+
+
+# -- loading ---------------------------------------------------------------------------------
+def _shape(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    parts = text.lower().replace("x", ",").replace(" ", "").strip("()").split(",")
+    try:
+        dims = tuple(int(p) for p in parts if p)
+    except ValueError:
+        raise CliError(f"--input-shape takes integers like 1,28,28 (got {text!r})") from None
+    if len(dims) not in (2, 3) or min(dims) < 1:
+        raise CliError(f"--input-shape takes 2 or 3 positive integers (got {text!r})")
+    return dims
+
+
+class Inputs:
+    """Everything the model and data flags resolve to, shared by scan and mitigate."""
+
+    def __init__(self, model: LoadedModel, data: LoadedData, x: np.ndarray, y: np.ndarray,
+                 channels_first: bool, clip_values: tuple[float, float] | None,
+                 preprocessing: tuple[np.ndarray, np.ndarray] | None, output: str | None,
+                 output_source: str, device: str | None) -> None:
+        self.model = model
+        self.data = data
+        self.x = x
+        self.y = y
+        self.channels_first = channels_first
+        self.clip_values = clip_values
+        self.preprocessing = preprocessing
+        self.output = output
+        self.output_source = output_source
+        self.device = device
+
+    def wrap_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``scan`` / ``mitigate`` / ``prepare``."""
+        return dict(output=self.output, channels_first=self.channels_first,
+                    clip_values=self.clip_values, preprocessing=self.preprocessing,
+                    device=self.device)
+
+
+def load_inputs(model_path: Path, data_path: Path, *, arch: str | None, arch_kwargs: str | None,
+                trust_pickle: bool, input_shape: str | None, channels_first: bool | None,
+                clip_values: str | None, subtract: str | None, divide: str | None,
+                output: OutputKind, device: str | None, x_key: str | None, y_key: str | None,
+                max_samples: int | None, data_layout: DataLayout, seed: int,
+                defaults: dict[str, Any] | None = None) -> Inputs:
+    """Load and check the model and the data named on the command line.
+
+    ``defaults`` (a scan report's ``model_info``) fills the model flags that were not given.
+    """
+    defaults = defaults or {}
+    for path, what in ((model_path, "model file"), (data_path, "data path")):
+        if not path.exists():
+            raise CliError(f"{what} {str(path)!r} does not exist")
+    kwargs: dict[str, Any] = {}
+    if arch_kwargs is not None:
+        try:
+            kwargs = json.loads(arch_kwargs)
+        except json.JSONDecodeError as exc:
+            raise CliError(f"--arch-kwargs is not valid JSON: {exc}") from None
+        if not isinstance(kwargs, dict):
+            raise CliError("--arch-kwargs must be a JSON object, e.g. '{\"nb_classes\": 43}'")
+    shape = _shape(input_shape)
+    loaded = load_model(model_path, arch=arch, arch_kwargs=kwargs, trust_pickle=trust_pickle,
+                        device=device)
+    if channels_first is None:
+        known = defaults.get("channels_first")
+        channels_first = known if isinstance(known, bool) else loaded.channels_first_default
+    target_shape = shape or loaded.input_shape
+    image_size, channels = None, None
+    if target_shape is not None and len(target_shape) == 3:
+        if channels_first:
+            channels, image_size = target_shape[0], target_shape[1:]
+        else:
+            image_size, channels = target_shape[:2], target_shape[2]
+    elif target_shape is not None:
+        image_size, channels = target_shape, 1
+    data = load_data(data_path, x_key=x_key, y_key=y_key, image_size=image_size,
+                     channels=channels if channels in (1, 3) else None)
+    x, note = to_layout(data.x, channels_first, data_layout.value)
+    if note:
+        data.info["layout_change"] = note
+    y = np.asarray(data.y)
+    if max_samples is not None and max_samples < len(x):
+        if y.ndim != 1:
+            raise CliError("--max-samples needs integer labels (the labels are not a vector)")
+        keep = balanced_subsample(y, max_samples, seed)
+        x, y = x[keep], y[keep]
+        data.info["subsample"] = {"max_samples": int(max_samples), "seed": int(seed),
+                                  "of": int(len(data.x))}
+    if shape is not None and x.ndim == 4 and tuple(x.shape[1:]) != shape:
+        raise CliError(f"the data has images of shape {tuple(x.shape[1:])} but --input-shape "
+                       f"is {shape}")
+
+    clip = None
+    if clip_values is not None:
+        lo, hi = _numbers(clip_values, "--clip-values", 2)
+        if not lo < hi:
+            raise CliError(f"--clip-values needs MIN < MAX (got {clip_values!r})")
+        clip = (lo, hi)
+    elif isinstance(defaults.get("clip_values"), list) and len(defaults["clip_values"]) == 2:
+        clip = (float(defaults["clip_values"][0]), float(defaults["clip_values"][1]))
+
+    preprocessing = _preprocessing(subtract, divide, channels_first, x,
+                                   defaults.get("preprocessing"))
+    out_kind: str | None = None if output is OutputKind.auto else output.value
+    source = "given"
+    if out_kind is None and defaults.get("output") in ("logits", "probabilities"):
+        out_kind, source = defaults["output"], "from the scan report"
+    inputs = Inputs(loaded, data, x, y, channels_first, clip, preprocessing, out_kind, source,
+                    device)
+    if inputs.output is None:
+        _detect_output(inputs)
+    return inputs
+
+
+def _preprocessing(subtract: str | None, divide: str | None, channels_first: bool,
+                   x: np.ndarray, default: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    if subtract is None and divide is None:
+        if isinstance(default, list) and len(default) == 2:
+            return (np.asarray(default[0], np.float32), np.asarray(default[1], np.float32))
+        return None
+    sub = _numbers(subtract, "--subtract") if subtract is not None else [0.0]
+    div = _numbers(divide, "--divide") if divide is not None else [1.0]
+    if any(v == 0 for v in div):
+        raise CliError("--divide must not contain 0")
+    channels = 1 if x.ndim == 3 else (x.shape[1] if channels_first else x.shape[-1])
+
+    def shaped(values: list[float], flag: str) -> np.ndarray:
+        if len(values) == 1:
+            return np.float32(values[0]) * np.ones((), np.float32)
+        if len(values) != channels:
+            raise CliError(f"{flag} has {len(values)} values but the images have {channels} "
+                           "channel(s): give one value or one per channel")
+        arr = np.asarray(values, np.float32)
+        return arr.reshape(-1, 1, 1) if channels_first else arr
+
+    return shaped(sub, "--subtract"), shaped(div, "--divide")
+
+
+def _detect_output(inputs: Inputs) -> None:
+    """Set ``inputs.output`` from whether the model's outputs are probability rows."""
+    from .api import prepare
+
+    sample = inputs.x[:64]
+    options = inputs.wrap_options()
+    options["output"] = "logits"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf, images, _ = prepare(inputs.model.model, sample, None, **options)
+    out = clf.predict(images)
+    rows_are_probabilities = bool(np.all(out >= -1e-6) and np.all(out <= 1 + 1e-6)
+                                  and np.allclose(out.sum(axis=1), 1.0, atol=1e-3))
+    inputs.output = "probabilities" if rows_are_probabilities else "logits"
+    inputs.output_source = "detected from the model's outputs"
+
+
+def _model_info(inputs: Inputs, clf_info: dict[str, Any]) -> dict[str, Any]:
+    info = dict(inputs.model.info)
+    info.update(clf_info)
+    info["output_source"] = inputs.output_source
+    info["channel_order"] = "channels first" if inputs.channels_first else "channels last"
+    info["clip_values_source"] = "given" if inputs.clip_values is not None else \
+        "inferred from the data"
+    if info.get("preprocessing") is None and inputs.preprocessing is not None:
+        info["preprocessing"] = [inputs.preprocessing[0].tolist(),
+                                 inputs.preprocessing[1].tolist()]
+    return info
+
+
+# -- resumable scans -------------------------------------------------------------------------
+class PartialStore:
+    """Label results written one file per label as they finish, so a scan can resume.
+
+    Each file records a fingerprint of the model file, the data and the search settings;
+    results made with anything else are refused.
+    """
+
+    def __init__(self, folder: Path, key: str) -> None:
+        self.folder = folder
+        self.key = key
+
+    def path(self, label: int) -> Path:
+        """File of one label's result."""
+        return self.folder / f"label_{label}.json"
+
+    def save(self, result: LabelResult) -> None:
+        """Write one finished label (atomically: a killed process leaves no torn file)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        target = self.path(result.label)
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(json.dumps({"fingerprint": self.key, "result": result.to_dict()}))
+        tmp.replace(target)
+
+    def load(self) -> list[LabelResult]:
+        """The labels finished by an earlier run with the same model, data and settings."""
+        if not self.folder.is_dir():
+            return []
+        found = []
+        for f in sorted(self.folder.glob("label_*.json")):
+            try:
+                data = json.loads(f.read_text())
+                if data.get("fingerprint") != self.key:
+                    raise CliError(
+                        f"{f} was written by a scan with another model, data or settings; "
+                        f"drop --resume to start over (or remove {self.folder})")
+                found.append(LabelResult.from_dict(data["result"]))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                if isinstance(exc, CliError):
+                    raise
+                raise CliError(f"cannot resume from {f}: {exc}") from None
+        return found
+
+    def clear(self) -> None:
+        """Remove the folder of partial results."""
+        if self.folder.is_dir():
+            shutil.rmtree(self.folder)
+
+
+# -- commands --------------------------------------------------------------------------------
+@app.command()
+def scan(
+    model: ModelArg,
+    data: DataOpt,
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", rich_help_panel=_OUT,
+        help="Folder for report.json, report.html and the trigger images.")] = Path(DEFAULT_OUT),
+    resume: Annotated[bool, typer.Option(
+        "--resume", rich_help_panel=_OUT,
+        help="Continue an interrupted scan from the labels saved in OUT/partial.")] = False,
+    labels: Annotated[str | None, typer.Option(
+        "--labels", metavar="LIST", rich_help_panel=_OUT,
+        help="Scan only these labels, e.g. 0,3,5-7 (default: all).")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", metavar="FILE", rich_help_panel=_SEARCH,
+        help="JSON or TOML file of search settings (ScanConfig field names); flags given on "
+             "the command line win.")] = None,
+    preset: Annotated[Preset, typer.Option(
+        "--preset", rich_help_panel=_SEARCH, case_sensitive=False,
+        help="Defaults to start from: the paper's, or ART's KerasNeuralCleanse.")
+    ] = Preset.paper,
+    steps: Annotated[int | None, typer.Option(
+        "--steps", rich_help_panel=_SEARCH,
+        help="Maximum optimisation steps per label (default 1000).")] = None,
+    mini_batches: Annotated[str | None, typer.Option(
+        "--mini-batches", metavar="N|all", rich_help_panel=_SEARCH,
+        help="Mini-batches per step; 'all' = one pass over the data (default 31).")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        "--batch-size", rich_help_panel=_SEARCH,
+        help="Images per mini-batch (default 32).")] = None,
+    learning_rate: Annotated[float | None, typer.Option(
+        "--learning-rate", rich_help_panel=_SEARCH,
+        help="Adam learning rate (default 0.1).")] = None,
+    init_cost: Annotated[float | None, typer.Option(
+        "--init-cost", rich_help_panel=_SEARCH,
+        help="Norm cost once it is switched on (default 0.001).")] = None,
+    norm: Annotated[str | None, typer.Option(
+        "--norm", metavar="1|2|inf", rich_help_panel=_SEARCH,
+        help="Norm of the mask that is penalised (default 1).")] = None,
+    attack_success_threshold: Annotated[float | None, typer.Option(
+        "--attack-success-threshold", rich_help_panel=_SEARCH,
+        help="Attack success rate a trigger must reach (default 0.99).")] = None,
+    patience: Annotated[int | None, typer.Option(
+        "--patience", rich_help_panel=_SEARCH,
+        help="Steps in a row before the cost changes (default 5).")] = None,
+    cost_multiplier: Annotated[float | None, typer.Option(
+        "--cost-multiplier", rich_help_panel=_SEARCH,
+        help="Cost up: times m; down: divided by m**1.5 (default 2).")] = None,
+    early_stop: Annotated[bool | None, typer.Option(
+        "--early-stop/--no-early-stop", rich_help_panel=_SEARCH, show_default=False,
+        help="Let a label stop before --steps (default on).")] = None,
+    early_stop_threshold: Annotated[float | None, typer.Option(
+        "--early-stop-threshold", rich_help_panel=_SEARCH,
+        help="Best norm >= this x previous best counts as no improvement (default 1.0).")] = None,
+    early_stop_patience: Annotated[int | None, typer.Option(
+        "--early-stop-patience", rich_help_panel=_SEARCH,
+        help="Steps without improvement before a label stops (default 25).")] = None,
+    anomaly_threshold: Annotated[float | None, typer.Option(
+        "--anomaly-threshold", rich_help_panel=_SEARCH,
+        help="Flag labels whose anomaly index exceeds this (default 2).")] = None,
+    seed: Annotated[int | None, typer.Option(
+        "--seed", rich_help_panel=_SEARCH,
+        help="Seed of the trigger initialisation, mini-batches and --max-samples "
+             "(default 0).")] = None,
+    label_batch: Annotated[str | None, typer.Option(
+        "--label-batch", metavar="N|auto", rich_help_panel=_SEARCH,
+        help="Labels optimised together; 1 = one label at a time; auto = as many as "
+             "--memory-budget-mb allows (default auto).")] = None,
+    memory_budget_mb: Annotated[float | None, typer.Option(
+        "--memory-budget-mb", rich_help_panel=_SEARCH,
+        help="Memory the stacked labels may use (default 2048).")] = None,
+    progress: Annotated[bool | None, typer.Option(
+        "--progress/--no-progress", rich_help_panel=_SEARCH, show_default=False,
+        help="Live progress (labels done, active, step, ETA) (default on in a terminal).")] = None,
+    arch: ArchOpt = None,
+    arch_kwargs: ArchKwargsOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    input_shape: InputShapeOpt = None,
+    channels_first: ChannelsOpt = None,
+    clip_values: ClipOpt = None,
+    subtract: SubtractOpt = None,
+    divide: DivideOpt = None,
+    output: OutputOpt = OutputKind.auto,
+    device: DeviceOpt = None,
+    x_key: XKeyOpt = None,
+    y_key: YKeyOpt = None,
+    max_samples: MaxSamplesOpt = None,
+    data_layout: LayoutOpt = DataLayout.auto,
+) -> None:
+    """Scan MODEL for backdoors on clean labelled images; write the JSON and HTML reports.
+
+    Exit code 0 when no label is flagged, 1 when a backdoor is flagged, 2 on usage or input
+    errors, 130 when interrupted (a partial report is written; --resume continues).
+    """
+    flags = dict(steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+                 init_cost=init_cost, attack_success_threshold=attack_success_threshold,
+                 patience=patience, cost_multiplier=cost_multiplier, early_stop=early_stop,
+                 early_stop_threshold=early_stop_threshold,
+                 early_stop_patience=early_stop_patience, anomaly_threshold=anomaly_threshold,
+                 seed=seed, memory_budget_mb=memory_budget_mb, progress=progress, norm=norm)
+    flags = {k: ("unset" if v is None else v) for k, v in flags.items()}
+    flags["mini_batches"] = _auto_int(mini_batches, "--mini-batches", "all")
+    flags["label_batch"] = _auto_int(label_batch, "--label-batch", "auto")
+    cfg = build_config(preset, config, flags)
+    wanted = _int_list(labels, "--labels") if labels is not None else None
+
+    inputs = load_inputs(model, data, arch=arch, arch_kwargs=arch_kwargs,
+                         trust_pickle=trust_pickle, input_shape=input_shape,
+                         channels_first=channels_first, clip_values=clip_values,
+                         subtract=subtract, divide=divide, output=output, device=device,
+                         x_key=x_key, y_key=y_key, max_samples=max_samples,
+                         data_layout=data_layout, seed=cfg.seed)
+    result = run_scan(inputs, cfg, out, resume=resume, labels=wanted)
+    raise typer.Exit(EXIT_FLAGGED if result.flagged_labels else EXIT_CLEAN)
+
+
+def run_scan(inputs: Inputs, cfg: ScanConfig, out: Path, *, resume: bool = False,
+             labels: list[int] | None = None, console: Console | None = None) -> ScanResult:
+    """Scan with label-by-label saving, write the reports and print the summary.
+
+    On ``KeyboardInterrupt`` a partial report is written and :class:`Interrupted` raised.
+    """
+    from . import api
+    from .report import summary_table, write_report
+
+    console = console or Console()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # prepare warns again below, in scan(), if needed
+        clf, images, targets = api.prepare(inputs.model.model, inputs.x, inputs.y,
+                                           **inputs.wrap_options())
+    assert targets is not None
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in ("progress",
+                                                                    "anomaly_threshold")}
+    key = fingerprint(inputs.model.path, images, targets, settings,
+                      {k: _jsonable(v) for k, v in inputs.wrap_options().items()
+                       if k != "device"})
+    store = PartialStore(out / PARTIAL_DIR, key)
+    done: list[LabelResult] = []
+    if resume:
+        done = store.load()
+        if done:
+            console.print(f"resuming: {len(done)} label(s) already done in {store.folder}")
+    else:
+        store.clear()
+    model_info = _model_info(inputs, clf.describe())
+    data_info = {"n_images": int(len(images)),
+                 "class_counts": np.bincount(targets, minlength=clf.nb_classes).tolist(),
+                 **inputs.data.info}
+    try:
+        result = api.scan(clf, images, targets, config=cfg, labels=labels,
+                          on_label_done=store.save, done=done)
+    except KeyboardInterrupt:
+        finished = store.load()
+        partial = ScanResult.from_labels(
+            finished, nb_classes=clf.nb_classes, anomaly_threshold=cfg.anomaly_threshold,
+            config=cfg.to_dict(), model_info=model_info, data_info=data_info,
+            versions=api.versions(), partial=True)
+        paths = write_report(partial, out)
+        total = len(labels) if labels is not None else clf.nb_classes
+        raise Interrupted(f"interrupted: {len(finished)} of {total} labels done; partial "
+                          f"report in {paths.html}; rerun with --resume to continue") from None
+    result.model_info = model_info
+    result.data_info = data_info
+    result.partial = False
+    paths = write_report(result, out)
+    store.clear()
+    console.print(summary_table(result))
+    console.print(f"median norm {result.median_norm:.3f}, MAD {result.mad:.3f}, "
+                  f"wall time {result.wall_seconds:.1f} s")
+    style = "bold red" if result.flagged_labels else "bold green"
+    console.print(result.summary(), style=style)
+    console.print(f"report: {paths.html}  (JSON: {paths.json})")
+    return result
+
+
+class Interrupted(Exception):
+    """The scan was interrupted after writing a partial report."""
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+@app.command()
+def mitigate(
+    model: ModelArg,
+    data: DataOpt,
+    report: Annotated[Path, typer.Option(
+        "--report", "-r", rich_help_panel=_MIT, show_default=False,
+        help="The scan's report folder (or its report.json): the flagged labels and their "
+             "reversed triggers.")],
+    method: Annotated[Method, typer.Option(
+        "--method", "-m", rich_help_panel=_MIT, case_sensitive=False,
+        help="unlearning (fine-tune), pruning (silence neurons) or filtering (refuse "
+             "triggered inputs).")] = Method.unlearning,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", rich_help_panel=_OUT,
+        help="Folder for mitigation.json, the repaired model and the re-rendered report "
+             "(default: the report folder).")] = None,
+    save: Annotated[Path | None, typer.Option(
+        "--save", rich_help_panel=_OUT,
+        help="Where to save the repaired model (default: OUT/repaired.pt or .keras).")] = None,
+    labels: Annotated[str | None, typer.Option(
+        "--labels", metavar="LIST", rich_help_panel=_MIT,
+        help="Labels to mitigate (default: the flagged ones).")] = None,
+    layer: Annotated[str | None, typer.Option(
+        "--layer", rich_help_panel=_MIT,
+        help="Layer for pruning/filtering (default: the input of the final classification "
+             "layer).")] = None,
+    test_data: Annotated[Path | None, typer.Option(
+        "--test-data", rich_help_panel=_MIT,
+        help="Held-out clean data for the before/after measurements (default: a seeded split "
+             "of --data).")] = None,
+    test_fraction: Annotated[float | None, typer.Option(
+        "--test-fraction", rich_help_panel=_MIT,
+        help="Share of --data held out when no --test-data is given (default 0.2).")] = None,
+    epochs: Annotated[int | None, typer.Option(
+        "--epochs", rich_help_panel=_MIT, help="Unlearning: fine-tuning epochs.")] = None,
+    learning_rate: Annotated[float | None, typer.Option(
+        "--learning-rate", rich_help_panel=_MIT, help="Unlearning: learning rate.")] = None,
+    stamped_fraction: Annotated[float | None, typer.Option(
+        "--stamped-fraction", rich_help_panel=_MIT,
+        help="Unlearning: share of training images stamped with the reversed trigger.")
+    ] = None,
+    max_fraction: Annotated[float | None, typer.Option(
+        "--max-fraction", rich_help_panel=_MIT,
+        help="Pruning: most neurons of the layer to prune.")] = None,
+    target_asr: Annotated[float | None, typer.Option(
+        "--target-asr", rich_help_panel=_MIT,
+        help="Pruning: stop once the reversed trigger's success is below this.")] = None,
+    top_fraction: Annotated[float | None, typer.Option(
+        "--top-fraction", rich_help_panel=_MIT,
+        help="Filtering: share of the layer's neurons that score an input.")] = None,
+    target_fpr: Annotated[float | None, typer.Option(
+        "--target-fpr", rich_help_panel=_MIT,
+        help="Filtering: false-positive rate on clean inputs.")] = None,
+    seed: Annotated[int, typer.Option(
+        "--seed", rich_help_panel=_MIT, help="Seed of the split and of random choices.")] = 0,
+    arch: ArchOpt = None,
+    arch_kwargs: ArchKwargsOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    input_shape: InputShapeOpt = None,
+    channels_first: ChannelsOpt = None,
+    clip_values: ClipOpt = None,
+    subtract: SubtractOpt = None,
+    divide: DivideOpt = None,
+    output: OutputOpt = OutputKind.auto,
+    device: DeviceOpt = None,
+    x_key: XKeyOpt = None,
+    y_key: YKeyOpt = None,
+    max_samples: MaxSamplesOpt = None,
+    data_layout: LayoutOpt = DataLayout.auto,
+) -> None:
+    """Mitigate the backdoor a scan flagged; save the repaired model and the measurements.
+
+    Model flags not given (channel order, value range, preprocessing, output kind) default to
+    what the scan report recorded.
+    """
+    from . import mitigation as mitigation_module
+    from .report import MITIGATION_JSON, REPORT_JSON, render_directory
+
+    report_dir = report if report.is_dir() else report.parent
+    report_json = report / REPORT_JSON if report.is_dir() else report
+    if not report_json.is_file():
+        raise CliError(f"no scan report at {str(report_json)!r}: give the folder a scan wrote")
+    scan_result = ScanResult.from_json(report_json)
+    chosen = _int_list(labels, "--labels") if labels is not None else None
+    inputs = load_inputs(model, data, arch=arch, arch_kwargs=arch_kwargs,
+                         trust_pickle=trust_pickle, input_shape=input_shape,
+                         channels_first=channels_first, clip_values=clip_values,
+                         subtract=subtract, divide=divide, output=output, device=device,
+                         x_key=x_key, y_key=y_key, max_samples=max_samples,
+                         data_layout=data_layout, seed=seed,
+                         defaults=scan_result.model_info)
+    if inputs.model.format == "torchscript":
+        raise CliError("a TorchScript model can be scanned but not mitigated (its layers "
+                       "cannot be hooked or trained here): save its state dict and use --arch")
+    options = {k: v for k, v in dict(
+        epochs=epochs, learning_rate=learning_rate, stamped_fraction=stamped_fraction,
+        max_fraction=max_fraction, target_asr=target_asr, top_fraction=top_fraction,
+        target_fpr=target_fpr).items() if v is not None}
+    extra: dict[str, Any] = {}
+    if test_fraction is not None:
+        extra["test_fraction"] = test_fraction
+    if test_data is not None:
+        test = load_data(test_data, x_key=x_key, y_key=y_key,
+                         image_size=inputs.x.shape[1:3] if not inputs.channels_first
+                         else inputs.x.shape[2:4])
+        extra["x_test"], _ = to_layout(test.x, inputs.channels_first, data_layout.value)
+        extra["y_test"] = test.y
+    layer_spec: str | int | None = layer
+    if layer is not None and layer.lstrip("-").isdigit():
+        layer_spec = int(layer)
+    result = mitigation_module.mitigate(
+        inputs.model.model, inputs.x, inputs.y, scan_result, method=method.value,
+        layer=layer_spec, labels=chosen, seed=seed, **inputs.wrap_options(), **extra,
+        **options)
+    target = out or report_dir
+    target.mkdir(parents=True, exist_ok=True)
+    mitigation_dict = result.to_dict()
+    console = Console()
+    if method is not Method.filtering:
+        suffix = ".keras" if inputs.model.framework == "keras" else ".pt"
+        saved = result.save(str(save or target / f"repaired_{method.value}{suffix}"))
+        mitigation_dict["saved_model"] = saved
+        console.print(f"repaired model: {saved}")
+    (target / MITIGATION_JSON).write_text(json.dumps(mitigation_dict, indent=1))
+    if target != report_dir:
+        shutil.copy(report_json, target / REPORT_JSON)
+    paths = render_directory(target)
+    console.print(result.summary())
+    console.print(f"report: {paths.html}  (JSON: {target / MITIGATION_JSON})")
+    raise typer.Exit(EXIT_CLEAN)
+
+
+@app.command()
+def report(
+    path: Annotated[Path, typer.Argument(
+        help="A report folder (with report.json) or a report.json file.", show_default=False)],
+) -> None:
+    """Render report.html and the trigger images again from report.json."""
+    from .report import render_directory
+
+    folder = path if path.is_dir() else path.parent
+    if not path.exists():
+        raise CliError(f"{str(path)!r} does not exist")
+    if path.is_file() and path.name != "report.json":
+        raise CliError(f"give a report folder or its report.json (got {path.name!r})")
+    paths = render_directory(folder)
+    typer.echo(f"report: {paths.html}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Folder for the demo's report.")] = Path("neuralcleanse-demo"),
+    seed: Annotated[int, typer.Option("--seed", help="Seed of everything random.")] = 0,
+) -> None:
+    """Plant a backdoor in a small digits classifier, find it, remove it, write the report.
+
+    Uses scikit-learn's bundled 8x8 digits (no download); takes about a minute on 2 CPU cores.
+    """
+    from .demo import run_demo
+
+    run_demo(out, seed=seed, console=Console())
+
+
+# -- entry point -----------------------------------------------------------------------------
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"neuralcleanse: error: {_one_line(message)}\n")
+    sys.stderr.flush()
+
+
+@contextmanager
+def _short_warnings() -> Iterator[None]:
+    """Show Python warnings as single lines on stderr."""
+    def show(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+        sys.stderr.write(f"neuralcleanse: warning: {_one_line(str(message))}\n")
+
+    previous = warnings.showwarning
+    warnings.showwarning = show  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous  # type: ignore[assignment]
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    command = typer.main.get_command(app)
+    args = list(sys.argv[1:] if argv is None else argv)
+    _state["debug"] = "--debug" in args or os.environ.get("NEURALCLEANSE_DEBUG") == "1"
+    try:
+        with _short_warnings():
+            rv = command.main(args=args, prog_name="neuralcleanse", standalone_mode=False)
+    except ClickException as exc:
+        if not exc.format_message():  # e.g. no arguments: the help was printed
+            return EXIT_USAGE
+        hint = ""
+        ctx = getattr(exc, "ctx", None)
+        if ctx is not None:
+            hint = f" (see '{ctx.command_path} --help')"
+        _error(exc.format_message() + hint)
+        return EXIT_USAGE
+    except Interrupted as exc:
+        sys.stderr.write(f"neuralcleanse: {exc}\n")
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        sys.stderr.write("neuralcleanse: interrupted\n")
+        return EXIT_INTERRUPTED
+    except (CliError, LoadError, ValueError, TypeError, KeyError, OSError) as exc:
+        if _state["debug"]:
+            raise
+        text = str(exc) if not isinstance(exc, KeyError) else f"missing key {exc}"
+        if isinstance(exc, OSError) and exc.filename:
+            text = f"{exc.strerror or exc}: {exc.filename}"
+        _error(text or type(exc).__name__)
+        return EXIT_USAGE
+    except Exception as exc:  # noqa: BLE001 - the last resort is one line, not a traceback
+        if _state["debug"]:
+            raise
+        _error(f"internal error ({type(exc).__name__}: {exc}); rerun with --debug for the "
+               "traceback")
+        return EXIT_INTERNAL
+    if isinstance(rv, int):
+        return rv
+    return EXIT_CLEAN
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

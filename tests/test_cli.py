@@ -1,0 +1,493 @@
+"""End-to-end tests of the ``neuralcleanse`` command line on small models saved to files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from neuralcleanse import cli, demo
+from neuralcleanse.config import ScanConfig
+from neuralcleanse.loaders import balanced_subsample, load_data, load_model
+
+ARCH = ["--arch", "neuralcleanse.architectures:small_cnn", "--arch-kwargs",
+        '{"image_size": 16}']
+#: A short search that still separates the planted label from the others on these models.
+SEARCH = ["--steps", "60", "--mini-batches", "4", "--early-stop-patience", "10"]
+#: A very short search for tests about loading and plumbing, not about detection.
+QUICK = ["--labels", "6,7", "--steps", "3", "--mini-batches", "1", "--no-early-stop"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """One torch thread: deterministic sums and no oversubscription of the 2 CI cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The demo's backdoored model, a clean twin, and clean digits, saved as files."""
+    root = tmp_path_factory.mktemp("cli")
+    data = demo.load_digits_splits(0)
+    backdoored = demo.train_backdoored_model(data, seed=0)
+    clean = demo.train_backdoored_model(data, seed=0, poison_fraction=0.0)
+    out = {"root": root, "backdoored": root / "backdoored.pt", "clean": root / "clean.pt",
+           "data": root / "clean_digits.npz"}
+    torch.save(backdoored.state_dict(), out["backdoored"])
+    torch.save(clean.state_dict(), out["clean"])
+    np.savez(out["data"], x=data.x_clean, y=data.y_clean)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit's own notice
+        torch.jit.script(backdoored).save(str(root / "scripted.pt"))
+    program = torch.export.export(backdoored, (torch.from_numpy(data.x_clean[:4]),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, root / "exported.pt2")
+    torch.save(backdoored, root / "pickled.pt")
+    out.update(scripted=root / "scripted.pt", exported=root / "exported.pt2",
+               pickled=root / "pickled.pt")
+    return out
+
+
+def scan_args(model: Path, data: Path, out: Path, *extra: str, arch: bool = True) -> list[str]:
+    return ["scan", str(model), "--data", str(data), "--out", str(out),
+            *(ARCH if arch else []), *extra]
+
+
+def report_of(folder: Path) -> dict:
+    return json.loads((folder / "report.json").read_text())
+
+
+def norms(report: dict) -> np.ndarray:
+    return np.array([entry["norm"] for entry in report["labels"]])
+
+
+@pytest.fixture(scope="module")
+def reference(files: dict[str, Path]) -> dict:
+    """An uninterrupted scan of the backdoored model."""
+    out = files["root"] / "reference"
+    code = cli.run(scan_args(files["backdoored"], files["data"], out, *SEARCH))
+    return {"code": code, "out": out, "report": report_of(out)}
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("neuralcleanse: error: ")
+    assert "Traceback" not in err
+    return lines[0]
+
+
+# -- scan --------------------------------------------------------------------------------------
+def test_scan_flags_the_backdoor_and_exits_1(reference: dict, files: dict[str, Path]) -> None:
+    assert reference["code"] == cli.EXIT_FLAGGED
+    report = reference["report"]
+    assert report["flagged_labels"] == [demo.TARGET_LABEL]
+    assert report["partial"] is False
+    assert [entry["label"] for entry in report["labels"]] == list(range(10))
+    out = reference["out"]
+    assert (out / "report.html").is_file()
+    assert (out / "triggers" / f"label_{demo.TARGET_LABEL}_trigger.png").is_file()
+    assert not (out / "partial").exists()  # label-by-label files are gone once complete
+    info = report["model_info"]
+    assert info["format"] == "state_dict" and info["arch"] == ARCH[1]
+    assert info["channels_first"] is True and info["input_shape"] == [1, 16, 16]
+    assert info["clip_values"] == [0.0, 1.0] and info["output"] == "logits"
+    assert info["output_source"] == "detected from the model's outputs"
+    assert report["data_info"]["n_images"] == 359
+    assert report["data_info"]["x_key"] == "x" and report["data_info"]["y_key"] == "y"
+    assert report["config"]["steps"] == 60 and report["config"]["mini_batches"] == 4
+    html = (out / "report.html").read_text()
+    assert f"Backdoor suspected: label {demo.TARGET_LABEL}" in html
+
+
+def test_scan_of_the_clean_twin_exits_0(files: dict[str, Path],
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    out = files["root"] / "clean_scan"
+    code = cli.run(scan_args(files["clean"], files["data"], out, *SEARCH))
+    printed = capsys.readouterr().out
+    assert code == cli.EXIT_CLEAN
+    assert report_of(out)["flagged_labels"] == []
+    assert "no backdoor found" in printed and f"report: {out / 'report.html'}" in printed
+
+
+def test_summary_table_is_printed(files: dict[str, Path], reference: dict,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    out = files["root"] / "table"
+    code = cli.run(scan_args(files["backdoored"], files["data"], out, *QUICK))
+    printed = capsys.readouterr().out
+    assert code in (cli.EXIT_CLEAN, cli.EXIT_FLAGGED)
+    rows = [line for line in printed.splitlines() if line.strip().startswith(("│", "|"))]
+    assert len(rows) == 2  # one row per scanned label
+    assert "anomaly index" in printed and "report:" in printed
+
+
+@pytest.mark.parametrize("kind", ["scripted", "exported", "pickled"])
+def test_model_formats_give_the_state_dict_result(files: dict[str, Path], kind: str) -> None:
+    base = files["root"] / "formats_state_dict"
+    if not (base / "report.json").is_file():
+        cli.run(scan_args(files["backdoored"], files["data"], base, *QUICK))
+    out = files["root"] / f"formats_{kind}"
+    extra = ["--trust-pickle"] if kind == "pickled" else []
+    code = cli.run(scan_args(files[kind], files["data"], out, *QUICK, *extra, arch=False))
+    assert code in (cli.EXIT_CLEAN, cli.EXIT_FLAGGED)
+    report = report_of(out)
+    expected = {"scripted": "torchscript", "exported": "torch.export", "pickled": "pickle"}
+    assert report["model_info"]["format"] == expected[kind]
+    np.testing.assert_allclose(norms(report), norms(report_of(base)), rtol=1e-5)
+
+
+def test_pickled_module_needs_the_explicit_flag(files: dict[str, Path],
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.run(scan_args(files["pickled"], files["data"], files["root"] / "p", *QUICK,
+                             arch=False))
+    assert code == cli.EXIT_USAGE
+    assert "--trust-pickle" in one_line_error(capsys)
+    help_text = _help_of("scan")
+    assert "RUNS CODE" in help_text
+
+
+def _help_of(command: str) -> str:
+    import typer
+
+    group = typer.main.get_command(cli.app)
+    sub = group.commands[command]
+    return " ".join(p.help or "" for p in sub.params)
+
+
+def test_every_scan_setting_is_a_flag_and_help_works(capsys: pytest.CaptureFixture[str]
+                                                     ) -> None:
+    import typer
+
+    scan_command = typer.main.get_command(cli.app).commands["scan"]
+    flags = {opt for p in scan_command.params for opt in [*p.opts, *p.secondary_opts]}
+    for name in ScanConfig.field_names():
+        assert "--" + name.replace("_", "-") in flags, name
+    assert {"--config", "--resume", "--max-samples", "--input-shape", "--clip-values",
+            "--subtract", "--divide", "--output", "--channels-first"} <= flags
+    for command in ([], ["scan"], ["mitigate"], ["report"], ["demo"]):
+        assert cli.run([*command, "--help"]) == 0
+        assert "Usage" in capsys.readouterr().out
+    assert cli.run(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"neuralcleanse {cli.__version__}"
+
+
+def test_config_files_json_and_toml(files: dict[str, Path], tmp_path: Path) -> None:
+    as_json = tmp_path / "settings.json"
+    as_json.write_text(json.dumps({"steps": 2, "mini_batches": 1, "seed": 5,
+                                   "early-stop": False, "anomaly_threshold": 3.0}))
+    out = tmp_path / "json"
+    cli.run(scan_args(files["backdoored"], files["data"], out, "--labels", "7",
+                      "--config", str(as_json), "--seed", "7"))
+    config = report_of(out)["config"]
+    assert config["steps"] == 2 and config["mini_batches"] == 1
+    assert config["early_stop"] is False and config["anomaly_threshold"] == 3.0
+    assert config["seed"] == 7  # the command line wins over the file
+
+    as_toml = tmp_path / "settings.toml"
+    as_toml.write_text('[scan]\nsteps = 2\nmini_batches = "all"\nlabel_batch = 2\n'
+                       "norm = 2\n")
+    out = tmp_path / "toml"
+    cli.run(scan_args(files["backdoored"], files["data"], out, "--labels", "6,7",
+                      "--config", str(as_toml)))
+    config = report_of(out)["config"]
+    assert config["steps"] == 2 and config["mini_batches"] is None
+    assert config["label_batch"] == 2 and config["norm"] == 2
+
+    out = tmp_path / "art"
+    cli.run(scan_args(files["backdoored"], files["data"], out, *QUICK, "--preset", "art"))
+    config = report_of(out)["config"]
+    assert config["norm"] == 2 and config["cost_multiplier"] == 1.5
+    assert config["steps"] == 3  # flags still apply on top of the preset
+
+
+def test_bad_config_file_is_a_one_line_error(files: dict[str, Path], tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("steps = 2\nstepz = 3\n")
+    code = cli.run(scan_args(files["backdoored"], files["data"], tmp_path / "o",
+                             "--config", str(bad)))
+    assert code == cli.EXIT_USAGE
+    assert "stepz" in one_line_error(capsys)
+    broken = tmp_path / "broken.json"
+    broken.write_text("{steps: 2")
+    code = cli.run(scan_args(files["backdoored"], files["data"], tmp_path / "o",
+                             "--config", str(broken)))
+    assert code == cli.EXIT_USAGE
+    assert "not valid JSON" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["scan", "missing.pt", "--data", "{data}"], "does not exist"),
+    (["scan", "{model}", "--data", "missing.npz"], "does not exist"),
+    (["scan", "{model}", "--data", "{data}", "--steps", "many"], "--steps"),
+    (["scan", "{model}", "--data", "{data}", "--no-such-flag"], "--no-such-flag"),
+    (["scan", "{model}", "--data", "{data}", "--norm", "3", *ARCH], "norm"),
+    (["scan", "{model}", "--data", "{data}", "--steps", "0", *ARCH], "steps"),
+    (["scan", "{model}", "--data", "{data}"], "--arch"),
+    (["scan", "{model}", "--data", "{data}", "--arch", "no_such_module:f"], "no_such_module"),
+    (["scan", "{model}", "--data", "{data}", "--arch",
+      "neuralcleanse.architectures:mnist_badnet"], "do not fit"),
+    (["scan", "{model}", "--data", "{keyless}", *ARCH], "--x-key"),
+    (["scan", "{model}", "--data", "{data}", "--x-key", "images", *ARCH], "images"),
+    (["scan", "{model}", "--data", "{small}", *ARCH], "shape"),
+    (["scan", "{model}", "--data", "{data}", "--input-shape", "1,8,8", *ARCH], "1, 8, 8"),
+    (["scan", "{model}", "--data", "{data}", "--clip-values", "1,0", *ARCH], "MIN < MAX"),
+    (["scan", "{model}", "--data", "{data}", "--subtract", "0.1,0.2,0.3", *ARCH], "channel"),
+    (["scan", "{model}", "--data", "{data}", "--labels", "12", *ARCH], "labels"),
+    (["scan", "{model}", "--data", "{data}", "--output", "scores", *ARCH], "--output"),
+    (["report", "missing_folder"], "does not exist"),
+    (["mitigate", "{model}", "--data", "{data}", "--report", "missing", *ARCH], "no scan report"),
+])
+def test_bad_paths_and_flags_give_one_line_errors(
+        files: dict[str, Path], capsys: pytest.CaptureFixture[str], args: list[str],
+        expected: str) -> None:
+    root = files["root"]
+    keyless, small = root / "keyless.npz", root / "small.npz"
+    if not keyless.is_file():
+        x = np.load(files["data"])["x"]
+        np.savez(keyless, a=x, b=np.zeros(len(x)))
+        np.savez(small, x=x[:, :, ::2, ::2], y=np.load(files["data"])["y"])
+    values = {"model": str(files["backdoored"]), "data": str(files["data"]),
+              "keyless": str(keyless), "small": str(small)}
+    argv = [values.get(a.strip("{}"), a) if a.startswith("{") else a for a in args]
+    if args[0] == "scan":
+        argv += ["--out", str(root / "bad")]
+    assert cli.run(argv) == cli.EXIT_USAGE
+    assert expected in one_line_error(capsys)
+
+
+def test_console_script_errors_without_traceback(tmp_path: Path) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = subprocess.run([sys.executable, "-m", "neuralcleanse.cli", "scan",
+                          str(tmp_path / "none.keras"), "--data", str(tmp_path)],
+                         capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert run.returncode == 2
+    assert run.stderr.strip().count("\n") == 0 and "Traceback" not in run.stderr
+    assert "does not exist" in run.stderr
+
+
+# -- data loading ------------------------------------------------------------------------------
+def test_balanced_subsample_is_seeded_and_balanced() -> None:
+    y = np.array([0] * 5 + [1] * 100 + [2] * 100)
+    picked = balanced_subsample(y, 61, seed=3)
+    counts = np.bincount(y[picked], minlength=3)
+    assert counts.sum() == 61 and counts[0] == 5  # the small class gives all it has
+    assert abs(int(counts[1]) - int(counts[2])) <= 1
+    assert np.array_equal(picked, balanced_subsample(y, 61, seed=3))
+    assert not np.array_equal(picked, balanced_subsample(y, 61, seed=4))
+    assert len(np.unique(picked)) == 61
+    with pytest.raises(ValueError, match="max_samples"):
+        balanced_subsample(y, 0, seed=0)
+
+
+def test_image_folder_with_max_samples(files: dict[str, Path], tmp_path: Path) -> None:
+    from PIL import Image
+
+    archive = np.load(files["data"])
+    x, y = archive["x"], archive["y"]
+    folder = tmp_path / "images"
+    for i, (image, label) in enumerate(zip(x, y)):
+        (folder / str(label)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.round(image[0] * 255).astype(np.uint8), mode="L").save(
+            folder / str(label) / f"{i}.png")
+    out = tmp_path / "out"
+    code = cli.run(scan_args(files["backdoored"], folder, out, "--labels", "7", "--steps", "2",
+                             "--mini-batches", "1", "--max-samples", "100", "--divide", "255"))
+    assert code in (cli.EXIT_CLEAN, cli.EXIT_FLAGGED)
+    report = report_of(out)
+    assert report["data_info"]["format"] == "image folder"
+    assert report["data_info"]["n_images"] == 100
+    assert report["data_info"]["class_counts"] == [10] * 10
+    assert report["data_info"]["subsample"] == {"max_samples": 100, "seed": 0, "of": len(x)}
+    assert report["model_info"]["clip_values"] == [0.0, 255.0]
+    assert np.allclose(report["model_info"]["preprocessing"][1], 255.0)
+
+
+def test_image_folder_with_named_classes_and_resizing(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for name, size, colour in (("cat", (10, 12), (255, 0, 0)), ("dog", (20, 20), (0, 0, 255))):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", size, colour).save(tmp_path / name / "a.png")
+    with pytest.raises(ValueError, match="--input-shape"):
+        load_data(tmp_path)
+    loaded = load_data(tmp_path, image_size=(8, 8))
+    assert loaded.x.shape == (2, 8, 8, 3) and loaded.y.tolist() == [0, 1]
+    assert loaded.info["class_names"] == ["cat", "dog"]
+    assert tuple(loaded.x[0, 0, 0]) == (255, 0, 0)
+
+
+# -- resuming ----------------------------------------------------------------------------------
+def test_resume_after_interruption_gives_the_uninterrupted_result(
+        files: dict[str, Path], reference: dict, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    out = files["root"] / "resumed"
+    saved: list[int] = []
+    original = cli.PartialStore.save
+
+    def save_then_interrupt(store: cli.PartialStore, result: object) -> None:
+        original(store, result)
+        saved.append(result.label)
+        if len(saved) == 4:
+            raise KeyboardInterrupt  # Ctrl-C after the fourth finished label
+
+    monkeypatch.setattr(cli.PartialStore, "save", save_then_interrupt)
+    code = cli.run(scan_args(files["backdoored"], files["data"], out, *SEARCH))
+    assert code == cli.EXIT_INTERRUPTED
+    err = capsys.readouterr().err
+    assert "4 of 10 labels done" in err and "--resume" in err
+    partial = report_of(out)
+    assert partial["partial"] is True and len(partial["labels"]) == 4
+    assert "Partial scan" in (out / "report.html").read_text()
+    assert len(list((out / "partial").glob("label_*.json"))) == 4
+
+    monkeypatch.setattr(cli.PartialStore, "save", original)
+    resumed_labels: list[int] = []
+
+    def count(store: cli.PartialStore, result: object) -> None:
+        resumed_labels.append(result.label)
+        original(store, result)
+
+    monkeypatch.setattr(cli.PartialStore, "save", count)
+    code = cli.run(scan_args(files["backdoored"], files["data"], out, *SEARCH, "--resume"))
+    assert code == reference["code"] == cli.EXIT_FLAGGED
+    assert sorted(resumed_labels) == sorted(set(range(10)) - set(saved))  # only the rest ran
+    final = report_of(out)
+    assert final["partial"] is False
+    assert final["flagged_labels"] == reference["report"]["flagged_labels"]
+    np.testing.assert_allclose(norms(final), norms(reference["report"]), rtol=1e-6)
+    for got, want in zip(final["labels"], reference["report"]["labels"]):
+        assert got["steps"] == want["steps"]
+        assert got["anomaly_index"] == pytest.approx(want["anomaly_index"], rel=1e-5)
+    assert "Partial scan" not in (out / "report.html").read_text()
+
+
+def test_resume_refuses_results_of_other_settings(files: dict[str, Path], tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    original = cli.PartialStore.save
+
+    def save_then_interrupt(store: cli.PartialStore, result: object) -> None:
+        original(store, result)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.PartialStore, "save", save_then_interrupt)
+    out = tmp_path / "out"
+    assert cli.run(scan_args(files["backdoored"], files["data"], out, *QUICK)) == 130
+    monkeypatch.setattr(cli.PartialStore, "save", original)
+    capsys.readouterr()
+    code = cli.run(scan_args(files["backdoored"], files["data"], out, *QUICK, "--seed", "1",
+                             "--resume"))
+    assert code == cli.EXIT_USAGE
+    assert "another model, data or settings" in one_line_error(capsys)
+
+
+def test_ctrl_c_in_a_real_process_leaves_a_partial_report(files: dict[str, Path],
+                                                          tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "neuralcleanse.cli",
+         *scan_args(files["backdoored"], files["data"], out, *SEARCH, "--label-batch", "1")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not list((out / "partial").glob("label_*.json")):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == cli.EXIT_INTERRUPTED, err
+    assert "Traceback" not in err and "--resume" in err
+    report = report_of(out)
+    assert report["partial"] is True and 1 <= len(report["labels"]) < 10
+
+
+# -- mitigate, report, demo --------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["unlearning", "pruning", "filtering"])
+def test_mitigate_command(files: dict[str, Path], reference: dict, tmp_path: Path,
+                          method: str, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / method
+    code = cli.run(["mitigate", str(files["backdoored"]), "--data", str(files["data"]),
+                    "--report", str(reference["out"]), "--method", method, "--out", str(out),
+                    *ARCH])
+    printed = capsys.readouterr().out
+    assert code == cli.EXIT_CLEAN
+    result = json.loads((out / "mitigation.json").read_text())
+    assert result["method"] == method and result["labels"] == [demo.TARGET_LABEL]
+    measured = result["report"]["measurements"]
+    label = str(demo.TARGET_LABEL)
+    assert measured["reversed_asr_after"][label] < measured["reversed_asr_before"][label]
+    html = (out / "report.html").read_text()
+    assert f"Mitigation: {method} of label {demo.TARGET_LABEL}" in html
+    assert "report:" in printed
+    saved = out / f"repaired_{method}.pt"
+    if method == "filtering":
+        assert not saved.exists()
+    else:
+        assert result["saved_model"] == str(saved)
+        repaired = load_model(saved, arch=ARCH[1], arch_kwargs={"image_size": 16}).model
+        x = torch.from_numpy(np.load(files["data"])["x"][:8])
+        assert repaired(x).shape == (8, 10)
+
+
+def test_mitigate_with_nothing_flagged_is_an_input_error(
+        files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "scan"
+    cli.run(scan_args(files["clean"], files["data"], out, "--labels", "7", "--steps", "2",
+                      "--mini-batches", "1"))
+    assert report_of(out)["flagged_labels"] == []
+    capsys.readouterr()
+    code = cli.run(["mitigate", str(files["clean"]), "--data", str(files["data"]),
+                    "--report", str(out), *ARCH])
+    assert code == cli.EXIT_USAGE
+    assert "nothing to mitigate" in one_line_error(capsys)
+
+
+def test_report_command_rerenders_the_html(reference: dict, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "copy"
+    shutil.copytree(reference["out"], folder)
+    (folder / "report.html").unlink()
+    shutil.rmtree(folder / "triggers")
+    assert cli.run(["report", str(folder)]) == cli.EXIT_CLEAN
+    assert (folder / "report.html").is_file()
+    assert len(list((folder / "triggers").glob("*.png"))) == 30
+    assert cli.run(["report", str(folder / "report.json")]) == cli.EXIT_CLEAN
+    capsys.readouterr()
+    assert cli.run(["report", str(tmp_path)]) == cli.EXIT_USAGE
+    assert "report.json" in one_line_error(capsys)
+
+
+def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    started = time.perf_counter()
+    assert cli.run(["demo", "--out", str(out)]) == cli.EXIT_CLEAN
+    seconds = time.perf_counter() - started
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1].startswith("report:") and str(out / "report.html") in printed[-1]
+    report = report_of(out)
+    assert report["flagged_labels"] == [demo.TARGET_LABEL]
+    facts = json.loads((out / "demo.json").read_text())
+    assert facts["detected"] is True
+    assert facts["planted_trigger_attack_success_before"] > 0.9
+    assert facts["planted_trigger_attack_success_after_unlearning"] < 0.1
+    assert facts["clean_accuracy_after_unlearning"] > 0.9
+    assert json.loads((out / "mitigation.json").read_text())["method"] == "unlearning"
+    assert (out / "repaired_model.pt").is_file() and (out / "clean_digits.npz").is_file()
+    print(f"demo took {seconds:.1f} s")

@@ -9,4 +9,16 @@ from .config import ScanConfig  # noqa: E402
 from .outliers import anomaly_indices  # noqa: E402
 from .results import LabelResult, ScanResult  # noqa: E402
 
-__all__ = ["LabelResult", "ScanConfig", "ScanResult", "__version__", "anomaly_indices", "scan"]
+__all__ = ["KerasNeuralCleanse", "LabelResult", "PyTorchNeuralCleanse", "ScanConfig",
+           "ScanResult", "__version__", "anomaly_indices", "scan"]
+
+#: Names loaded on first use, so that importing neuralcleanse imports no deep-learning framework.
+_LAZY = {"KerasNeuralCleanse": "estimators", "PyTorchNeuralCleanse": "estimators"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

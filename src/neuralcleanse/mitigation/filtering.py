@@ -1,0 +1,230 @@
+"""Input filtering: refuse inputs whose trigger-sensitive neurons fire unusually strongly.
+
+For each flagged label, the neurons of one layer whose mean activation rises most when the
+label's reversed trigger is stamped on clean images (the top ``top_fraction``, at least one) are
+the label's *trigger neurons*. An input's score for that label is the mean activation of those
+neurons, standardised with its mean and spread on clean images; its overall score is the largest
+of its labels' scores. The threshold is the clean-score quantile that refuses ``target_fpr`` of
+the clean fitting images. A refused input gets a prediction row of zeros.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..backends.base import Classifier
+from ..results import LabelResult
+from .inputs import check_fraction, check_int, fit_and_test, model_images
+from .metrics import (
+    DEFAULT_TEST_FRACTION,
+    DataSplit,
+    HeldOut,
+    Measurements,
+    finite_or_none,
+    none_to_nan,
+)
+from .stamping import check_triggers, stamped_others
+
+DEFAULT_TOP_FRACTION = 0.01
+DEFAULT_TARGET_FPR = 0.05
+
+
+@dataclass
+class FilteringReport:
+    """What :func:`filter_inputs` fitted and measured.
+
+    Attributes:
+        layer: The layer spec whose neurons are watched (``"final_layer_input"`` by default).
+        n_neurons: Neurons in that layer.
+        neurons: The trigger neurons of each flagged label.
+        threshold: Score above which an input is refused.
+        target_fpr: The false-positive rate the threshold was chosen for.
+        false_positive_rate: Share of held-out clean inputs refused.
+        detection_rate: Share of held-out stamped inputs (all flagged labels' reversed triggers
+            on images of other classes) refused.
+        detection_rate_by_label: The detection rate of each label's reversed trigger.
+        measurements: Clean accuracy and reversed-trigger attack success before and after.
+        split: How the data was divided between fitting and measuring.
+    """
+
+    layer: str | int
+    n_neurons: int
+    neurons: dict[int, list[int]]
+    threshold: float
+    target_fpr: float
+    false_positive_rate: float
+    detection_rate: float
+    detection_rate_by_label: dict[int, float]
+    measurements: Measurements
+    split: DataSplit
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly values."""
+        return {"layer": self.layer, "n_neurons": int(self.n_neurons),
+                "neurons": {str(k): [int(n) for n in v] for k, v in self.neurons.items()},
+                "threshold": float(self.threshold), "target_fpr": float(self.target_fpr),
+                "false_positive_rate": float(self.false_positive_rate),
+                "detection_rate": finite_or_none(self.detection_rate),
+                "detection_rate_by_label": {str(k): finite_or_none(v)
+                                            for k, v in self.detection_rate_by_label.items()},
+                "measurements": self.measurements.to_dict(), "split": self.split.to_dict(),
+                "options": dict(self.options)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FilteringReport:
+        """Inverse of :meth:`to_dict`."""
+        return cls(layer=data["layer"], n_neurons=int(data["n_neurons"]),
+                   neurons={int(k): [int(n) for n in v] for k, v in data["neurons"].items()},
+                   threshold=float(data["threshold"]), target_fpr=float(data["target_fpr"]),
+                   false_positive_rate=float(data["false_positive_rate"]),
+                   detection_rate=none_to_nan(data["detection_rate"]),
+                   detection_rate_by_label={int(k): none_to_nan(v) for k, v
+                                            in data["detection_rate_by_label"].items()},
+                   measurements=Measurements.from_dict(data["measurements"]),
+                   split=DataSplit.from_dict(data["split"]), options=data.get("options", {}))
+
+
+class InputFilter:
+    """A predictor wrapper that refuses inputs carrying a reversed trigger.
+
+    Built by :func:`filter_inputs`; the wrapped classifier is used as is and never modified.
+
+    Attributes:
+        classifier: The wrapped model.
+        layer: The layer whose neurons are watched.
+        neurons: Trigger neurons per flagged label.
+        center: Mean clean score per flagged label.
+        scale: Spread of the clean score per flagged label.
+        threshold: Overall score above which an input is refused.
+        report: What was measured when the filter was fitted (set by :func:`filter_inputs`).
+    """
+
+    def __init__(self, classifier: Classifier, layer: str | int | None,
+                 neurons: dict[int, np.ndarray], center: dict[int, float],
+                 scale: dict[int, float], threshold: float) -> None:
+        self.classifier = classifier
+        self.layer = layer
+        self.neurons = {int(k): np.asarray(v, dtype=np.int64) for k, v in neurons.items()}
+        self.center = dict(center)
+        self.scale = dict(scale)
+        self.threshold = float(threshold)
+        self.report: FilteringReport | None = None
+
+    @property
+    def nb_classes(self) -> int:
+        """Number of outputs of the wrapped model."""
+        return self.classifier.nb_classes
+
+    def _scores_of_activations(self, acts: np.ndarray) -> np.ndarray:
+        per_label = [(acts[:, idx].mean(axis=1) - self.center[label]) / self.scale[label]
+                     for label, idx in self.neurons.items()]
+        return np.max(np.stack(per_label), axis=0)
+
+    def scores(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Suspicion score of each input (larger means more trigger-like)."""
+        images = model_images(self.classifier, x, "x")
+        acts = self.classifier.neuron_activations(images, self.layer, batch_size=batch_size)
+        return self._scores_of_activations(acts)
+
+    def is_flagged(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Whether each input would be refused (boolean array of length N)."""
+        return self.scores(x, batch_size=batch_size) > self.threshold
+
+    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """The model's outputs, with a row of zeros for every refused input."""
+        images = model_images(self.classifier, x, "x")
+        out = self.classifier.predict(images, batch_size=batch_size)
+        out[self.is_flagged(images, batch_size=batch_size)] = 0
+        return out
+
+    __call__ = predict
+
+
+def _check_options(top_fraction: float, target_fpr: float, batch_size: int
+                   ) -> tuple[float, float, int]:
+    return (check_fraction("top_fraction", top_fraction),
+            check_fraction("target_fpr", target_fpr, allow_one=False),
+            check_int("batch_size", batch_size, 1))
+
+
+def filter_inputs(clf: Classifier, x: np.ndarray, y: np.ndarray,
+                  triggers: Sequence[LabelResult], *, layer: str | int | None = None,
+                  top_fraction: float = DEFAULT_TOP_FRACTION,
+                  target_fpr: float = DEFAULT_TARGET_FPR, x_test: np.ndarray | None = None,
+                  y_test: np.ndarray | None = None,
+                  test_fraction: float = DEFAULT_TEST_FRACTION, seed: int = 0,
+                  batch_size: int = 256) -> InputFilter:
+    """Fit an input filter for the flagged labels' reversed triggers and measure it.
+
+    Args:
+        clf: The wrapped model (not modified).
+        x: Clean raw images in the model's layout (or ``(N, H, W)`` for one channel).
+        y: Their labels (integers or one-hot).
+        triggers: Reversed triggers of the flagged labels.
+        layer: Layer whose neurons are watched: a name or index from ``clf.layer_names()``, or
+            ``None`` for the input of the final classification layer. Convolutional layers
+            count one neuron per channel.
+        top_fraction: Share of the layer's neurons kept per label, in (0, 1] (at least one).
+        target_fpr: Share of clean images the threshold refuses, in (0, 1).
+        x_test: Held-out clean images for the measurements (default: split off ``x``).
+        y_test: Their labels.
+        test_fraction: Share of ``x`` held out when no test data is given, in (0, 1).
+        seed: Seed of the split.
+        batch_size: Batch size of the forward passes.
+
+    Returns:
+        The :class:`InputFilter`, with its :class:`FilteringReport` in ``.report``.
+
+    Raises:
+        ValueError: On a bad option, malformed data, mismatched triggers or an unknown layer.
+    """
+    top_fraction, target_fpr, batch_size = _check_options(top_fraction, target_fpr, batch_size)
+    triggers = check_triggers(clf, triggers)
+    x_fit, y_fit, x_hold, y_hold, split = fit_and_test(clf, x, y, x_test, y_test,
+                                                       test_fraction, seed)
+    clean = clf.neuron_activations(x_fit, layer, batch_size=batch_size)
+    n_neurons = clean.shape[1]
+    keep = max(1, int(math.ceil(top_fraction * n_neurons - 1e-9)))
+    neurons: dict[int, np.ndarray] = {}
+    center: dict[int, float] = {}
+    scale: dict[int, float] = {}
+    for trig in triggers:
+        xs, _ = stamped_others(x_fit, y_fit, trig, clf.channels_first)
+        if len(xs) == 0:
+            raise ValueError(f"x has no image of a class other than {trig.label} to stamp "
+                             "its trigger on")
+        stamped = clf.neuron_activations(xs, layer, batch_size=batch_size)
+        gap = stamped.mean(axis=0) - clean.mean(axis=0)
+        top = np.argsort(-gap, kind="stable")[:keep]
+        neurons[trig.label] = top
+        clean_score = clean[:, top].mean(axis=1)
+        center[trig.label] = float(clean_score.mean())
+        scale[trig.label] = float(clean_score.std()) or 1.0
+    filt = InputFilter(clf, layer, neurons, center, scale, threshold=math.inf)
+    fit_scores = filt._scores_of_activations(clean)
+    filt.threshold = float(np.quantile(fit_scores, 1.0 - target_fpr))
+
+    held = HeldOut(x_hold, y_hold, triggers, clf.channels_first, batch_size)
+    acc_before, asr_before = held.measure(clf)
+    acc_after, asr_after = held.measure(filt)
+    fpr = float(filt.is_flagged(x_hold, batch_size).mean())
+    detected = {label: (float(filt.is_flagged(xs, batch_size).mean()) if len(xs) else math.nan)
+                for label, xs in held.stamped.items()}
+    n_stamped = sum(len(xs) for xs in held.stamped.values())
+    overall = (sum(detected[label] * len(xs) for label, xs in held.stamped.items() if len(xs))
+               / n_stamped) if n_stamped else math.nan
+    filt.report = FilteringReport(
+        layer=Classifier.FINAL_LAYER_INPUT if layer is None else layer, n_neurons=n_neurons,
+        neurons={k: v.tolist() for k, v in neurons.items()}, threshold=filt.threshold,
+        target_fpr=target_fpr, false_positive_rate=fpr, detection_rate=overall,
+        detection_rate_by_label=detected,
+        measurements=Measurements(acc_before, acc_after, asr_before, asr_after, len(x_hold)),
+        split=split, options={"top_fraction": top_fraction, "target_fpr": target_fpr})
+    return filt
+

@@ -1,0 +1,175 @@
+"""The typed result of :func:`neuralcleanse.mitigate`, serialisable to JSON and back."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..backends.base import Classifier
+from .filtering import FilteringReport, InputFilter
+from .inputs import model_images
+from .metrics import DataSplit, Measurements
+from .pruning import PruningReport
+from .unlearning import UnlearningReport
+
+MITIGATION_SCHEMA_VERSION = 1
+
+Report = FilteringReport | PruningReport | UnlearningReport
+
+_REPORTS: dict[str, type[FilteringReport] | type[PruningReport] | type[UnlearningReport]] = {
+    "filtering": FilteringReport, "pruning": PruningReport, "unlearning": UnlearningReport}
+
+
+@dataclass
+class MitigationResult:
+    """Outcome of one mitigation: the repaired predictor and what it changed.
+
+    Attributes:
+        method: ``"filtering"``, ``"pruning"`` or ``"unlearning"``.
+        labels: The flagged labels whose reversed triggers were mitigated.
+        report: The method's report, with the held-out measurements and the data split.
+        wall_seconds: Wall time of the mitigation, measurements included.
+        model_info: Facts about the model (framework, input shape, ...).
+        versions: Package and framework versions.
+        classifier: The repaired copy of the wrapped model (pruning, unlearning), or ``None``
+            for filtering and for a result read back from JSON.
+        input_filter: The :class:`~neuralcleanse.mitigation.InputFilter` (filtering only; not
+            kept in JSON).
+        schema_version: Version of the JSON layout.
+    """
+
+    method: str
+    labels: list[int]
+    report: Report
+    wall_seconds: float = 0.0
+    model_info: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    classifier: Classifier | None = field(default=None, repr=False, compare=False)
+    input_filter: InputFilter | None = field(default=None, repr=False, compare=False)
+    schema_version: int = MITIGATION_SCHEMA_VERSION
+
+    @property
+    def model(self) -> Any:
+        """The repaired model: a framework model (a copy) or, for filtering, the input filter."""
+        if self.input_filter is not None:
+            return self.input_filter
+        if self.classifier is None:
+            return None
+        return getattr(self.classifier, "model", self.classifier)
+
+    @property
+    def measurements(self) -> Measurements:
+        """Held-out clean accuracy and reversed-trigger attack success before and after."""
+        return self.report.measurements
+
+    @property
+    def split(self) -> DataSplit:
+        """How the data was divided between fitting the mitigation and measuring it."""
+        return self.report.split
+
+    @property
+    def clean_acc_before(self) -> float:
+        """Held-out clean accuracy of the original model."""
+        return self.report.measurements.clean_acc_before
+
+    @property
+    def clean_acc_after(self) -> float:
+        """Held-out clean accuracy after the mitigation (refused inputs count as errors)."""
+        return self.report.measurements.clean_acc_after
+
+    @property
+    def reversed_asr_before(self) -> dict[int, float]:
+        """Attack success rate of each flagged label's reversed trigger before."""
+        return self.report.measurements.reversed_asr_before
+
+    @property
+    def reversed_asr_after(self) -> dict[int, float]:
+        """Attack success rate of each flagged label's reversed trigger after."""
+        return self.report.measurements.reversed_asr_after
+
+    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Outputs of the repaired predictor (rows of zeros for inputs a filter refuses).
+
+        Raises:
+            ValueError: If the result holds no model (it was read back from JSON).
+        """
+        predictor = self.input_filter or self.classifier
+        if predictor is None:
+            raise ValueError("this MitigationResult holds no model (read back from JSON?)")
+        if self.input_filter is None:
+            x = model_images(predictor, x, "x")  # type: ignore[arg-type]
+        return predictor.predict(x, batch_size=batch_size)
+
+    def save(self, path: str | Path) -> str:
+        """Save the repaired model in its framework's format (pruning written into weights).
+
+        Raises:
+            ValueError: For filtering, which leaves the model unchanged, or when the result
+                holds no model.
+        """
+        if self.method == "filtering":
+            raise ValueError("filtering does not change the model, so there is no repaired "
+                             "model to save; keep result.to_json() for the filter's settings")
+        if self.classifier is None:
+            raise ValueError("this MitigationResult holds no model (read back from JSON?)")
+        return self.classifier.save(str(path))
+
+    def summary(self) -> str:
+        """A short human-readable account of the before/after figures."""
+        m = self.report.measurements
+        asr = ", ".join(f"label {k}: {m.reversed_asr_before[k]:.1%} -> {v:.1%}"
+                        for k, v in m.reversed_asr_after.items())
+        text = (f"{self.method}: clean accuracy {m.clean_acc_before:.1%} -> "
+                f"{m.clean_acc_after:.1%}; reversed-trigger attack success {asr}")
+        if isinstance(self.report, FilteringReport):
+            text += (f"; false positives {self.report.false_positive_rate:.1%}, detection "
+                     f"{self.report.detection_rate:.1%}")
+        elif isinstance(self.report, PruningReport):
+            text += f"; {self.report.fraction:.1%} of the layer's neurons pruned"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly values (the model itself is not included)."""
+        return {"schema_version": self.schema_version, "method": self.method,
+                "labels": [int(t) for t in self.labels],
+                "wall_seconds": float(self.wall_seconds), "model_info": self.model_info,
+                "versions": self.versions, "report": self.report.to_dict()}
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        """Serialise to JSON; also write it to ``path`` when one is given."""
+        text = json.dumps(self.to_dict(), indent=1)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MitigationResult:
+        """Inverse of :meth:`to_dict` (without a model).
+
+        Raises:
+            ValueError: On an unknown schema version or method.
+        """
+        version = data.get("schema_version")
+        if version != MITIGATION_SCHEMA_VERSION:
+            raise ValueError(f"unsupported mitigation schema_version {version!r} (this "
+                             f"neuralcleanse reads version {MITIGATION_SCHEMA_VERSION})")
+        method = data.get("method")
+        if method not in _REPORTS:
+            raise ValueError(f"unknown mitigation method {method!r} in the result")
+        return cls(method=method, labels=[int(t) for t in data["labels"]],
+                   report=_REPORTS[method].from_dict(data["report"]),
+                   wall_seconds=float(data.get("wall_seconds", 0.0)),
+                   model_info=data.get("model_info", {}), versions=data.get("versions", {}),
+                   schema_version=int(version))
+
+    @classmethod
+    def from_json(cls, source: str | Path) -> MitigationResult:
+        """Read a result from a JSON string or a path to a JSON file."""
+        text = str(source)
+        if not text.lstrip().startswith("{"):
+            text = Path(source).read_text()
+        return cls.from_dict(json.loads(text))

@@ -1,0 +1,137 @@
+"""Stamping reversed triggers on clean images, and checking triggers against a model.
+
+Every mitigation uses the same construction: a flagged label's reversed trigger stamped on clean
+images of the *other* classes, which keep their true labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..backends.base import Classifier
+from ..results import LabelResult
+
+
+def mask_for_layout(mask: np.ndarray, input_shape: tuple[int, ...],
+                    channels_first: bool) -> np.ndarray:
+    """Reshape an ``(H, W)`` mask so that it broadcasts against inputs of ``input_shape``.
+
+    Args:
+        mask: Trigger mask of shape ``(H, W)``.
+        input_shape: Shape of one input: ``(C, H, W)``, ``(H, W, C)`` or ``(H, W)``.
+        channels_first: Whether the channel axis comes first.
+
+    Returns:
+        A view of ``mask`` with a length-one channel axis where the layout has one.
+    """
+    if len(input_shape) == 2:
+        return mask
+    return mask[None, :, :] if channels_first else mask[:, :, None]
+
+
+def stamp(x: np.ndarray, mask: np.ndarray, pattern: np.ndarray,
+          channels_first: bool) -> np.ndarray:
+    """Stamp a trigger on a batch of images: ``(1 - mask) * x + mask * pattern``.
+
+    Args:
+        x: Raw images ``(N, *input_shape)``.
+        mask: Mask in [0, 1] of shape ``(H, W)``.
+        pattern: Pattern of the input shape, in the raw input range.
+        channels_first: Layout of ``x``.
+
+    Returns:
+        The stamped images as float32 (a new array).
+    """
+    m = mask_for_layout(np.asarray(mask, np.float32), tuple(x.shape[1:]), channels_first)
+    p = np.asarray(pattern, np.float32)
+    return ((1.0 - m) * np.asarray(x, np.float32) + m * p).astype(np.float32)
+
+
+def check_triggers(clf: Classifier, triggers: Sequence[LabelResult]) -> list[LabelResult]:
+    """Validate the triggers to mitigate against the wrapped model.
+
+    Raises:
+        ValueError: If there is no trigger, a label is out of range or repeated, or a mask or
+            pattern does not match the model's input shape.
+        TypeError: If an element is not a :class:`~neuralcleanse.results.LabelResult`.
+    """
+    if isinstance(triggers, LabelResult):
+        triggers = [triggers]
+    triggers = list(triggers)
+    if not triggers:
+        raise ValueError("triggers is empty: give the LabelResult of at least one flagged label "
+                         "(there is nothing to mitigate)")
+    seen: set[int] = set()
+    for trig in triggers:
+        if not isinstance(trig, LabelResult):
+            raise TypeError(f"triggers must be LabelResult objects (got {type(trig).__name__})")
+        if not 0 <= trig.label < clf.nb_classes:
+            raise ValueError(f"trigger label {trig.label} is outside 0..{clf.nb_classes - 1}")
+        if trig.label in seen:
+            raise ValueError(f"trigger label {trig.label} is given twice")
+        seen.add(trig.label)
+        if tuple(np.shape(trig.mask)) != tuple(clf.image_shape):
+            raise ValueError(f"the trigger mask of label {trig.label} has shape "
+                             f"{np.shape(trig.mask)} but the model's images are "
+                             f"{tuple(clf.image_shape)}")
+        if tuple(np.shape(trig.pattern)) != tuple(clf.input_shape):
+            raise ValueError(f"the trigger pattern of label {trig.label} has shape "
+                             f"{np.shape(trig.pattern)} but the model's inputs are "
+                             f"{tuple(clf.input_shape)}")
+    return triggers
+
+
+def stamped_others(x: np.ndarray, y: np.ndarray, trigger: LabelResult,
+                   channels_first: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Stamp ``trigger`` on every image whose true label is not the trigger's label.
+
+    Returns:
+        ``(stamped images, their true labels)``; empty when every image has the target label.
+    """
+    others = np.flatnonzero(y != trigger.label)
+    return stamp(x[others], trigger.mask, trigger.pattern, channels_first), y[others]
+
+
+def stamp_fraction(x: np.ndarray, y: np.ndarray, triggers: Sequence[LabelResult],
+                   fraction: float, channels_first: bool, seed: int
+                   ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Stamp a seeded share of the images with the triggers, keeping all true labels.
+
+    The chosen images are split evenly among the triggers (round robin in a seeded order); an
+    image is only stamped with the trigger of a label other than its own.
+
+    Args:
+        x: Raw images ``(N, *input_shape)``.
+        y: Their true labels.
+        triggers: The flagged labels' reversed triggers.
+        fraction: Share of all ``N`` images to stamp, in [0, 1].
+        channels_first: Layout of ``x``.
+        seed: Seed of the choice of images.
+
+    Returns:
+        ``(images with some stamped, the unchanged labels, number of stamped images)``.
+    """
+    rng = np.random.default_rng([int(seed), 4231])
+    out = np.array(x, dtype=np.float32, copy=True)
+    wanted = int(round(fraction * len(x)))
+    order = rng.permutation(len(x))
+    taken = np.zeros(len(x), dtype=bool)
+    per_trigger: list[list[int]] = [[] for _ in triggers]
+    k = 0
+    for idx in order:
+        if k >= wanted:
+            break
+        # Offer the image to the triggers in turn, starting with the one whose turn it is.
+        for j in range(len(triggers)):
+            t = (k + j) % len(triggers)
+            if y[idx] != triggers[t].label:
+                per_trigger[t].append(int(idx))
+                taken[idx] = True
+                k += 1
+                break
+    for trig, chosen in zip(triggers, per_trigger):
+        if chosen:
+            out[chosen] = stamp(out[chosen], trig.mask, trig.pattern, channels_first)
+    return out, np.asarray(y).copy(), int(taken.sum())

@@ -459,6 +459,16 @@ def test_mitigate_with_nothing_flagged_is_an_input_error(
     assert "nothing to mitigate" in one_line_error(capsys)
 
 
+@pytest.mark.parametrize("kind", ["scripted", "exported"])
+def test_scan_only_formats_refuse_mitigation(files: dict[str, Path], reference: dict,
+                                            tmp_path: Path, kind: str,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.run(["mitigate", str(files[kind]), "--data", str(files["data"]), "--report",
+                    str(reference["out"]), "--out", str(tmp_path)])
+    assert code == cli.EXIT_USAGE
+    assert "scanned but not mitigated" in one_line_error(capsys)
+
+
 def test_report_command_rerenders_the_html(reference: dict, tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     folder = tmp_path / "copy"
@@ -491,3 +501,36 @@ def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert json.loads((out / "mitigation.json").read_text())["method"] == "unlearning"
     assert (out / "repaired_model.pt").is_file() and (out / "clean_digits.npz").is_file()
     print(f"demo took {seconds:.1f} s")
+
+
+def test_keras_files_are_scanned_channels_last(files: dict[str, Path], tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    keras = pytest.importorskip("keras", reason="Keras is not installed")
+    try:
+        import neuralcleanse.backends.tensorflow  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"the Keras backend is not available: {exc}")
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 1))
+    hidden = keras.layers.Flatten()(keras.layers.Conv2D(4, 3, activation="relu")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(hidden))
+    model.save(tmp_path / "model.keras")
+    model.save(tmp_path / "model.h5")
+    found = {}
+    for name in ("model.keras", "model.h5"):
+        out = tmp_path / name.replace(".", "_")
+        # the digits are stored channels first (N, 1, 16, 16): they are moved for Keras
+        code = cli.run(scan_args(tmp_path / name, files["data"], out, *QUICK, arch=False))
+        assert code in (cli.EXIT_CLEAN, cli.EXIT_FLAGGED)
+        report = report_of(out)
+        found[name] = norms(report)
+        info = report["model_info"]
+        assert info["format"] in ("keras", "tf_keras") and info["channels_first"] is False
+        assert info["input_shape"] == [16, 16, 1]
+        assert info["output"] == "probabilities"
+        assert report["data_info"]["layout_change"] == "NCHW data moved to NHWC"
+    np.testing.assert_allclose(found["model.keras"], found["model.h5"], rtol=1e-5)
+    capsys.readouterr()
+    code = cli.run(scan_args(tmp_path / "model.keras", files["data"], tmp_path / "o", *QUICK))
+    assert code == cli.EXIT_USAGE
+    assert "--arch is for PyTorch state dicts" in one_line_error(capsys)

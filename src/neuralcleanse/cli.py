@@ -775,9 +775,10 @@ def mitigate(
                          x_key=x_key, y_key=y_key, max_samples=max_samples,
                          data_layout=data_layout, seed=seed,
                          defaults=scan_result.model_info)
-    if inputs.model.format == "torchscript":
-        raise CliError("a TorchScript model can be scanned but not mitigated (its layers "
-                       "cannot be hooked or trained here): save its state dict and use --arch")
+    if inputs.model.format in ("torchscript", "torch.export"):
+        raise CliError(f"a {inputs.model.format} model can be scanned but not mitigated (its "
+                       "layers cannot be hooked, trained and saved back in its format here): "
+                       "save its state dict and use --arch")
     options = {k: v for k, v in dict(
         epochs=epochs, learning_rate=learning_rate, stamped_fraction=stamped_fraction,
         max_fraction=max_fraction, target_asr=target_asr, top_fraction=top_fraction,
@@ -861,7 +862,13 @@ def _error(message: str) -> None:
 @contextmanager
 def _short_warnings() -> Iterator[None]:
     """Show Python warnings as single lines on stderr."""
-    def show(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+    package = str(Path(__file__).parent)
+
+    def show(message: Warning | str, category: type[Warning], filename: str, *_: Any,
+             **__: Any) -> None:
+        if issubclass(category, (DeprecationWarning, PendingDeprecationWarning,
+                                 FutureWarning)) and not filename.startswith(package):
+            return  # notices about the frameworks' own APIs are not the user's concern
         sys.stderr.write(f"neuralcleanse: warning: {_one_line(str(message))}\n")
 
     previous = warnings.showwarning

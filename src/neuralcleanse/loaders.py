@@ -18,12 +18,16 @@ class-balanced subset.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib
 import json
+import os
+import sys
 import warnings
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,27 +124,52 @@ def load_model(path: str | Path, *, arch: str | None = None,
                        device=device or "cpu")
 
 
-def _load_keras(path: Path) -> LoadedModel:
-    try:
-        import keras
-    except ImportError as exc:
-        raise LoadError(f"reading {path.name} needs Keras: pip install 'neuralcleanse[keras]' "
-                        f"({exc})") from None
-    errors = []
-    try:
-        model = keras.models.load_model(str(path), compile=False)
-        flavour = "keras"
-    except Exception as exc:  # noqa: BLE001 - any failure is reported with the fallback's
-        errors.append(f"keras: {_one_line(exc)}")
-        model = None
-    if model is None and path.suffix.lower() != ".keras":
-        try:
-            import tf_keras
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Silence what native code writes to file descriptor 2 (TensorFlow's start-up logs).
 
-            model = tf_keras.models.load_model(str(path), compile=False)
-            flavour = "tf_keras"
-        except Exception as exc:  # noqa: BLE001
-            errors.append(f"tf_keras: {_one_line(exc)}")
+    Python-level errors are unaffected: they are raised as exceptions and reported after the
+    descriptor is restored.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real descriptor (e.g. captured by a test runner)
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _load_keras(path: Path) -> LoadedModel:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter
+    with _native_stderr_silenced():
+        try:
+            import keras
+        except ImportError as exc:
+            keras, missing = None, exc
+        model, flavour, errors = None, "keras", []
+        if keras is not None:
+            try:
+                model = keras.models.load_model(str(path), compile=False)
+            except Exception as exc:  # noqa: BLE001 - reported with the fallback's failure
+                errors.append(f"keras: {_one_line(exc)}")
+        if model is None and path.suffix.lower() != ".keras":
+            try:
+                import tf_keras
+
+                model = tf_keras.models.load_model(str(path), compile=False)
+                flavour = "tf_keras"
+            except Exception as exc:  # noqa: BLE001
+                errors.append(f"tf_keras: {_one_line(exc)}")
+    if keras is None and model is None:
+        raise LoadError(f"reading {path.name} needs Keras: pip install 'neuralcleanse[keras]' "
+                        f"({missing})")
     if model is None:
         raise LoadError(f"could not read the Keras model {str(path)!r}: {'; '.join(errors)}")
     shape = getattr(model, "input_shape", None)

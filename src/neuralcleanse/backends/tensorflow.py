@@ -153,6 +153,7 @@ class KerasClassifier(DifferentiableClassifier):
         self._pruned: dict[str, _Pruned] = {}
         self._optimizer: Any = None
         self._custom: dict[str, Any] = {}
+        self._train_functions: dict[int, Callable[..., Any]] = {}
         self.output = output or self._infer_output()
         self.nb_classes = int(nb_classes) if nb_classes else self._count_outputs()
 
@@ -342,12 +343,13 @@ class KerasClassifier(DifferentiableClassifier):
                     out = self._call(xb, training)
                     if labels is not None:
                         lb = tf.constant(np.asarray(labels[start:start + 256], np.int32))
-                        picked = tf.gather(out, lb, axis=1, batch_dims=1)
+                        picked = tf.reduce_sum(tf.gather(out, lb, axis=1, batch_dims=1))
+                    else:
+                        sums = [tf.reduce_sum(out[:, k]) for k in range(self.nb_classes)]
                 if labels is not None:
-                    chunks.append(tape.gradient(tf.reduce_sum(picked), xb).numpy()[:, None])
+                    chunks.append(tape.gradient(picked, xb).numpy()[:, None])
                     continue
-                per_class = [tape.gradient(tf.reduce_sum(out[:, k]), xb).numpy()
-                             for k in range(self.nb_classes)]
+                per_class = [tape.gradient(total, xb).numpy() for total in sums]
                 del tape
                 chunks.append(np.stack(per_class, axis=1))
         if not chunks:
@@ -591,16 +593,34 @@ class KerasClassifier(DifferentiableClassifier):
         twin._pruned = copy_module.deepcopy(self._pruned)
         return twin
 
-    def _train_step(self, optimizer: Any, xb: np.ndarray, yb: np.ndarray) -> float:
+    def _compiled_train_step(self, optimizer: Any) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+        """One compiled optimiser step per optimiser (its variables are created first)."""
+        step = self._train_functions.get(id(optimizer))
+        if step is not None:
+            return step
         variables = list(self.model.trainable_variables)
-        with self._scope():
+        if not getattr(optimizer, "built", True):
+            optimizer.build(variables)
+
+        def train(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
             with tf.GradientTape() as tape:
-                out = self._call(tf.constant(xb, tf.float32), training=True)
-                loss = tf.reduce_mean(self._per_sample_loss(out, tf.constant(yb, tf.int32)))
+                loss = tf.reduce_mean(self._per_sample_loss(self._call(x, training=True), y))
             grads = tape.gradient(loss, variables)
             pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
             if pairs:
                 optimizer.apply_gradients(pairs)
+            return loss
+
+        signature = [tf.TensorSpec([None, *self.input_shape], tf.float32),
+                     tf.TensorSpec([None], tf.int32)]
+        step = tf.function(train, input_signature=signature)
+        self._train_functions = {id(optimizer): step}  # the latest optimiser only
+        return step
+
+    def _train_step(self, optimizer: Any, xb: np.ndarray, yb: np.ndarray) -> float:
+        step = self._compiled_train_step(optimizer)
+        with self._scope():
+            loss = step(tf.constant(xb, tf.float32), tf.constant(yb, tf.int32))
         if self._pruned:
             self._reapply_pruning()
         return float(loss.numpy())

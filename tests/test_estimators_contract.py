@@ -628,3 +628,44 @@ def test_outlier_detection_flags_label_1_of_the_third_party_badnet(mnist_badnet)
     found = est.outlier_detection(x[:128, None].astype(np.float32), y[:128])
     assert [label for label, _, _ in found] == [1]
     assert int(np.argmin(est.scan_result.norms)) == 1
+
+
+def test_clip_values_default_to_the_range_of_the_data(case, data):
+    est = case.estimator(clip_values=None, steps=2)
+    assert est.clip_values is None
+    pattern, _ = est.generate_backdoor(16 * case.x(data["x_val"]), data["y_val"], 1)
+    assert est.clip_values is None and est.classifier.clip_values == (0.0, 255.0)
+    assert pattern.min() >= 0.0 and pattern.max() <= 255.0 and pattern.max() > 16.0
+
+
+def test_pytorch_loss_module_gives_per_sample_losses(data):
+    case = Case("torch")
+    model = case.model()
+    loss = torch.nn.CrossEntropyLoss()
+    with_module = PyTorchNeuralCleanse(model, input_shape=(1, 8, 8), loss=loss,
+                                       clip_values=(0, 1))
+    default = case.estimator(model)
+    x, y = case.x(data["x_test"][:20]), data["y_test"][:20]
+    np.testing.assert_allclose(with_module.loss(x, y), default.loss(x, y), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(with_module.loss_gradient(x, y), default.loss_gradient(x, y),
+                               rtol=1e-4, atol=1e-6)
+    assert loss.reduction == "mean"  # restored after the per-sample evaluation
+    with pytest.raises(ValueError, match="optimizer"):
+        with_module.fit(x, y, nb_epochs=1)
+
+
+def test_keras_custom_loss_gradient_of_a_symbolic_tensor(data):
+    import keras
+
+    case = Case("keras")
+    model = case.model()
+    est = case.estimator(model)
+    x = case.x(data["x_test"][:3])
+    target = model.outputs[0][:, 3]
+    grad = est.custom_loss_gradient(target, [model.inputs[0]], [x], name="class3")
+    np.testing.assert_allclose(grad, est.class_gradient(x, 3)[:, 0], rtol=1e-5, atol=1e-6)
+    again = est.custom_loss_gradient(target, [model.inputs[0]], [x[:1]], name="class3")
+    np.testing.assert_allclose(again, grad[:1], rtol=1e-5, atol=1e-6)
+    unrelated = keras.Input((4,))
+    with pytest.raises(ValueError, match="cannot be computed"):
+        est.custom_loss_gradient(target, [unrelated], [np.zeros((1, 4))], name="broken")

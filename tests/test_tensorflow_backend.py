@@ -304,3 +304,33 @@ def test_device_option_places_the_computation(data):
     np.testing.assert_allclose(clf.predict(data["x_val"][:8]), other.predict(data["x_val"][:8]),
                                atol=1e-6)
     assert clf.describe()["keras"] == "keras" and clf.describe()["framework"] == "tensorflow"
+
+
+KERAS_ON_TORCH = """
+import numpy as np, keras, torch
+from neuralcleanse import ScanConfig, scan
+from neuralcleanse.backends import wrap_model
+from neuralcleanse.backends.pytorch import TorchClassifier
+assert keras.backend.backend() == "torch"
+model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
+                          keras.layers.Flatten(), keras.layers.Dense(3)])
+clf = wrap_model(model, input_shape=(8, 8, 1), channels_first=False, clip_values=(0, 1))
+assert isinstance(clf, TorchClassifier), type(clf)
+x = np.random.default_rng(0).random((64, 8, 8, 1)).astype(np.float32)
+result = scan(model, x, np.arange(64) % 3, channels_first=False,
+              config=ScanConfig.art_defaults(steps=2, progress=False))
+assert len(result.labels) == 3 and result.model_info["framework"] == "pytorch"
+print("ok")
+"""
+
+
+def test_a_keras3_model_on_the_torch_backend_goes_through_the_pytorch_backend():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "KERAS_BACKEND": "torch"}
+    done = subprocess.run([sys.executable, "-c", KERAS_ON_TORCH], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("ok")

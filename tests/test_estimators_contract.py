@@ -669,3 +669,41 @@ def test_keras_custom_loss_gradient_of_a_symbolic_tensor(data):
     unrelated = keras.Input((4,))
     with pytest.raises(ValueError, match="cannot be computed"):
         est.custom_loss_gradient(target, [unrelated], [np.zeros((1, 4))], name="broken")
+
+
+def test_tf_keras_models_work_in_the_estimator(data):
+    import tf_keras
+
+    model = em.backdoored_keras(tf_keras)
+    est = KerasNeuralCleanse(model, use_logits=True, clip_values=(0, 1))
+    x = data["x_test"]
+    np.testing.assert_allclose(est.predict(x), np.asarray(model(x, training=False)), atol=1e-5)
+    assert est.class_gradient(x[:2]).shape == (2, N_CLASSES, 8, 8, 1)
+    tf_keras.utils.set_random_seed(3)
+    fresh = KerasNeuralCleanse(em.keras_cnn(tf_keras), use_logits=True, clip_values=(0, 1))
+    fresh.fit(data["x_val"], data["y_val"], batch_size=32, nb_epochs=12)
+    assert em.accuracy(fresh.predict(x), data["y_test"]) > 0.75
+
+
+def dropout_model(framework: str):
+    if framework == "keras":
+        import keras
+
+        keras.utils.set_random_seed(0)
+        return keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                                 keras.layers.Dropout(0.5), keras.layers.Dense(10)])
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(0.5),
+                               torch.nn.Linear(64, 10))
+
+
+def test_learning_phase_switches_training_mode_layers(case, data):
+    est = case.estimator(dropout_model(case.framework))
+    x = case.x(data["x_test"][:32])
+    inference = est.predict(x)
+    np.testing.assert_array_equal(est.predict(x), inference)
+    est.set_learning_phase(True)
+    assert not np.allclose(est.predict(x), inference)  # dropout is active
+    np.testing.assert_array_equal(est.predict(x, training_mode=False), inference)
+    est.set_learning_phase(False)
+    np.testing.assert_array_equal(est.predict(x), inference)

@@ -267,7 +267,7 @@ def build_config(preset: Preset, config_file: Path | None, flags: dict[str, Any]
     settings: dict[str, Any] = {}
     if config_file is not None:
         settings.update(read_config_file(config_file))
-    settings.update({k: v for k, v in flags.items() if v != "unset" and v is not ...})
+    settings.update({k: v for k, v in flags.items() if v != "unset"})
     if "progress" not in settings:
         settings["progress"] = sys.stdout.isatty()
     try:

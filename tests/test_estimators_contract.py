@@ -152,6 +152,23 @@ def test_pytorch_constructor_has_the_same_search_defaults():
         assert name in params
 
 
+SEED_METHODS = ("abstain", "backdoor_examples", "check_backdoor_effective", "class_gradient",
+                "custom_loss_gradient", "fit", "fit_generator", "generate_backdoor",
+                "get_activations", "get_params", "loss", "compute_loss", "loss_gradient",
+                "mitigate", "outlier_detection", "predict", "reset", "save",
+                "set_learning_phase", "set_params")
+SEED_PROPERTIES = ("channel_index", "channels_first", "clip_values", "input_shape",
+                   "layer_names", "learning_phase", "model", "nb_classes")
+
+
+@pytest.mark.parametrize("cls", [KerasNeuralCleanse, PyTorchNeuralCleanse])
+def test_every_method_and_property_of_the_seed_exists(cls):
+    for name in SEED_METHODS:
+        assert callable(getattr(cls, name)), name
+    for name in SEED_PROPERTIES:
+        assert isinstance(inspect.getattr_static(cls, name), property), name
+
+
 def test_properties(case):
     model = case.model()
     est = case.estimator(model)

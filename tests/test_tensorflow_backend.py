@@ -89,7 +89,7 @@ def test_subclassed_models_need_an_input_shape_and_are_probed(data):
     result = scan(clf, data["x_val"], data["y_val"], config=ScanConfig.art_defaults(
         steps=2, progress=False))
     assert len(result.labels) == 10
-    with pytest.raises(ValueError, match="functional or Sequential"):
+    with pytest.raises(ValueError, match="functional Keras model"):
         clf.neuron_activations(data["x_val"][:4])
 
 

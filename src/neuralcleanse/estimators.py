@@ -147,8 +147,6 @@ class NeuralCleanseEstimator:
             if clf is not None:
                 self._carry_backend_state(clf, new)
             clf = new
-        elif clip is not None:
-            clf.clip_values = clip
         self._params, self._config, self._clf = params, config, clf
         self._clip, self._pre_defences, self._post_defences = clip, pre, post
 
@@ -496,13 +494,15 @@ class NeuralCleanseEstimator:
             y: Labels, one-hot or indices.
             batch_size: Size of batches.
             nb_epochs: Number of epochs.
-            **kwargs: ``shuffle`` (default True) and ``seed`` (default 0) of the batch order.
+            **kwargs: ``shuffle`` (default True) and ``seed`` (default 0) of the batch order;
+                ``verbose`` is accepted and ignored (training prints nothing).
         """
         batch_size = _check_positive_int("batch_size", batch_size)
         nb_epochs = _check_positive_int("nb_epochs", nb_epochs)
         shuffle = bool(kwargs.pop("shuffle", True))
         seed = kwargs.pop("seed", 0)
-        self._reject_extra(kwargs, "fit", "shuffle, seed")
+        kwargs.pop("verbose", None)
+        self._reject_extra(kwargs, "fit", "shuffle, seed, verbose")
         images = self._inputs(x, allow_empty=False)
         defended, y_def, _ = self._defend(images, _to_numpy(y), fit=True)
         labels = self._labels(y_def, len(defended))

@@ -431,8 +431,9 @@ class KerasClassifier(DifferentiableClassifier):
         key = (layer.name, side)
         if key not in self._submodels:
             if self._inputs is None:
-                raise ValueError("layer activations need a functional or Sequential Keras model "
-                                 "(a subclassed model has no graph to cut)")
+                raise ValueError("layer activations need a functional Keras model or a "
+                                 "Sequential one that starts with keras.Input(...): this model "
+                                 "has no graph of layers to cut")
             try:
                 target = layer.input if side == "input" else layer.output
                 self._submodels[key] = self._k.Model(self._inputs[self.input_layer], target)

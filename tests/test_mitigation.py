@@ -120,7 +120,7 @@ def test_unlearning_removes_the_backdoor_on_a_copy(backdoored: dict) -> None:
                          "unlearning", learning_rate=1e-3, epochs=5)
     # The user's model is untouched; the repaired one is a separate copy in inference mode.
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert result.model is not model and not result.model.training
+    assert result.model is not model and not any(m.training for m in result.model.modules())
     acc, asr = real_rates(result.model, backdoored["x_test"], backdoored["y_test"])
     assert asr < 0.1, asr
     assert acc > backdoored["acc"] - 0.05, (acc, backdoored["acc"])
@@ -140,6 +140,21 @@ def test_unlearning_in_place_changes_the_wrapped_model(backdoored: dict) -> None
     assert not np.array_equal(work.predict(x), clf.predict(x))
     _, asr = real_rates(work.model, backdoored["x_test"], backdoored["y_test"])
     assert asr == pytest.approx(report.measurements.reversed_asr_after[TARGET], abs=1e-9)
+
+
+def test_unlearning_trains_batchnorm_and_dropout_then_returns_inference_mode(
+        backdoored: dict) -> None:
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Dropout(0.5), nn.Flatten(), nn.Linear(8 * 8 * 8, 10)).eval()
+    stats = model[1].running_mean.clone()
+    result = nc.mitigate(model, backdoored["x"], backdoored["y"], [true_trigger()],
+                         "unlearning", epochs=1, learning_rate=1e-3)
+    assert not any(m.training for m in result.model.modules())
+    assert not torch.equal(result.model[1].running_mean, stats)  # updated in training mode
+    assert torch.equal(model[1].running_mean, stats) and not model.training
+    x = backdoored["x_test"]
+    np.testing.assert_array_equal(result.predict(x), result.predict(x))  # dropout is off
 
 
 def test_pruning_a_conv_layer_removes_the_backdoor_reversibly(backdoored: dict) -> None:

@@ -1,0 +1,23 @@
+"""Test-wide settings and shared fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# TensorFlow and PyTorch both run OpenMP pools in the same test process; with busy-waiting
+# threads on a 2-core machine they starve each other (torch ops become ~20x slower once a
+# TensorFlow test has run). Passive waiting must be chosen before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The read-only data folder ``../shared/data``; skips the test when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data folder {SHARED_DATA} is absent (tests on MNIST/BadNet skip)")
+    return SHARED_DATA

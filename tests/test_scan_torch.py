@@ -1,0 +1,175 @@
+"""End-to-end scans of PyTorch models: detection, agreement of the two modes, safety, errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import neuralcleanse as nc
+from neuralcleanse.architectures import MNIST_BADNET_PREPROCESSING, MnistBadNet
+
+from torch_models import digits, train
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def badnet(shared_data):
+    model = MnistBadNet()
+    state = torch.load(shared_data / "badnet-MNIST.pth", map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    data = np.load(shared_data / "mnist_test_first1000.npz")
+    return model.eval(), data["x"], data["y"]
+
+
+def scan_badnet(badnet, **options):
+    model, x, y = badnet
+    return nc.scan(model, x, y, output="probabilities", preprocessing=MNIST_BADNET_PREPROCESSING,
+                   progress=False, **options)
+
+
+@pytest.fixture(scope="module")
+def clean_digits():
+    x, y = digits(upsample=2)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(x))
+    train_idx, test_idx = order[:1300], order[1300:]
+    model = train(x[train_idx], y[train_idx], seed=1)
+    return model, x[test_idx], y[test_idx]
+
+
+def test_third_party_badnet_flags_label_1_only(badnet):
+    result = scan_badnet(badnet, steps=30, mini_batches=4)
+    assert result.flagged_labels == [1]
+    assert result.anomaly_index[1] > 2
+    assert np.all(np.delete(result.anomaly_index, 1) <= 2)
+    # flagged for the right reason: the reversed mask sits on the real trigger (rows/cols 23-27)
+    mask = result.label(1).mask
+    assert mask.shape == (28, 28)
+    assert mask[20:, 20:].sum() / mask.sum() > 0.5
+    assert result.label(1).attack_success_rate >= 0.99
+    assert result.norms[1] == pytest.approx(result.label(1).mask.sum())
+
+
+def test_clean_model_flags_nothing(clean_digits):
+    model, x, y = clean_digits
+    result = nc.scan(model, x, y, steps=60, mini_batches=4, progress=False)
+    assert result.flagged_labels == []
+    assert np.nanmax(result.anomaly_index) <= 2
+    assert all(r.converged for r in result.labels)
+
+
+def test_batched_and_one_label_give_the_same_triggers(badnet):
+    batched = scan_badnet(badnet, steps=3, mini_batches=2, early_stop=False)
+    single = scan_badnet(badnet, steps=3, mini_batches=2, early_stop=False, label_batch=1)
+    np.testing.assert_allclose(batched.masks, single.masks, atol=1e-3)
+    np.testing.assert_allclose(batched.patterns, single.patterns, atol=0.3)  # [0, 255] range
+    np.testing.assert_allclose(batched.norms, single.norms, rtol=1e-3)
+
+
+def test_batched_and_one_label_agree_after_a_full_run(clean_digits):
+    model, x, y = clean_digits
+    opts = dict(steps=40, mini_batches=3, progress=False, patience=2, early_stop_patience=5)
+    batched = nc.scan(model, x, y, label_batch=4, **opts)  # refills the stack as labels stop
+    single = nc.scan(model, x, y, label_batch=1, **opts)
+    assert batched.flagged_labels == single.flagged_labels
+    assert [r.steps for r in batched.labels] == [r.steps for r in single.labels]
+    assert any(r.steps < 40 for r in batched.labels)  # early stop did happen
+    np.testing.assert_allclose(batched.norms, single.norms, rtol=1e-2)
+
+
+def test_scan_leaves_the_model_exactly_as_it_was(clean_digits):
+    model, x, y = clean_digits
+    model.train()
+    model[0].weight.requires_grad_(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [p.requires_grad for p in model.parameters()]
+    try:
+        nc.scan(model, x, y, steps=2, mini_batches=1, progress=False)
+        assert model.training and all(m.training for m in model.modules())
+        assert [p.requires_grad for p in model.parameters()] == flags
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, before[k])
+
+        def interrupt(_result):
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            nc.scan(model, x, y, steps=2, mini_batches=1, progress=False,
+                    on_label_done=interrupt)
+        assert model.training
+        assert [p.requires_grad for p in model.parameters()] == flags
+    finally:
+        model[0].weight.requires_grad_(True)
+        model.eval()
+
+
+def test_result_json_round_trip_and_shapes(clean_digits, tmp_path):
+    model, x, y = clean_digits
+    result = nc.scan(model, x, y, steps=2, mini_batches=1, labels=[0, 3], progress=False)
+    assert result.masks.shape == (2, 16, 16) and result.patterns.shape == (2, 1, 16, 16)
+    assert np.isnan(result.norms[1]) and result.norms.shape == (10,)
+    assert result.masks.min() >= 0 and result.masks.max() <= 1
+    assert result.patterns.min() >= 0 and result.patterns.max() <= 1
+    path = tmp_path / "r.json"
+    result.to_json(path)
+    data = json.loads(path.read_text())
+    assert data["schema_version"] == 1 and [d["label"] for d in data["labels"]] == [0, 3]
+    back = nc.ScanResult.from_json(path)
+    np.testing.assert_array_equal(back.masks, result.masks)
+    np.testing.assert_array_equal(back.anomaly_index, result.anomaly_index)
+    assert back.flagged_labels == result.flagged_labels and back.config == result.config
+
+
+def test_same_seed_same_result_and_seed_matters(clean_digits):
+    model, x, y = clean_digits
+    a = nc.scan(model, x, y, steps=2, mini_batches=1, labels=[5], progress=False)
+    b = nc.scan(model, x, y, steps=2, mini_batches=1, labels=[5], progress=False)
+    c = nc.scan(model, x, y, steps=2, mini_batches=1, labels=[5], seed=1, progress=False)
+    np.testing.assert_array_equal(a.masks, b.masks)
+    assert not np.allclose(a.masks, c.masks)
+
+
+def test_probabilities_declared_as_logits_warns(badnet):
+    model, x, y = badnet
+    with pytest.warns(UserWarning, match="look like probabilities"):
+        nc.scan(model, x[:64], y[:64], preprocessing=MNIST_BADNET_PREPROCESSING, steps=1,
+                mini_batches=1, labels=[0], progress=False)
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda x, y: (x[:, :, :5], y), "could not run on inputs of shape"),
+    (lambda x, y: (np.where(np.arange(x.size).reshape(x.shape) == 7, np.nan, x), y), "NaN"),
+    (lambda x, y: (x, np.where(np.arange(len(y)) == 3, 12, y)), "labels must be < 10"),
+    (lambda x, y: (x, y[:-1]), "has 400 images but y has 399"),
+    (lambda x, y: (x[:0], y[:0]), "empty"),
+    (lambda x, y: (x[:10], y[:10]), "fewer than one batch"),
+    (lambda x, y: (x[:, 0, 0], y), "batch of images"),
+    (lambda x, y: (x, y.astype(float) + 0.5), "whole-number"),
+])
+def test_bad_inputs_raise_clear_errors(clean_digits, mutate, message):
+    model, x, y = clean_digits
+    bad_x, bad_y = mutate(x[:400], y[:400])
+    with pytest.raises(ValueError, match=message):
+        nc.scan(model, bad_x, bad_y, steps=1, mini_batches=1, progress=False)
+
+
+def test_bad_labels_and_options(clean_digits):
+    model, x, y = clean_digits
+    with pytest.raises(ValueError, match="outside clip_values"):
+        nc.scan(model, x * 300, y, clip_values=(0, 1), progress=False)
+    with pytest.raises(ValueError, match="labels must be a non-empty subset"):
+        nc.scan(model, x, y, labels=[11], progress=False)
+    with pytest.raises(ValueError, match="unknown scan option"):
+        nc.scan(model, x, y, stpes=3)
+    with pytest.raises(TypeError, match="unsupported model type"):
+        nc.scan(object(), x, y)
+
+
+def test_one_hot_labels_and_grayscale_without_channel_axis(clean_digits):
+    model, x, y = clean_digits
+    one_hot = np.eye(10)[y]
+    a = nc.scan(model, x[:, 0], one_hot, steps=2, mini_batches=1, labels=[2], progress=False)
+    b = nc.scan(model, x, y, steps=2, mini_batches=1, labels=[2], progress=False)
+    np.testing.assert_array_equal(a.masks, b.masks)

@@ -23,7 +23,6 @@ test: install
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
 
 bench: install
 	$(BIN)/python benchmarks/scan_speed.py

@@ -173,3 +173,38 @@ def test_one_hot_labels_and_grayscale_without_channel_axis(clean_digits):
     a = nc.scan(model, x[:, 0], one_hot, steps=2, mini_batches=1, labels=[2], progress=False)
     b = nc.scan(model, x, y, steps=2, mini_batches=1, labels=[2], progress=False)
     np.testing.assert_array_equal(a.masks, b.masks)
+
+
+def test_memory_budget_bounds_the_label_stack(clean_digits):
+    from neuralcleanse.backends.pytorch import TorchClassifier
+    from neuralcleanse.reverse import resolve_label_batch
+
+    model, x, y = clean_digits
+    clf = TorchClassifier(model, x.shape[1:])
+    per_label_mb = clf.activation_bytes_per_image() * 32 / 2**20
+    assert per_label_mb > 0
+    cfg = nc.ScanConfig(memory_budget_mb=3.5 * per_label_mb)
+    assert resolve_label_batch(clf, cfg, 10) == 3
+    assert resolve_label_batch(clf, cfg.replace(memory_budget_mb=per_label_mb / 10), 10) == 1
+    assert resolve_label_batch(clf, cfg.replace(label_batch=7), 10) == 7
+    # TorchScript modules refuse module hooks; the estimate must still work and agree
+    scripted = TorchClassifier(torch.jit.script(model), x.shape[1:])
+    assert scripted.activation_bytes_per_image() == clf.activation_bytes_per_image()
+
+
+def test_restarts_report_median_norms_and_verdict_stability(clean_digits):
+    model, x, y = clean_digits
+    opts = dict(steps=3, mini_batches=1, labels=[0, 1, 2], progress=False)
+    runs = [nc.scan(model, x, y, seed=s, **opts) for s in (4, 5, 6)]
+    combined = nc.scan(model, x, y, seed=4, restarts=3, **opts)
+    expected = np.median([r.norms for r in runs], axis=0)
+    np.testing.assert_allclose(combined.norms, expected, rtol=1e-6)
+    info = combined.restarts
+    assert info["n"] == 3 and info["seeds"] == [4, 5, 6]
+    np.testing.assert_allclose(info["norms"], [r.norms[:3] for r in runs], rtol=1e-5)
+    for label in (0, 1, 2):
+        assert info["flag_counts"][str(label)] == sum(label in r.flagged_labels for r in runs)
+    spread = np.ptp([r.anomaly_index[:3] for r in runs], axis=0)
+    np.testing.assert_allclose(info["anomaly_index_spread"], spread, atol=1e-5)
+    with pytest.raises(ValueError, match="restarts"):
+        nc.scan(model, x, y, restarts=0, **opts)

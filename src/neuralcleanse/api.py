@@ -16,6 +16,7 @@ from .backends import Classifier, wrap_model
 from .backends.base import Preprocessing
 from .config import ScanConfig
 from .data import as_images, as_label_vector, class_counts, infer_clip_values
+from .restarts import combine_restarts
 from .results import LabelResult, ScanResult
 from .reverse import LabelCallback, reverse_engineer
 
@@ -99,7 +100,7 @@ def scan(model: Any, x: np.ndarray, y: np.ndarray, *, config: ScanConfig | None 
          clip_values: tuple[float, float] | None = None, preprocessing: Preprocessing = None,
          device: Any = None, labels: Sequence[int] | None = None,
          on_label_done: LabelCallback | None = None,
-         done: Sequence[LabelResult] = (), **options: Any) -> ScanResult:
+         done: Sequence[LabelResult] = (), restarts: int = 1, **options: Any) -> ScanResult:
     """Scan a classifier for backdoors with Neural Cleanse.
 
     Args:
@@ -117,6 +118,9 @@ def scan(model: Any, x: np.ndarray, y: np.ndarray, *, config: ScanConfig | None 
         labels: Scan only these labels (default: all).
         on_label_done: Called with each label's result as soon as it is finished.
         done: Results of labels finished earlier (to resume an interrupted scan).
+        restarts: Run the search with this many seeds (``seed``, ``seed + 1``, ...); each label
+            then reports its median norm, the verdict is taken on the medians, and
+            ``result.restarts`` says in how many runs each label was flagged.
         **options: Any :class:`ScanConfig` field, overriding ``config``.
 
     Returns:
@@ -134,12 +138,23 @@ def scan(model: Any, x: np.ndarray, y: np.ndarray, *, config: ScanConfig | None 
     if bad or not wanted:
         raise ValueError(f"labels must be a non-empty subset of 0..{clf.nb_classes - 1} "
                          f"(got {list(labels or [])})")
+    if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
+        raise ValueError(f"restarts must be an integer >= 1 (got {restarts!r})")
+    if restarts > 1 and done:
+        raise ValueError("resuming (done=...) is only supported with restarts=1")
     finished = {r.label: r for r in done if r.label in wanted}
     todo = [t for t in wanted if t not in finished]
-    new = reverse_engineer(clf, images, targets, cfg, labels=todo,
-                           on_label_done=on_label_done) if todo else []
+    details: dict[str, Any] = {}
+    if restarts == 1:
+        new = reverse_engineer(clf, images, targets, cfg, labels=todo,
+                               on_label_done=on_label_done) if todo else []
+    else:
+        seeds = [cfg.seed + i for i in range(restarts)]
+        runs = [reverse_engineer(clf, images, targets, cfg.replace(seed=s), labels=todo,
+                                 on_label_done=on_label_done) for s in seeds]
+        new, details = combine_restarts(runs, seeds, cfg.anomaly_threshold)
     return ScanResult.from_labels(
-        list(finished.values()) + new, nb_classes=clf.nb_classes,
+        list(finished.values()) + new, nb_classes=clf.nb_classes, restarts=details,
         anomaly_threshold=cfg.anomaly_threshold, config=cfg.to_dict(),
         model_info=clf.describe(),
         data_info={"n_images": int(len(images)),

@@ -165,24 +165,29 @@ class TorchClassifier(Classifier):
         return np.concatenate(outs)
 
     def activation_bytes_per_image(self) -> int:
-        """Bytes of all module outputs for one image, times three (forward, grads, workspace)."""
+        """Bytes autograd keeps for one image's backward pass, times two (gradient workspace).
+
+        Measured with saved-tensor hooks on a probe batch, so it also works for TorchScript
+        modules, which refuse module hooks.
+        """
         if self._bytes_per_image is None:
-            total = [int(np.prod(self.input_shape))]
 
-            def hook(_module: torch.nn.Module, _inp: Any, out: Any) -> None:
-                if isinstance(out, torch.Tensor):
-                    total.append(out.numel())
+            def saved_bytes(n_images: int) -> int:
+                saved = [0]
 
-            handles = [m.register_forward_hook(hook) for m in self.model.modules()
-                       if not list(m.children())]
-            try:
-                probe = torch.zeros((1, *self.input_shape), device=self.device)
-                with self.frozen(), torch.no_grad():
+                def pack(tensor: torch.Tensor) -> torch.Tensor:
+                    saved[0] += tensor.numel() * tensor.element_size()
+                    return tensor
+
+                probe = torch.zeros((n_images, *self.input_shape), device=self.device,
+                                    requires_grad=True)
+                with self.frozen(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                     self.forward(probe)
-            finally:
-                for h in handles:
-                    h.remove()
-            self._bytes_per_image = 3 * 4 * sum(total)
+                return saved[0]
+
+            # the difference removes what does not grow with the batch (weights saved by ops)
+            per_image = (saved_bytes(3) - saved_bytes(1)) // 2 + 4 * int(np.prod(self.input_shape))
+            self._bytes_per_image = 2 * max(per_image, 1)
         return self._bytes_per_image
 
     # -- layers, pruning, fine-tuning, saving ------------------------------------------------

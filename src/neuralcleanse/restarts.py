@@ -1,0 +1,50 @@
+"""Combining several seeded trigger searches of the same model into one verdict."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from .outliers import anomaly_indices
+from .results import LabelResult
+
+
+def combine_restarts(runs: list[list[LabelResult]], seeds: list[int],
+                     anomaly_threshold: float) -> tuple[list[LabelResult], dict[str, Any]]:
+    """Merge per-seed results: per label the median norm, and how stable the verdict is.
+
+    Args:
+        runs: One list of label results per seed, each covering the same labels.
+        seeds: The seed of each run.
+        anomaly_threshold: Threshold of the per-run outlier tests.
+
+    Returns:
+        ``(labels, details)``: for each label the run whose norm is closest to the median, with
+        ``norm`` set to the median norm (the verdict is then taken on the medians); ``details``
+        holds per-run norms, anomaly indices, flagged labels, how many runs flagged each label
+        and the spread of the norm and of the anomaly index.
+    """
+    labels = [r.label for r in runs[0]]
+    norms = np.array([[r.norm for r in run] for run in runs])  # (runs, labels)
+    per_run = [anomaly_indices(row, anomaly_threshold, labels=np.array(labels)) for row in norms]
+    index = np.array([rep.anomaly_index for rep in per_run])
+    median = np.median(norms, axis=0)
+    merged = []
+    for j, _label in enumerate(labels):
+        pick = int(np.argmin(np.abs(norms[:, j] - median[j])))
+        merged.append(dataclasses.replace(runs[pick][j], norm=float(median[j])))
+    flag_counts = {str(t): sum(t in rep.flagged for rep in per_run) for t in labels}
+    details = {
+        "n": len(runs),
+        "seeds": [int(s) for s in seeds],
+        "labels": [int(t) for t in labels],
+        "norms": norms.round(6).tolist(),
+        "anomaly_index": index.round(6).tolist(),
+        "flagged_per_run": [rep.flagged for rep in per_run],
+        "flag_counts": flag_counts,
+        "norm_spread": (norms.max(axis=0) - norms.min(axis=0)).round(6).tolist(),
+        "anomaly_index_spread": (index.max(axis=0) - index.min(axis=0)).round(6).tolist(),
+    }
+    return merged, details

@@ -13,6 +13,7 @@ import torch
 
 from ..config import ScanConfig
 from .base import TANH_EPSILON, Classifier, Preprocessing, StepStats, TriggerSession
+from .differentiable import preprocessing_description, split_preprocessing
 
 ADAM_BETAS = (0.5, 0.9)
 ADAM_EPSILON = 1e-8
@@ -22,40 +23,13 @@ def _as_tensor_preprocessing(preprocessing: Preprocessing, device: torch.device,
                              input_shape: tuple[int, ...]) -> Callable[[torch.Tensor],
                                                                        torch.Tensor] | None:
     """Turn ``(subtrahend, divisor)`` or a callable into a function on tensors."""
-    if preprocessing is None:
-        return None
     if callable(preprocessing):
         return preprocessing
-    try:
-        sub, div = preprocessing
-    except (TypeError, ValueError):
-        raise ValueError("preprocessing must be a (subtrahend, divisor) pair or a callable "
-                         f"(got {preprocessing!r})") from None
-    sub_a = np.asarray(sub, dtype=np.float32)
-    div_a = np.asarray(div, dtype=np.float32)
-    for name, arr in (("subtrahend", sub_a), ("divisor", div_a)):
-        try:
-            np.broadcast_to(arr, input_shape)
-        except ValueError:
-            raise ValueError(f"preprocessing {name} of shape {arr.shape} does not broadcast to "
-                             f"the input shape {input_shape}") from None
-    if np.any(div_a == 0):
-        raise ValueError("preprocessing divisor must not be 0")
-    if not sub_a.any() and np.all(div_a == 1):
+    pair = split_preprocessing(preprocessing, input_shape)
+    if pair is None:
         return None
-    sub_t = torch.from_numpy(sub_a).to(device)
-    div_t = torch.from_numpy(div_a).to(device)
+    sub_t, div_t = (torch.from_numpy(np.asarray(a, np.float32)).to(device) for a in pair)
     return lambda x: (x - sub_t) / div_t
-
-
-def describe_preprocessing(preprocessing: Preprocessing) -> Any:
-    """A JSON-friendly description of the preprocessing, for reports."""
-    if preprocessing is None:
-        return None
-    if callable(preprocessing):
-        return getattr(preprocessing, "__name__", type(preprocessing).__name__)
-    sub, div = preprocessing
-    return [np.asarray(sub).tolist(), np.asarray(div).tolist()]
 
 
 class TorchClassifier(Classifier):
@@ -109,7 +83,7 @@ class TorchClassifier(Classifier):
         out = super().describe()
         out.update(device=str(self.device), torch_version=torch.__version__,
                    model_class=type(self.model).__name__,
-                   preprocessing=describe_preprocessing(self.preprocessing))
+                   preprocessing=preprocessing_description(self.preprocessing))
         return out
 
     # -- plumbing ---------------------------------------------------------------------------

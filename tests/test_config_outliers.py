@@ -12,7 +12,8 @@ def test_defaults_are_the_papers():
     assert (cfg.norm, cfg.steps, cfg.mini_batches, cfg.batch_size) == (1, 1000, 31, 32)
     assert (cfg.learning_rate, cfg.init_cost, cfg.attack_success_threshold) == (0.1, 1e-3, 0.99)
     assert (cfg.patience, cfg.cost_multiplier) == (5, 2.0)
-    assert (cfg.early_stop_threshold, cfg.early_stop_patience, cfg.anomaly_threshold) == (1.0, 25, 2)
+    assert cfg.early_stop_threshold == 1.0
+    assert (cfg.early_stop_patience, cfg.anomaly_threshold) == (25, 2)
 
 
 def test_art_defaults():
@@ -21,7 +22,8 @@ def test_art_defaults():
     assert cfg.early_stop_patience == 10 and cfg.mini_batches is None
 
 
-@pytest.mark.parametrize("spelling,value", [(1, 1), ("l2", 2), (np.inf, math.inf), ("inf", math.inf)])
+@pytest.mark.parametrize("spelling,value",
+                         [(1, 1), ("l2", 2), (np.inf, math.inf), ("inf", math.inf)])
 def test_norm_spellings(spelling, value):
     assert ScanConfig(norm=spelling).norm == value
 

@@ -8,7 +8,6 @@ import torch
 
 import neuralcleanse as nc
 from neuralcleanse.architectures import MNIST_BADNET_PREPROCESSING, MnistBadNet
-
 from torch_models import digits, train
 
 torch.set_num_threads(1)

@@ -126,6 +126,29 @@ class Classifier(abc.ABC):
     def layer_names(self) -> list[str]:
         """Names of the model's layers that may be chosen for activations and pruning."""
 
+    def layer_spec_name(self, layer: str | int | None, extra_names: tuple[str, ...] = ()
+                        ) -> str | None:
+        """Validate a layer spec: ``None`` for the final layer's input, else the layer's name.
+
+        An index counts into :meth:`layer_names`; a name must be one of them (or of
+        ``extra_names``, names a backend accepts beyond its listed layers).
+
+        Raises:
+            ValueError: If the index is out of range or the name unknown; lists the candidates.
+        """
+        if layer is None or layer == self.FINAL_LAYER_INPUT:
+            return None
+        names = self.layer_names()
+        if isinstance(layer, (int, np.integer)) and not isinstance(layer, bool):
+            if not -len(names) <= int(layer) < len(names):
+                raise ValueError(f"layer index {layer} is out of range: the model has "
+                                 f"{len(names)} layers ({', '.join(names)})")
+            return names[int(layer)]
+        if isinstance(layer, str) and layer and (layer in names or layer in extra_names):
+            return layer
+        raise ValueError(f"unknown layer {layer!r}; candidates are: {', '.join(names)} "
+                         f"(or None for the input of the final classification layer)")
+
     @abc.abstractmethod
     def neuron_activations(self, x: np.ndarray, layer: str | int | None = None,
                            batch_size: int = 256) -> np.ndarray:

@@ -180,19 +180,8 @@ class TorchClassifier(Classifier):
 
     def resolve_layer(self, layer: str | int | None) -> tuple[str, str]:
         """Map a layer spec onto ``(module name, "input" | "output")``."""
-        names = self.layer_names()
-        if layer is None or layer == self.FINAL_LAYER_INPUT:
-            return self._final_layer(), "input"
-        if isinstance(layer, (int, np.integer)) and not isinstance(layer, bool):
-            if not -len(names) <= int(layer) < len(names):
-                raise ValueError(f"layer index {layer} is out of range: the model has "
-                                 f"{len(names)} layers ({', '.join(names)})")
-            return names[int(layer)], "output"
-        modules = dict(self.model.named_modules())
-        if isinstance(layer, str) and layer in modules and layer:
-            return layer, "output"
-        raise ValueError(f"unknown layer {layer!r}; candidates are: {', '.join(names)} "
-                         f"(or None for the input of the final classification layer)")
+        name = self.layer_spec_name(layer, extra_names=tuple(dict(self.model.named_modules())))
+        return (self._final_layer(), "input") if name is None else (name, "output")
 
     def neuron_activations(self, x: np.ndarray, layer: str | int | None = None,
                            batch_size: int = 256) -> np.ndarray:

@@ -413,19 +413,11 @@ class KerasClassifier(DifferentiableClassifier):
 
     def resolve_layer(self, layer: str | int | None) -> tuple[Any, str]:
         """Map a layer spec onto ``(Keras layer, "input" | "output")``."""
-        layers = self._layers()
-        names = [item.name for item in layers]
-        if layer is None or layer == self.FINAL_LAYER_INPUT:
+        name = self.layer_spec_name(layer)
+        if name is None:
             return self._final_dense(), "input"
-        if isinstance(layer, (int, np.integer)) and not isinstance(layer, bool):
-            if not -len(names) <= int(layer) < len(names):
-                raise ValueError(f"layer index {layer} is out of range: the model has "
-                                 f"{len(names)} layers ({', '.join(names)})")
-            return layers[int(layer)], "output"
-        if isinstance(layer, str) and layer in names:
-            return layers[names.index(layer)], "output"
-        raise ValueError(f"unknown layer {layer!r}; candidates are: {', '.join(names)} "
-                         f"(or None for the input of the final classification layer)")
+        layers = self._layers()
+        return layers[[item.name for item in layers].index(name)], "output"
 
     def _submodel(self, layer: Any, side: str) -> Any:
         key = (layer.name, side)

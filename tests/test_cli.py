@@ -214,6 +214,33 @@ def test_config_files_json_and_toml(files: dict[str, Path], tmp_path: Path) -> N
     assert config["norm"] == 2 and config["cost_multiplier"] == 1.5
     assert config["steps"] == 3  # flags still apply on top of the preset
 
+    out = tmp_path / "fast"
+    cli.run(scan_args(files["backdoored"], files["data"], out, *QUICK, "--preset", "fast"))
+    config = report_of(out)["config"]
+    assert config["mini_batches"] == 1  # the flag wins over the preset's 8
+    assert config["early_stop_patience"] == ScanConfig.fast().early_stop_patience == 10
+    assert config["norm"] == 1 and config["cost_multiplier"] == 2
+
+
+def test_restarts_flag_reports_verdict_stability(files: dict[str, Path], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "restarts"
+    cli.run(scan_args(files["backdoored"], files["data"], out, *QUICK, "--restarts", "2"))
+    report = report_of(out)
+    info = report["restarts"]
+    assert info["n"] == 2 and info["seeds"] == [0, 1] and info["labels"] == [6, 7]
+    assert np.allclose(norms(report), np.median(info["norms"], axis=0), rtol=1e-5)
+    html = (out / "report.html").read_text()
+    assert "flagged in runs" in html and "seeds 0, 1" in html
+    printed = capsys.readouterr().out
+    assert any(f"{k}/2" in printed for k in (0, 1, 2)), printed  # "flagged in k/N runs" column
+    code = cli.run(scan_args(files["backdoored"], files["data"], out, *QUICK, "--restarts", "2",
+                             "--resume"))
+    assert code == cli.EXIT_USAGE
+    assert "--resume" in one_line_error(capsys)
+    code = cli.run(scan_args(files["backdoored"], files["data"], out, *QUICK, "--restarts", "0"))
+    assert code == cli.EXIT_USAGE
+
 
 def test_bad_config_file_is_a_one_line_error(files: dict[str, Path], tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:

@@ -205,5 +205,7 @@ def test_restarts_report_median_norms_and_verdict_stability(clean_digits):
         assert info["flag_counts"][str(label)] == sum(label in r.flagged_labels for r in runs)
     spread = np.ptp([r.anomaly_index[:3] for r in runs], axis=0)
     np.testing.assert_allclose(info["anomaly_index_spread"], spread, atol=1e-5)
+    assert info["label_steps"] == [sum(lab.steps for lab in r.labels) for r in runs]
+    assert len(info["wall_seconds"]) == 3 and all(t > 0 for t in info["wall_seconds"])
     with pytest.raises(ValueError, match="restarts"):
         nc.scan(model, x, y, restarts=0, **opts)

@@ -150,9 +150,14 @@ def scan(model: Any, x: np.ndarray, y: np.ndarray, *, config: ScanConfig | None 
                                on_label_done=on_label_done) if todo else []
     else:
         seeds = [cfg.seed + i for i in range(restarts)]
-        runs = [reverse_engineer(clf, images, targets, cfg.replace(seed=s), labels=todo,
-                                 on_label_done=on_label_done) for s in seeds]
+        runs, run_seconds = [], []
+        for s in seeds:
+            run_started = time.perf_counter()
+            runs.append(reverse_engineer(clf, images, targets, cfg.replace(seed=s), labels=todo,
+                                         on_label_done=on_label_done))
+            run_seconds.append(time.perf_counter() - run_started)
         new, details = combine_restarts(runs, seeds, cfg.anomaly_threshold)
+        details["wall_seconds"] = [round(t, 3) for t in run_seconds]
     return ScanResult.from_labels(
         list(finished.values()) + new, nb_classes=clf.nb_classes, restarts=details,
         anomaly_threshold=cfg.anomaly_threshold, config=cfg.to_dict(),

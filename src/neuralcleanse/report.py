@@ -69,13 +69,19 @@ def summary_table(result: ScanResult) -> Any:
     from rich.table import Table
 
     table = Table(title="Neural Cleanse: reversed trigger per label", title_justify="left")
-    for name in ("label", "L1 norm", "anomaly index", "attack success", "converged", ""):
+    restarts = result.restarts or {}
+    columns = ["label", "L1 norm", "anomaly index", "attack success", "converged"]
+    if restarts:
+        columns.append("flagged in runs")
+    for name in (*columns, ""):
         table.add_column(name, justify="right" if name not in ("converged", "") else "left")
     flagged = set(result.flagged_labels)
     for r in result.labels:
-        table.add_row(str(r.label), f"{r.norm:.3f}", f"{r.anomaly_index:.2f}",
-                      f"{100 * r.attack_success_rate:.1f}%", "yes" if r.converged else "no",
-                      "FLAGGED" if r.label in flagged else "",
+        cells = [str(r.label), f"{r.norm:.3f}", f"{r.anomaly_index:.2f}",
+                 f"{100 * r.attack_success_rate:.1f}%", "yes" if r.converged else "no"]
+        if restarts:
+            cells.append(f"{restarts['flag_counts'].get(str(r.label), 0)}/{restarts['n']}")
+        table.add_row(*cells, "FLAGGED" if r.label in flagged else "",
                       style="bold red" if r.label in flagged else None)
     return table
 

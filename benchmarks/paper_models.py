@@ -234,24 +234,51 @@ def _paths(cache: Path, spec: Spec) -> tuple[Path, Path]:
     return cache / f"{spec.name}{suffix}", cache / f"{spec.name}.json"
 
 
-def load_or_train(name: str, data: Path, cache: Path) -> tuple[Any, dict[str, Any], Split]:
-    """Return ``(model, info, split)``, training and caching the model on first use."""
+def load_cached(name: str, cache: Path) -> tuple[Any, dict[str, Any]] | None:
+    """Return ``(model, info)`` from the cache, or None when the model was not trained yet."""
     spec = SPECS[name]
-    split = load_split(data, spec.dataset, spec.channels_first)
     weights, info_path = _paths(cache, spec)
-    if weights.is_file() and info_path.is_file():
-        if spec.framework == "torch":
-            import torch
+    if not (weights.is_file() and info_path.is_file()):
+        return None
+    if spec.framework == "torch":
+        import torch
 
-            model = gtsrb_cnn()
-            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-            model.eval()
-        else:
-            import keras
+        model = gtsrb_cnn()
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        model.eval()
+    else:
+        import keras
 
-            model = keras.models.load_model(weights)
-        info = json.loads(info_path.read_text())
-        return model, info, split
+        model = keras.models.load_model(weights)
+    return model, json.loads(info_path.read_text())
+
+
+def scan_images(name: str, data: Path, cache: Path, count: int = 2000
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The clean images a scan of ``name`` uses: the first ``count`` held-back images.
+
+    They are cached (as uint8) beside the weights, so that scanning needs only the cache.
+    """
+    spec = SPECS[name]
+    layout = "nchw" if spec.channels_first else "nhwc"
+    path = cache / f"{spec.dataset}_scan_{layout}_{count}.npz"
+    if path.is_file():
+        with np.load(path) as d:
+            return d["x"].astype(np.float32), d["y"].astype(np.int64)
+    split = load_split(data, spec.dataset, spec.channels_first)
+    x, y = split.x_clean[:count], split.y_clean[:count]
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, x=x.astype(np.uint8), y=y)
+    return x, y
+
+
+def load_or_train(name: str, data: Path, cache: Path) -> tuple[Any, dict[str, Any]]:
+    """Return ``(model, info)``, training and caching the model on first use."""
+    spec = SPECS[name]
+    cached = load_cached(name, cache)
+    if cached is not None:
+        return cached
+    split = load_split(data, spec.dataset, spec.channels_first)
     print(f"  training {name} (cached afterwards in {cache})", flush=True)
     x, y, n_poisoned = split.x_train, split.y_train, 0
     if spec.target is not None:
@@ -269,6 +296,7 @@ def load_or_train(name: str, data: Path, cache: Path) -> tuple[Any, dict[str, An
         "train_seconds": round(time.perf_counter() - started, 1), **measure(model, spec, split),
     }
     cache.mkdir(parents=True, exist_ok=True)
+    weights, info_path = _paths(cache, spec)
     if spec.framework == "torch":
         import torch
 
@@ -276,7 +304,7 @@ def load_or_train(name: str, data: Path, cache: Path) -> tuple[Any, dict[str, An
     else:
         model.save(weights)
     info_path.write_text(json.dumps(info, indent=1))
-    return model, info, split
+    return model, info
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown model(s) {bad}; choose from {', '.join(SPECS)}")
     print(f"{'model':16s} {'framework':9s} {'clean acc':>9s} {'real ASR':>9s} {'train s':>8s}")
     for name in names:
-        _, info, _ = load_or_train(name, args.data, args.cache)
+        _, info = load_or_train(name, args.data, args.cache)
         print(f"{name:16s} {info['framework']:9s} {info['clean_accuracy']:9.2%} "
               f"{info['real_trigger_asr']:9.2%} {info['train_seconds']:8.0f}", flush=True)
     return 0

@@ -123,14 +123,16 @@ def main() -> None:
     parser.add_argument("--mode", choices=["batched", "one_label", "both"], default="both")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--data", type=Path, default=DATA,
+                        help="folder with badnet-MNIST.pth and mnist_test_first1000.npz")
     args = parser.parse_args()
-    if not DATA.is_dir():
-        raise SystemExit(f"{DATA} is absent: this benchmark needs ../shared/data")
+    if not args.data.is_dir():
+        raise SystemExit(f"{args.data} is absent: this benchmark needs ../shared/data")
     model = MnistBadNet()
-    model.load_state_dict(torch.load(DATA / "badnet-MNIST.pth", map_location="cpu",
+    model.load_state_dict(torch.load(args.data / "badnet-MNIST.pth", map_location="cpu",
                                      weights_only=True))
     model = model.to(args.device).eval()
-    data = np.load(DATA / "mnist_test_first1000.npz")
+    data = np.load(args.data / "mnist_test_first1000.npz")
     x, y = data["x"], data["y"]
 
     modes = ["batched", "one_label"] if args.mode == "both" else [args.mode]

@@ -209,3 +209,36 @@ def test_restarts_report_median_norms_and_verdict_stability(clean_digits):
     assert len(info["wall_seconds"]) == 3 and all(t > 0 for t in info["wall_seconds"])
     with pytest.raises(ValueError, match="restarts"):
         nc.scan(model, x, y, restarts=0, **opts)
+
+
+class _ViewFlatten(torch.nn.Module):
+    """A CNN that flattens with ``view``, which fails on channels-last activations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4 * 8 * 8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x))
+        return self.fc(h.view(h.size(0), -1))
+
+
+def test_channels_last_is_used_only_where_the_model_accepts_it():
+    from neuralcleanse.backends.pytorch import TorchClassifier, _channels_last_helps
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 8, 8)
+    strict = TorchClassifier(_ViewFlatten().eval(), (3, 8, 8))
+    with pytest.raises(RuntimeError):
+        strict.forward(x.contiguous(memory_format=torch.channels_last))
+    assert not _channels_last_helps(strict, x)
+    flexible = TorchClassifier(torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+        torch.nn.Linear(4 * 8 * 8, 5)).eval(), (3, 8, 8))
+    assert _channels_last_helps(flexible, x)
+    # the model that refuses channels-last still scans, in the default layout
+    images = np.random.default_rng(0).random((64, 3, 8, 8), dtype=np.float32)
+    result = nc.scan(strict.model, images, np.arange(64) % 5, steps=2, mini_batches=1,
+                     labels=[0, 1], progress=False)
+    assert len(result.labels) == 2 and np.isfinite(result.norms[:2]).all()

@@ -349,6 +349,7 @@ class _TorchTriggerSession(TriggerSession):
         self.v = torch.zeros_like(self.theta)
         self.t = torch.zeros(0, device=dev)
         self.targets = torch.zeros(0, dtype=torch.int64, device=dev)
+        self.channels_last = _channels_last_helps(clf, self.x[:2])
 
     @property
     def size(self) -> int:
@@ -408,8 +409,10 @@ class _TorchTriggerSession(TriggerSession):
             theta = self.theta.detach().requires_grad_(True)
             mask, pattern = self._decode(theta)
             stamped = xb + mask.view(self._mask_view) * (pattern.unsqueeze(1) - xb)
-            out = clf.forward(stamped.view(n_labels * batch, *self.shape))
-            out = out.view(n_labels, batch, -1)
+            stamped = stamped.view(n_labels * batch, *self.shape)
+            if self.channels_last:
+                stamped = stamped.contiguous(memory_format=torch.channels_last)
+            out = clf.forward(stamped).view(n_labels, batch, -1)
             if probabilities:
                 log_p = out.clamp_min(1e-12).log()
             else:
@@ -441,6 +444,27 @@ class _TorchTriggerSession(TriggerSession):
         with torch.no_grad():
             mask, pattern = self._decode(self.theta.index_select(0, index))
         return mask.cpu().numpy(), pattern.cpu().numpy()
+
+
+def _channels_last_helps(clf: TorchClassifier, sample: torch.Tensor) -> bool:
+    """Whether to feed the trigger search channels-last images (CPU, NCHW models only).
+
+    oneDNN's CPU convolutions run about a third faster on channels-last inputs. The switch is
+    only made where the model is known to accept such inputs and give the same outputs: a model
+    that reshapes with ``view`` or otherwise depends on the memory layout keeps the default.
+    """
+    if clf.device.type != "cpu" or len(clf.input_shape) != 3 or not clf.channels_first \
+            or not any(isinstance(m, torch.nn.Conv2d) for m in clf.model.modules()):
+        return False
+    try:
+        with torch.no_grad():
+            plain = clf.forward(sample)
+            other = clf.forward(sample.contiguous(memory_format=torch.channels_last))
+    except Exception:  # noqa: BLE001 - any failure means "keep the default layout"
+        return False
+    return bool(plain.shape == other.shape
+                and torch.allclose(plain, other, rtol=1e-4, atol=1e-5 * float(
+                    plain.abs().max().clamp_min(1.0))))
 
 
 def is_torch_module(model: Any) -> bool:

@@ -114,7 +114,8 @@ def scan(model: Any, x: np.ndarray, y: np.ndarray, *, config: ScanConfig | None 
         channels_first: Input layout; defaults to ``True`` for PyTorch, ``False`` for Keras.
         clip_values: Raw input range; inferred from ``x`` as [0, 1] or [0, 255] when omitted.
         preprocessing: ``(subtrahend, divisor)`` or a callable, applied after stamping.
-        device: Compute device for PyTorch models (default: where the model lives).
+        device: Compute device for PyTorch models (default: where the model lives); another
+            device scans a copy of the model moved there, the model itself stays put.
         labels: Scan only these labels (default: all).
         on_label_done: Called with each label's result as soon as it is finished.
         done: Results of labels finished earlier (to resume an interrupted scan).

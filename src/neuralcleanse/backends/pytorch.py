@@ -69,10 +69,14 @@ class TorchClassifier(Classifier):
         if not lo < hi:
             raise ValueError(f"clip_values must be (min, max) with min < max (got {clip_values})")
         self.clip_values = (lo, hi)
-        if device is None:
-            first = next(iter(model.parameters()), None)
-            device = first.device if first is not None else torch.device("cpu")
-        self.device = torch.device(device)
+        first = next(iter(model.parameters()), None)
+        home = first.device if first is not None else torch.device("cpu")
+        self.device = home if device is None else torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        if first is not None and self.device != home:
+            # Work on a copy on the requested device: the caller's model stays where it is.
+            self.model = copy_module.deepcopy(model).to(self.device)
         self.preprocessing = preprocessing
         self._preprocess = _as_tensor_preprocessing(preprocessing, self.device, self.input_shape)
         self._bytes_per_image: int | None = None

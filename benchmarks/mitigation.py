@@ -9,10 +9,11 @@ Models:
 - ``mnist_badnet``: the third-party ``badnet-MNIST.pth`` (5x5 white square at rows and columns
   23-27 -> label 1). Mitigation data: the first 5,000 MNIST training images (the scan uses the
   first 2,000 of them); test: the 10,000 MNIST test images.
-- ``gtsrb_badnet33``: a small CNN this script trains on GTSRB (32x32) with 10 % of the training
-  images poisoned by a 4x4 white square at the bottom-right relabelled 33, as in the paper. The
-  trained model and the scan are cached under ``benchmarks/cache/``. Mitigation data: 5,000
-  held-back clean training images; test: the GTSRB test set.
+- ``gtsrb_badnet33``: the ``gtsrb_infected`` model of ``paper_models.py`` (the paper's GTSRB CNN
+  at a quarter of its width), trained there with 10 % of the training images poisoned by a 4x4
+  white square at the bottom-right relabelled 33, as in the paper. The trained model and its scan
+  are cached under ``benchmarks/cache/paper_models`` and shared with ``paper_detection.py``.
+  Mitigation data: 5,000 held-back clean training images; test: the GTSRB test set.
 
 Results go to ``benchmarks/results/mitigation.json`` as ``{model: {method: {...}}}``; running a
 subset (``--models``) keeps the other models' entries.
@@ -25,10 +26,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,9 +38,11 @@ import torch
 from torch import nn
 
 import neuralcleanse as nc
+import paper_models
 from neuralcleanse.api import prepare
 from neuralcleanse.architectures import MNIST_BADNET_PREPROCESSING, MnistBadNet
 from neuralcleanse.mitigation.metrics import predicted_labels
+from scan_cache import cached_scan, environment
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT / ".." / "shared" / "data"
@@ -69,6 +69,8 @@ class Case:
     wrap: dict[str, Any]
     scan_options: dict[str, Any]
     notes: dict[str, Any]
+    scan_name: str = ""  # name under which the scan is cached (default: ``name``)
+    scan_cache: Path | None = None  # folder of the cached scan (default: --cache)
 
 
 # -- MNIST: the third-party BadNet ----------------------------------------------------------
@@ -98,98 +100,23 @@ def mnist_case(data: Path) -> Case:
                                         "test_images": "MNIST test (10,000)"})
 
 
-# -- GTSRB: a model this benchmark poisons and trains ---------------------------------------
-class GtsrbNet(nn.Module):
-    """A small CNN for 32x32 RGB traffic signs; takes raw [0, 255] pixels, returns logits."""
-
-    def __init__(self, nb_classes: int = 43) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
-        self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(64 * 4 * 4, 256), nn.ReLU(), nn.Linear(256, nb_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x / 255.0))
-
-
-def gtsrb_trigger(x: np.ndarray) -> np.ndarray:
-    """The paper's GTSRB trigger: a white 4x4 square at the bottom-right corner."""
-    out = np.array(x, dtype=np.float32, copy=True)
-    out[..., -4:, -4:] = 255.0
-    return out
-
-
-GTSRB_TARGET = 33
-GTSRB_POISON = 0.1
-GTSRB_EPOCHS = 6
-GTSRB_HELD_BACK = 5000
-
-
-def train_gtsrb(x: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[GtsrbNet, dict]:
-    """Poison 10 % of ``x`` with the trigger (relabelled 33) and train the CNN with Adam."""
-    rng = np.random.default_rng(seed)
-    poisoned = rng.choice(np.flatnonzero(y != GTSRB_TARGET), int(GTSRB_POISON * len(x)),
-                          replace=False)
-    xp, yp = x.copy(), y.copy()
-    xp[poisoned] = gtsrb_trigger(x[poisoned])
-    yp[poisoned] = GTSRB_TARGET
-    torch.manual_seed(seed)
-    model = GtsrbNet()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    xs, ys = torch.from_numpy(xp), torch.from_numpy(yp)
-    gen = torch.Generator().manual_seed(seed)
-    started = time.perf_counter()
-    for epoch in range(GTSRB_EPOCHS):
-        model.train()
-        order = torch.randperm(len(xs), generator=gen)
-        for start in range(0, len(xs), 128):
-            idx = order[start:start + 128]
-            loss = nn.functional.cross_entropy(model(xs[idx]), ys[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        print(f"  gtsrb epoch {epoch + 1}/{GTSRB_EPOCHS}: loss {loss.item():.3f} "
-              f"({time.perf_counter() - started:.0f} s)", flush=True)
-    model.eval()
-    return model, {"train_seconds": time.perf_counter() - started,
-                   "poisoned_images": int(len(poisoned)), "train_images": int(len(x)),
-                   "epochs": GTSRB_EPOCHS}
-
-
+# -- GTSRB: the poisoned model of the paper reproduction ------------------------------------
 def gtsrb_case(data: Path, cache: Path) -> Case:
-    with np.load(data / "gtsrb32.npz") as d:
-        x_all = d["x_train"].astype(np.float32).transpose(0, 3, 1, 2)
-        y_all = d["y_train"].astype(np.int64)
-        x_test = d["x_test"].astype(np.float32).transpose(0, 3, 1, 2)
-        y_test = d["y_test"].astype(np.int64)
-    order = np.random.default_rng(0).permutation(len(x_all))
-    fit_idx, train_idx = order[:GTSRB_HELD_BACK], order[GTSRB_HELD_BACK:]
-    weights = cache / "gtsrb_badnet33.pt"
-    info_path = cache / "gtsrb_badnet33.json"
-    if weights.is_file() and info_path.is_file():
-        model = GtsrbNet()
-        model.load_state_dict(torch.load(weights, weights_only=True))
-        model.eval()
-        info = json.loads(info_path.read_text())
-        info["cached"] = True
-    else:
-        print("training the poisoned GTSRB model (cached afterwards)", flush=True)
-        model, info = train_gtsrb(x_all[train_idx], y_all[train_idx])
-        cache.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), weights)
-        info_path.write_text(json.dumps(info, indent=1))
-        info["cached"] = False
-    x_fit, y_fit = x_all[fit_idx], y_all[fit_idx]
-    return Case("gtsrb_badnet33", model, GTSRB_TARGET, gtsrb_trigger, x_fit, y_fit,
-                x_fit[:2000], y_fit[:2000], x_test, y_test, wrap={},
-                scan_options={}, notes={"model": "GtsrbNet trained here", **info,
-                                        "fit_images": f"{GTSRB_HELD_BACK} clean training "
-                                                      "images held back from training",
-                                        "scan_images": "the first 2,000 of them",
-                                        "test_images": "GTSRB test (12,630)"})
+    """The ``gtsrb_infected`` model of ``paper_models.py`` (trained there on first use)."""
+    models = cache / "paper_models"
+    model, info = paper_models.load_or_train("gtsrb_infected", data, models)
+    split = paper_models.load_split(data, "gtsrb", channels_first=True)
+    x_scan, y_scan = paper_models.scan_images("gtsrb_infected", data, models)
+    return Case("gtsrb_badnet33", model, paper_models.DATASET_TARGET["gtsrb"],
+                lambda x: paper_models.stamp(x, channels_first=True), split.x_clean,
+                split.y_clean, x_scan, y_scan, split.x_test, split.y_test, wrap={},
+                scan_options={"seed": 0},
+                notes={"model": "gtsrb_infected of benchmarks/paper_models.py", **info,
+                       "fit_images": f"{len(split.x_clean)} clean training images held back "
+                                     "from training",
+                       "scan_images": f"the first {len(x_scan)} of them",
+                       "test_images": f"GTSRB test ({len(split.x_test):,})"},
+                scan_name="gtsrb_infected", scan_cache=models / "scans")
 
 
 # -- measuring ------------------------------------------------------------------------------
@@ -200,26 +127,10 @@ def real_asr(predict: Callable[[np.ndarray], np.ndarray], case: Case) -> float:
     return float(np.mean(labels == case.target))
 
 
-def scan_cached(case: Case, cache: Path) -> tuple[nc.ScanResult, bool]:
-    """Scan with default settings, or read the cached result of the same scan."""
-    key = hashlib.sha256(b"".join([
-        case.name.encode(), json.dumps(case.scan_options, sort_keys=True).encode(),
-        np.ascontiguousarray(case.x_scan).tobytes(), case.y_scan.tobytes(),
-        *[v.detach().cpu().numpy().tobytes() for v in case.model.state_dict().values()],
-    ])).hexdigest()[:16]
-    path = cache / f"{case.name}_scan_{key}.json"
-    if path.is_file():
-        return nc.ScanResult.from_json(path), True
-    print(f"scanning {case.name} (cached afterwards as {path.name})", flush=True)
-    result = nc.scan(case.model, case.x_scan, case.y_scan, progress=False, **case.wrap,
-                     **case.scan_options)
-    cache.mkdir(parents=True, exist_ok=True)
-    result.to_json(path)
-    return result, False
-
-
 def run_case(case: Case, cache: Path, methods: tuple[str, ...]) -> dict[str, Any]:
-    scan, cached = scan_cached(case, cache)
+    scan, cached = cached_scan(case.scan_cache or cache, case.scan_name or case.name, case.model,
+                               case.x_scan, case.y_scan, wrap=case.wrap,
+                               options=case.scan_options)
     flagged = list(scan.flagged_labels)
     labels = flagged if case.target in flagged else [*flagged, case.target]
     print(f"{case.name}: flagged {flagged} (target {case.target}); scan "
@@ -269,6 +180,7 @@ def run_case(case: Case, cache: Path, methods: tuple[str, ...]) -> dict[str, Any
                      target_flagged=case.target in flagged, mitigated_labels=labels,
                      n_fit=len(case.x_fit), n_test=len(case.x_test),
                      scan_wall_s=scan.wall_seconds, scan_cached=cached,
+                     scan_device=scan.model_info.get("device"),
                      scan_config={k: scan.config.get(k) for k in ("steps", "mini_batches",
                                                                   "batch_size", "seed")},
                      scan_norms=[round(float(v), 3) for v in scan.norms],
@@ -278,12 +190,6 @@ def run_case(case: Case, cache: Path, methods: tuple[str, ...]) -> dict[str, Any
               f"{entry['real_asr_after']:.1%} ({wall:.1f} s)", flush=True)
         out[method] = entry
     return out
-
-
-def environment() -> dict[str, Any]:
-    return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "python": sys.version.split()[0], "torch": torch.__version__,
-            "neuralcleanse": nc.__version__}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -87,3 +87,16 @@ def test_ties_and_threshold_is_strict():
 def test_bad_norms(bad):
     with pytest.raises(ValueError):
         anomaly_indices(bad)
+
+
+def test_presets_by_name():
+    paper, fast, art = (ScanConfig.preset(n) for n in ("paper", "FAST", " art "))
+    assert paper == ScanConfig()
+    assert art == ScanConfig.art_defaults()
+    assert (fast.mini_batches, fast.early_stop_patience) == (8, 10)
+    # the fast preset changes only what it says and keeps everything else of the paper's
+    differing = {k for k, v in fast.to_dict().items() if paper.to_dict()[k] != v}
+    assert differing == {"mini_batches", "early_stop_patience"}
+    assert ScanConfig.fast(seed=3, mini_batches=4).mini_batches == 4
+    with pytest.raises(ValueError, match="unknown preset 'quick'"):
+        ScanConfig.preset("quick")

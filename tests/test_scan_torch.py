@@ -242,3 +242,11 @@ def test_channels_last_is_used_only_where_the_model_accepts_it():
     result = nc.scan(strict.model, images, np.arange(64) % 5, steps=2, mini_batches=1,
                      labels=[0, 1], progress=False)
     assert len(result.labels) == 2 and np.isfinite(result.norms[:2]).all()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where no GPU is present")
+def test_asking_for_a_missing_gpu_is_a_clear_error():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    with pytest.raises(ValueError, match="sees no CUDA GPU"):
+        nc.scan(model, np.zeros((40, 1, 4, 4), np.float32), np.arange(40) % 3, device="cuda",
+                progress=False)

@@ -72,8 +72,12 @@ class TorchClassifier(Classifier):
         first = next(iter(model.parameters()), None)
         home = first.device if first is not None else torch.device("cpu")
         self.device = home if device is None else torch.device(device)
-        if self.device.type == "cuda" and self.device.index is None:
-            self.device = torch.device("cuda", torch.cuda.current_device())
+        if self.device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ValueError(f"device {str(device)!r} was asked for, but this PyTorch "
+                                 f"({torch.__version__}) sees no CUDA GPU")
+            if self.device.index is None:
+                self.device = torch.device("cuda", torch.cuda.current_device())
         if first is not None and self.device != home:
             # Work on a copy on the requested device: the caller's model stays where it is.
             self.model = copy_module.deepcopy(model).to(self.device)

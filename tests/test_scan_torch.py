@@ -250,3 +250,14 @@ def test_asking_for_a_missing_gpu_is_a_clear_error():
     with pytest.raises(ValueError, match="sees no CUDA GPU"):
         nc.scan(model, np.zeros((40, 1, 4, 4), np.float32), np.arange(40) % 3, device="cuda",
                 progress=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_scan_on_the_gpu_leaves_the_cpu_model_where_it_is(badnet):
+    model, _, _ = badnet
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = scan_badnet(badnet, steps=30, mini_batches=4, device="cuda")
+    assert result.flagged_labels == [1]
+    assert result.model_info["device"].startswith("cuda")
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -42,7 +42,7 @@ import paper_models
 from neuralcleanse.api import prepare
 from neuralcleanse.architectures import MNIST_BADNET_PREPROCESSING, MnistBadNet
 from neuralcleanse.mitigation.metrics import predicted_labels
-from scan_cache import cached_scan, environment
+from scan_cache import cached_scan, environment, save_results
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT / ".." / "shared" / "data"
@@ -225,9 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         for method in entry.values():
             method["environment"] = environment()
         results.setdefault(name, {}).update(entry)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=1))
-    print(f"wrote {args.out}")
+        save_results(args.out, results)
     return 0
 
 

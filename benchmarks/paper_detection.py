@@ -39,7 +39,7 @@ from neuralcleanse.config import FAST_PRESET
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import paper_models  # noqa: E402  (a sibling script)
-from scan_cache import cached_scan, environment  # noqa: E402
+from scan_cache import cached_scan, environment, save_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "paper_detection.json"
@@ -265,9 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         results[name] = {**results.get(name, {}),
                          **scan_model(name, args, peak, results.get(name, {}))}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=1))
-    print(f"wrote {args.out}")
+        save_results(args.out, results)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Scans the benchmarks share: run once, keyed by model weights, data and settings, then reused.
+"""What the benchmarks share: cached scans, the machine description and the results file.
 
 The mitigation benchmark and the paper reproduction scan the same GTSRB model with the same
 settings; both go through :func:`cached_scan`, so whichever runs first pays for the scan.
@@ -76,3 +76,10 @@ def environment(device: str | None = None) -> dict[str, Any]:
     if device and device.startswith("cuda") and torch.cuda.is_available():
         out["gpu"] = torch.cuda.get_device_name(0)
     return out
+
+
+def save_results(path: Path, results: dict[str, Any]) -> None:
+    """Write a benchmark's ``{model: {...}}`` results as indented JSON and say where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1))
+    print(f"wrote {path}", flush=True)

@@ -460,8 +460,12 @@ def test_mitigate_command(files: dict[str, Path], reference: dict, tmp_path: Pat
     measured = result["report"]["measurements"]
     label = str(demo.TARGET_LABEL)
     assert measured["reversed_asr_after"][label] < measured["reversed_asr_before"][label]
+    assert 0.0 <= measured["label_acc_after"][label] <= 1.0
     html = (out / "report.html").read_text()
     assert f"Mitigation: {method} of label {demo.TARGET_LABEL}" in html
+    assert f"accuracy on label {label}&#39;s own clean images" in html
+    if method == "pruning":
+        assert 'class="label-acc"' in html
     assert "report:" in printed
     saved = out / f"repaired_{method}.pt"
     if method == "filtering":

@@ -19,6 +19,7 @@ from torch import nn
 import neuralcleanse as nc
 from neuralcleanse.api import prepare
 from neuralcleanse.mitigation import filter_inputs, prune, select_triggers, stamp, unlearn
+from neuralcleanse.mitigation.metrics import predicted_labels
 from neuralcleanse.results import LabelResult, ScanResult
 
 TARGET = 3
@@ -335,6 +336,33 @@ def test_json_round_trip(backdoored: dict, method: str, tmp_path: Path) -> None:
     assert type(back.report) is type(result.report)
     with pytest.raises(ValueError, match="holds no model"):
         back.predict(backdoored["x"])
+
+
+@pytest.mark.parametrize("method", ["filtering", "pruning", "unlearning"])
+def test_accuracy_on_the_flagged_labels_own_images(backdoored: dict, method: str) -> None:
+    """Each result reports the accuracy on the target's own held-out images, before and after,
+    so that a mitigation which removes the backdoor by removing the class itself shows it."""
+    model, x_test, y_test = backdoored["model"], backdoored["x_test"], backdoored["y_test"]
+    result = nc.mitigate(model, backdoored["x"], backdoored["y"], [true_trigger()], method,
+                         x_test=x_test, y_test=y_test)
+    own = y_test == TARGET
+    m = result.measurements
+    assert m.label_acc_before[TARGET] == pytest.approx(
+        np.mean(predict(model, x_test[own]) == TARGET))
+    after = predicted_labels(result.predict(x_test[own]))
+    assert m.label_acc_after[TARGET] == pytest.approx(np.mean(after == TARGET))
+    assert m.label_acc_before[TARGET] > 0.8
+    assert f"accuracy on the label's own images label {TARGET}: " in result.summary()
+    if method == "pruning":
+        curve = result.report.curve
+        assert curve[0].test_label_acc == m.label_acc_before
+        assert curve[-1].test_label_acc == m.label_acc_after
+    # Results written before the per-label accuracy existed still load.
+    data = result.to_dict()
+    for key in ("label_acc_before", "label_acc_after"):
+        del data["report"]["measurements"][key]
+    old = nc.MitigationResult.from_dict(data).measurements
+    assert old.label_acc_before == {} and old.clean_acc_after == m.clean_acc_after
 
 
 def test_split_is_seeded_and_stratified(backdoored: dict) -> None:

@@ -36,6 +36,7 @@ import datetime as _dt
 import io
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -266,6 +267,11 @@ def mitigation_view(data: dict[str, Any]) -> dict[str, Any]:
     for label in before:
         rows.append({"what": f"attack success of label {label}'s reversed trigger",
                      **_before_after(before.get(label), after.get(label))})
+    own_before = measurements.get("label_acc_before") or {}
+    own_after = measurements.get("label_acc_after") or {}
+    for label in own_before:
+        rows.append({"what": f"accuracy on label {label}'s own clean images",
+                     **_before_after(own_before.get(label), own_after.get(label))})
     details: list[tuple[str, str]] = []
     method = str(data.get("method", ""))
     if method == "filtering":
@@ -318,12 +324,12 @@ def _pruning_chart(curve: list[dict[str, Any]], width: int = 520, height: int = 
         y = top + (height - top - bottom) * (1.0 - value)
         return f"{x:.1f},{y:.1f}"
 
-    def series(key: str) -> str:
+    def series(key: str, worst: Callable[..., Any] = max) -> str:
         pts = []
         for p, x in zip(curve, xs):
             value = p.get(key)
             if isinstance(value, dict):  # per-label rates: show the worst label
-                value = max((v for v in value.values() if v is not None), default=None)
+                value = worst((v for v in value.values() if v is not None), default=None)
             if isinstance(value, (int, float)) and math.isfinite(value):
                 pts.append(point(x, float(value)))
         return " ".join(pts)
@@ -331,7 +337,8 @@ def _pruning_chart(curve: list[dict[str, Any]], width: int = 520, height: int = 
     return {"width": width, "height": height, "left": left, "right": width - right,
             "top": top, "bottom": height - bottom, "x_max": f"{100 * x_max:.0f} %",
             "asr": series("test_asr") or series("fit_asr"),
-            "acc": series("test_clean_acc") or series("fit_clean_acc")}
+            "acc": series("test_clean_acc") or series("fit_clean_acc"),
+            "label_acc": series("test_label_acc", worst=min)}
 
 
 def demo_view(data: dict[str, Any]) -> list[tuple[str, str]]:

@@ -211,8 +211,7 @@ def filter_inputs(clf: Classifier, x: np.ndarray, y: np.ndarray,
     filt.threshold = float(np.quantile(fit_scores, 1.0 - target_fpr))
 
     held = HeldOut(x_hold, y_hold, triggers, clf.channels_first, batch_size)
-    acc_before, asr_before = held.measure(clf)
-    acc_after, asr_after = held.measure(filt)
+    before, after = held.measure(clf), held.measure(filt)
     fpr = float(filt.is_flagged(x_hold, batch_size).mean())
     detected = {label: (float(filt.is_flagged(xs, batch_size).mean()) if len(xs) else math.nan)
                 for label, xs in held.stamped.items()}
@@ -224,7 +223,7 @@ def filter_inputs(clf: Classifier, x: np.ndarray, y: np.ndarray,
         neurons={k: v.tolist() for k, v in neurons.items()}, threshold=filt.threshold,
         target_fpr=target_fpr, false_positive_rate=fpr, detection_rate=overall,
         detection_rate_by_label=detected,
-        measurements=Measurements(acc_before, acc_after, asr_before, asr_after, len(x_hold)),
+        measurements=Measurements.between(before, after, len(x_hold)),
         split=split, options={"top_fraction": top_fraction, "target_fpr": target_fpr})
     return filt
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -42,13 +42,6 @@ def attack_success_rate(predictor: Predictor, x_stamped: np.ndarray, target: int
         return math.nan
     pred = predicted_labels(predictor.predict(x_stamped, batch_size=batch_size))
     return float(np.mean(pred == target))
-
-
-def accuracy(predictor: Predictor, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
-    """Share of inputs predicted as their true label (a refused input counts as an error)."""
-    if len(x) == 0:
-        return math.nan
-    return float(np.mean(predicted_labels(predictor.predict(x, batch_size=batch_size)) == y))
 
 
 @dataclass
@@ -121,6 +114,23 @@ def split_holdout(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int
 
 
 @dataclass
+class Snapshot:
+    """What one model (or filtered predictor) scores on the held-out data.
+
+    Attributes:
+        clean_acc: Accuracy on all held-out clean images.
+        asr: Reversed-trigger attack success rate per flagged label.
+        label_acc: Accuracy on the held-out clean images whose true label is the flagged label
+            (NaN when there is none): shows whether a mitigation removed the backdoor by
+            removing the label's own recognition.
+    """
+
+    clean_acc: float
+    asr: dict[int, float]
+    label_acc: dict[int, float]
+
+
+@dataclass
 class Measurements:
     """Clean accuracy and reversed-trigger attack success rates before and after a mitigation.
 
@@ -135,6 +145,8 @@ class Measurements:
         reversed_asr_before: Attack success rate of each flagged label's reversed trigger before.
         reversed_asr_after: The same after.
         n_test: Number of held-out images.
+        label_acc_before: Accuracy on the held-out images of each flagged label before.
+        label_acc_after: The same after.
     """
 
     clean_acc_before: float
@@ -142,27 +154,35 @@ class Measurements:
     reversed_asr_before: dict[int, float]
     reversed_asr_after: dict[int, float]
     n_test: int
+    label_acc_before: dict[int, float] = field(default_factory=dict)
+    label_acc_after: dict[int, float] = field(default_factory=dict)
+
+    @classmethod
+    def between(cls, before: Snapshot, after: Snapshot, n_test: int) -> Measurements:
+        """The measurements of a mitigation from the snapshots before and after it."""
+        return cls(before.clean_acc, after.clean_acc, before.asr, after.asr, n_test,
+                   before.label_acc, after.label_acc)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly values (label keys as strings, NaN as ``None``)."""
         return {"clean_acc_before": finite_or_none(self.clean_acc_before),
                 "clean_acc_after": finite_or_none(self.clean_acc_after),
-                "reversed_asr_before": {str(k): finite_or_none(v)
-                                        for k, v in self.reversed_asr_before.items()},
-                "reversed_asr_after": {str(k): finite_or_none(v)
-                                       for k, v in self.reversed_asr_after.items()},
+                "reversed_asr_before": _rates_to_dict(self.reversed_asr_before),
+                "reversed_asr_after": _rates_to_dict(self.reversed_asr_after),
+                "label_acc_before": _rates_to_dict(self.label_acc_before),
+                "label_acc_after": _rates_to_dict(self.label_acc_after),
                 "n_test": int(self.n_test)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Measurements:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict` (the per-label accuracies may be absent)."""
         return cls(clean_acc_before=none_to_nan(data["clean_acc_before"]),
                    clean_acc_after=none_to_nan(data["clean_acc_after"]),
-                   reversed_asr_before={int(k): none_to_nan(v)
-                                        for k, v in data["reversed_asr_before"].items()},
-                   reversed_asr_after={int(k): none_to_nan(v)
-                                       for k, v in data["reversed_asr_after"].items()},
-                   n_test=int(data["n_test"]))
+                   reversed_asr_before=_rates_from_dict(data["reversed_asr_before"]),
+                   reversed_asr_after=_rates_from_dict(data["reversed_asr_after"]),
+                   n_test=int(data["n_test"]),
+                   label_acc_before=_rates_from_dict(data.get("label_acc_before") or {}),
+                   label_acc_after=_rates_from_dict(data.get("label_acc_after") or {}))
 
 
 class HeldOut:
@@ -183,12 +203,25 @@ class HeldOut:
         self.batch_size = batch_size
         self.stamped = {t.label: stamped_others(x, y, t, channels_first)[0] for t in triggers}
 
-    def measure(self, predictor: Predictor) -> tuple[float, dict[int, float]]:
-        """Clean accuracy and reversed-trigger attack success rate per label."""
-        acc = accuracy(predictor, self.x, self.y, self.batch_size)
+    def measure(self, predictor: Predictor) -> Snapshot:
+        """Clean accuracy, reversed-trigger attack success and accuracy per flagged label."""
+        labels = predicted_labels(predictor.predict(self.x, batch_size=self.batch_size)) \
+            if len(self.x) else np.zeros(0, dtype=np.int64)
+        correct = labels == self.y
+        acc = float(np.mean(correct)) if len(self.x) else math.nan
         asr = {label: attack_success_rate(predictor, xs, label, self.batch_size)
                for label, xs in self.stamped.items()}
-        return acc, asr
+        own = {label: float(np.mean(correct[self.y == label])) if np.any(self.y == label)
+               else math.nan for label in self.stamped}
+        return Snapshot(acc, asr, own)
+
+
+def _rates_to_dict(rates: dict[int, float]) -> dict[str, float | None]:
+    return {str(k): finite_or_none(v) for k, v in rates.items()}
+
+
+def _rates_from_dict(rates: dict[str, float | None]) -> dict[int, float]:
+    return {int(k): none_to_nan(v) for k, v in rates.items()}
 
 
 def finite_or_none(value: float) -> float | None:

@@ -47,6 +47,8 @@ class PruningPoint:
         fit_clean_acc: Clean accuracy on the fitting data.
         test_asr: Reversed-trigger attack success rate per label on the held-out data.
         test_clean_acc: Clean accuracy on the held-out data.
+        test_label_acc: Accuracy on the held-out images of each flagged label: when it falls
+            with the attack success rate, the pruned neurons also carried the label itself.
     """
 
     n_pruned: int
@@ -55,6 +57,7 @@ class PruningPoint:
     fit_clean_acc: float
     test_asr: dict[int, float]
     test_clean_acc: float
+    test_label_acc: dict[int, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly values."""
@@ -62,7 +65,9 @@ class PruningPoint:
                 "fit_asr": finite_or_none(self.fit_asr),
                 "fit_clean_acc": finite_or_none(self.fit_clean_acc),
                 "test_asr": {str(k): finite_or_none(v) for k, v in self.test_asr.items()},
-                "test_clean_acc": finite_or_none(self.test_clean_acc)}
+                "test_clean_acc": finite_or_none(self.test_clean_acc),
+                "test_label_acc": {str(k): finite_or_none(v)
+                                   for k, v in self.test_label_acc.items()}}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PruningPoint:
@@ -71,7 +76,9 @@ class PruningPoint:
                    fit_asr=none_to_nan(data["fit_asr"]),
                    fit_clean_acc=none_to_nan(data["fit_clean_acc"]),
                    test_asr={int(k): none_to_nan(v) for k, v in data["test_asr"].items()},
-                   test_clean_acc=none_to_nan(data["test_clean_acc"]))
+                   test_clean_acc=none_to_nan(data["test_clean_acc"]),
+                   test_label_acc={int(k): none_to_nan(v)
+                                   for k, v in (data.get("test_label_acc") or {}).items()})
 
 
 @dataclass
@@ -185,11 +192,14 @@ def prune(clf: Classifier, x: np.ndarray, y: np.ndarray, triggers: Sequence[Labe
     limit = int(math.floor(max_fraction * n_neurons + 1e-9))
     step = max(1, int(round(step_fraction * n_neurons)))
 
+    snapshots = []
+
     def point(n: int) -> PruningPoint:
-        fit_acc, fit_asr = fit.measure(clf)
-        test_acc, test_asr = held.measure(clf)
-        return PruningPoint(n_pruned=n, fraction=n / n_neurons, fit_asr=max(fit_asr.values()),
-                            fit_clean_acc=fit_acc, test_asr=test_asr, test_clean_acc=test_acc)
+        on_fit, on_test = fit.measure(clf), held.measure(clf)
+        snapshots.append(on_test)
+        return PruningPoint(n_pruned=n, fraction=n / n_neurons, fit_asr=max(on_fit.asr.values()),
+                            fit_clean_acc=on_fit.clean_acc, test_asr=on_test.asr,
+                            test_clean_acc=on_test.clean_acc, test_label_acc=on_test.label_acc)
 
     curve = [point(0)]
     n = 0
@@ -197,13 +207,12 @@ def prune(clf: Classifier, x: np.ndarray, y: np.ndarray, triggers: Sequence[Labe
         n = min(n + step, limit)
         clf.set_pruned_neurons(layer, order[:n])
         curve.append(point(n))
-    first, last = curve[0], curve[-1]
+    last = curve[-1]
     return PruningReport(
         layer=Classifier.FINAL_LAYER_INPUT if layer is None else layer, n_neurons=n_neurons,
         pruned_neurons=order[:n].tolist(), fraction=n / n_neurons, target_asr=target_asr,
         max_fraction=max_fraction, reached_target=bool(last.fit_asr <= target_asr),
         curve=curve,
-        measurements=Measurements(first.test_clean_acc, last.test_clean_acc, first.test_asr,
-                                  last.test_asr, len(x_hold)),
+        measurements=Measurements.between(snapshots[0], snapshots[-1], len(x_hold)),
         split=split, options={"max_fraction": max_fraction, "target_asr": target_asr,
                               "step_fraction": step_fraction})

@@ -105,7 +105,7 @@ def unlearn(clf: Classifier, x: np.ndarray, y: np.ndarray, triggers: Sequence[La
     x_fit, y_fit, x_hold, y_hold, split = fit_and_test(clf, x, y, x_test, y_test,
                                                        test_fraction, seed)
     held = HeldOut(x_hold, y_hold, triggers, clf.channels_first)
-    acc_before, asr_before = held.measure(clf)
+    before = held.measure(clf)
     x_train, y_train, n_stamped = stamp_fraction(x_fit, y_fit, triggers, stamped_fraction,
                                                  clf.channels_first, seed)
     if n_stamped == 0:
@@ -113,9 +113,9 @@ def unlearn(clf: Classifier, x: np.ndarray, y: np.ndarray, triggers: Sequence[La
                          "stamps none: give more images or a larger stamped_fraction")
     clf.fine_tune(x_train, y_train, epochs=epochs, learning_rate=learning_rate,
                   batch_size=batch_size, seed=seed)
-    acc_after, asr_after = held.measure(clf)
+    after = held.measure(clf)
     return UnlearningReport(
         epochs=epochs, learning_rate=learning_rate, stamped_fraction=stamped_fraction,
         n_train=len(x_train), n_stamped=n_stamped,
-        measurements=Measurements(acc_before, acc_after, asr_before, asr_after, len(x_hold)),
+        measurements=Measurements.between(before, after, len(x_hold)),
         split=split, options={"batch_size": batch_size, "seed": seed})

@@ -18,7 +18,14 @@ from torch import nn
 
 import neuralcleanse as nc
 from neuralcleanse.api import prepare
-from neuralcleanse.mitigation import filter_inputs, prune, select_triggers, stamp, unlearn
+from neuralcleanse.mitigation import (
+    filter_inputs,
+    prune,
+    rank_by_activation_gap,
+    select_triggers,
+    stamp,
+    unlearn,
+)
 from neuralcleanse.mitigation.metrics import predicted_labels
 from neuralcleanse.results import LabelResult, ScanResult
 
@@ -175,6 +182,26 @@ def test_pruning_a_conv_layer_removes_the_backdoor_reversibly(backdoored: dict) 
     # Reversible: removing the pruning gives back the exact outputs; the weights never changed.
     work.set_pruned_neurons("3", [])
     np.testing.assert_array_equal(work.predict(backdoored["x_test"]), reference)
+
+
+def test_neurons_are_ranked_by_their_activation_gap(backdoored: dict) -> None:
+    model, x, y = backdoored["model"], backdoored["x"], backdoored["y"]
+    clf = prepare(model, x)[0]
+    stamped = plant(x[y != TARGET])
+    order = rank_by_activation_gap(clf, x, stamped)
+    # Independently: the input of the final Linear is the output of the ReLU before it.
+    with torch.no_grad():
+        hidden = model[:-1]
+        gap = (hidden(torch.from_numpy(stamped)).mean(0)
+               - hidden(torch.from_numpy(x)).mean(0)).numpy()
+    assert sorted(order.tolist()) == list(range(128))
+    assert np.all(np.diff(gap[order]) <= 1e-5)
+    assert gap[order[0]] > 0.1
+    # Pruning follows that order (the known trigger stamps exactly as ``plant``; with test data
+    # given, all of ``x`` fits).
+    report = prune(clf.copy(), x, y, [true_trigger()], target_asr=0.0, max_fraction=0.05,
+                   x_test=backdoored["x_test"], y_test=backdoored["y_test"])
+    assert report.pruned_neurons == order[:6].tolist()
 
 
 def test_pruning_default_layer_and_max_fraction(backdoored: dict) -> None:

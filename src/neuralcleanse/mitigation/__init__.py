@@ -21,14 +21,15 @@ from ..backends.base import Preprocessing
 from ..results import LabelResult, ScanResult
 from .filtering import FilteringReport, InputFilter, filter_inputs
 from .metrics import DEFAULT_TEST_FRACTION, DataSplit, Measurements
-from .pruning import PruningPoint, PruningReport, prune
+from .pruning import PruningPoint, PruningReport, prune, rank_by_activation_gap
 from .result import MitigationResult
 from .stamping import stamp
 from .unlearning import UnlearningReport, unlearn
 
 __all__ = ["METHODS", "DataSplit", "FilteringReport", "InputFilter", "Measurements",
            "MitigationResult", "PruningPoint", "PruningReport", "UnlearningReport",
-           "filter_inputs", "mitigate", "prune", "select_triggers", "stamp", "unlearn"]
+           "filter_inputs", "mitigate", "prune", "rank_by_activation_gap", "select_triggers",
+           "stamp", "unlearn"]
 
 #: The mitigation methods, and the options each accepts besides the common ones.
 METHODS: dict[str, tuple[str, ...]] = {

@@ -135,6 +135,30 @@ class PruningReport:
                    split=DataSplit.from_dict(data["split"]), options=data.get("options", {}))
 
 
+def rank_by_activation_gap(clf: Classifier, x_clean: np.ndarray, x_stamped: np.ndarray,
+                           layer: str | int | None = None, batch_size: int = 256) -> np.ndarray:
+    """Order a layer's neurons by how much more a trigger excites them, largest gap first.
+
+    The gap of a neuron is its mean activation on ``x_stamped`` minus its mean on ``x_clean``
+    (convolutional channels averaged over space), measured with whatever pruning ``clf``
+    currently has; ties keep the neurons' order.
+
+    Args:
+        clf: The wrapped model.
+        x_clean: Clean raw images.
+        x_stamped: Raw images carrying a trigger.
+        layer: A name or index from ``clf.layer_names()``, or ``None`` for the input of the
+            final classification layer.
+        batch_size: Batch size of the forward passes.
+
+    Returns:
+        Neuron indices, ``(neurons,)``.
+    """
+    clean = clf.neuron_activations(x_clean, layer, batch_size=batch_size)
+    stamped = clf.neuron_activations(x_stamped, layer, batch_size=batch_size)
+    return np.argsort(-(stamped.mean(axis=0) - clean.mean(axis=0)), kind="stable")
+
+
 def prune(clf: Classifier, x: np.ndarray, y: np.ndarray, triggers: Sequence[LabelResult], *,
           layer: str | int | None = None, max_fraction: float = DEFAULT_MAX_FRACTION,
           target_asr: float = DEFAULT_TARGET_ASR, step_fraction: float = DEFAULT_STEP_FRACTION,
@@ -184,11 +208,9 @@ def prune(clf: Classifier, x: np.ndarray, y: np.ndarray, triggers: Sequence[Labe
     held = HeldOut(x_hold, y_hold, triggers, clf.channels_first, batch_size)
 
     clf.set_pruned_neurons(layer, np.zeros(0, dtype=np.int64))
-    clean = clf.neuron_activations(x_fit, layer, batch_size=batch_size)
-    stamped = np.concatenate([clf.neuron_activations(xs, layer, batch_size=batch_size)
-                              for xs in fit.stamped.values()])
-    n_neurons = clean.shape[1]
-    order = np.argsort(-(stamped.mean(axis=0) - clean.mean(axis=0)), kind="stable")
+    order = rank_by_activation_gap(clf, x_fit, np.concatenate(list(fit.stamped.values())),
+                                   layer, batch_size)
+    n_neurons = len(order)
     limit = int(math.floor(max_fraction * n_neurons + 1e-9))
     step = max(1, int(round(step_fraction * n_neurons)))
 

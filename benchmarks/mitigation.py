@@ -149,6 +149,8 @@ def run_case(case: Case, cache: Path, methods: tuple[str, ...]) -> dict[str, Any
             "real_asr_before": real_before, "real_asr_after": real_asr(result.predict, case),
             "reversed_asr_before": m.reversed_asr_before[case.target],
             "reversed_asr_after": m.reversed_asr_after[case.target],
+            "target_class_acc_before": m.label_acc_before[case.target],
+            "target_class_acc_after": m.label_acc_after[case.target],
             "wall_s": wall,
         }
         # Accuracy on the test images whose true label is not the target: shows whether a
@@ -172,7 +174,9 @@ def run_case(case: Case, cache: Path, methods: tuple[str, ...]) -> dict[str, Any
                          layer=report.layer, n_neurons=report.n_neurons,
                          curve=[{"fraction": p.fraction,
                                  "reversed_asr": p.test_asr[case.target],
-                                 "clean_acc": p.test_clean_acc} for p in report.curve])
+                                 "clean_acc": p.test_clean_acc,
+                                 "target_class_acc": p.test_label_acc[case.target]}
+                                for p in report.curve])
         else:
             entry.update(epochs=report.epochs, learning_rate=report.learning_rate,
                          stamped_fraction=report.stamped_fraction)

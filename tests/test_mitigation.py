@@ -379,7 +379,8 @@ def test_accuracy_on_the_flagged_labels_own_images(backdoored: dict, method: str
     after = predicted_labels(result.predict(x_test[own]))
     assert m.label_acc_after[TARGET] == pytest.approx(np.mean(after == TARGET))
     assert m.label_acc_before[TARGET] > 0.8
-    assert f"accuracy on the label's own images label {TARGET}: " in result.summary()
+    assert (f"label {TARGET}'s own images: accuracy {m.label_acc_before[TARGET]:.1%} -> "
+            f"{m.label_acc_after[TARGET]:.1%}") in result.summary()
     if method == "pruning":
         curve = result.report.curve
         assert curve[0].test_label_acc == m.label_acc_before

@@ -126,11 +126,10 @@ class MitigationResult:
                         for k, v in m.reversed_asr_after.items())
         text = (f"{self.method}: clean accuracy {m.clean_acc_before:.1%} -> "
                 f"{m.clean_acc_after:.1%}; reversed-trigger attack success {asr}")
-        own = ", ".join(f"label {k}: {m.label_acc_before[k]:.1%} -> {v:.1%}"
-                        for k, v in m.label_acc_after.items()
-                        if math.isfinite(v) and math.isfinite(m.label_acc_before.get(k, math.nan)))
-        if own:
-            text += f"; accuracy on the label's own images {own}"
+        for k, v in m.label_acc_after.items():
+            before = m.label_acc_before.get(k, math.nan)
+            if math.isfinite(v) and math.isfinite(before):
+                text += f"; label {k}'s own images: accuracy {before:.1%} -> {v:.1%}"
         if isinstance(self.report, FilteringReport):
             text += (f"; false positives {self.report.false_positive_rate:.1%}, detection "
                      f"{self.report.detection_rate:.1%}")

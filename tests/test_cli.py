@@ -428,10 +428,14 @@ def test_ctrl_c_in_a_real_process_leaves_a_partial_report(files: dict[str, Path]
                                                           tmp_path: Path) -> None:
     out = tmp_path / "out"
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    # A test run started as a background job of a shell without job control (e.g. under
+    # nohup in a script) ignores SIGINT, and the child would inherit that; a user pressing
+    # Ctrl-C has it at its default, so give the child the default.
     process = subprocess.Popen(
         [sys.executable, "-m", "neuralcleanse.cli",
          *scan_args(files["backdoored"], files["data"], out, *SEARCH, "--label-batch", "1")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not list((out / "partial").glob("label_*.json")):
         assert process.poll() is None, process.communicate()

@@ -27,6 +27,8 @@ from .metrics import (
     Measurements,
     finite_or_none,
     none_to_nan,
+    rates_from_dict,
+    rates_to_dict,
 )
 from .stamping import check_triggers, stamped_others
 
@@ -71,8 +73,7 @@ class FilteringReport:
                 "threshold": float(self.threshold), "target_fpr": float(self.target_fpr),
                 "false_positive_rate": float(self.false_positive_rate),
                 "detection_rate": finite_or_none(self.detection_rate),
-                "detection_rate_by_label": {str(k): finite_or_none(v)
-                                            for k, v in self.detection_rate_by_label.items()},
+                "detection_rate_by_label": rates_to_dict(self.detection_rate_by_label),
                 "measurements": self.measurements.to_dict(), "split": self.split.to_dict(),
                 "options": dict(self.options)}
 
@@ -84,8 +85,7 @@ class FilteringReport:
                    threshold=float(data["threshold"]), target_fpr=float(data["target_fpr"]),
                    false_positive_rate=float(data["false_positive_rate"]),
                    detection_rate=none_to_nan(data["detection_rate"]),
-                   detection_rate_by_label={int(k): none_to_nan(v) for k, v
-                                            in data["detection_rate_by_label"].items()},
+                   detection_rate_by_label=rates_from_dict(data["detection_rate_by_label"]),
                    measurements=Measurements.from_dict(data["measurements"]),
                    split=DataSplit.from_dict(data["split"]), options=data.get("options", {}))
 

@@ -167,10 +167,10 @@ class Measurements:
         """JSON-friendly values (label keys as strings, NaN as ``None``)."""
         return {"clean_acc_before": finite_or_none(self.clean_acc_before),
                 "clean_acc_after": finite_or_none(self.clean_acc_after),
-                "reversed_asr_before": _rates_to_dict(self.reversed_asr_before),
-                "reversed_asr_after": _rates_to_dict(self.reversed_asr_after),
-                "label_acc_before": _rates_to_dict(self.label_acc_before),
-                "label_acc_after": _rates_to_dict(self.label_acc_after),
+                "reversed_asr_before": rates_to_dict(self.reversed_asr_before),
+                "reversed_asr_after": rates_to_dict(self.reversed_asr_after),
+                "label_acc_before": rates_to_dict(self.label_acc_before),
+                "label_acc_after": rates_to_dict(self.label_acc_after),
                 "n_test": int(self.n_test)}
 
     @classmethod
@@ -178,11 +178,11 @@ class Measurements:
         """Inverse of :meth:`to_dict` (the per-label accuracies may be absent)."""
         return cls(clean_acc_before=none_to_nan(data["clean_acc_before"]),
                    clean_acc_after=none_to_nan(data["clean_acc_after"]),
-                   reversed_asr_before=_rates_from_dict(data["reversed_asr_before"]),
-                   reversed_asr_after=_rates_from_dict(data["reversed_asr_after"]),
+                   reversed_asr_before=rates_from_dict(data["reversed_asr_before"]),
+                   reversed_asr_after=rates_from_dict(data["reversed_asr_after"]),
                    n_test=int(data["n_test"]),
-                   label_acc_before=_rates_from_dict(data.get("label_acc_before") or {}),
-                   label_acc_after=_rates_from_dict(data.get("label_acc_after") or {}))
+                   label_acc_before=rates_from_dict(data.get("label_acc_before") or {}),
+                   label_acc_after=rates_from_dict(data.get("label_acc_after") or {}))
 
 
 class HeldOut:
@@ -216,11 +216,13 @@ class HeldOut:
         return Snapshot(acc, asr, own)
 
 
-def _rates_to_dict(rates: dict[int, float]) -> dict[str, float | None]:
+def rates_to_dict(rates: dict[int, float]) -> dict[str, float | None]:
+    """Per-label rates as JSON: label keys as strings, NaN as ``None``."""
     return {str(k): finite_or_none(v) for k, v in rates.items()}
 
 
-def _rates_from_dict(rates: dict[str, float | None]) -> dict[int, float]:
+def rates_from_dict(rates: dict[str, float | None]) -> dict[int, float]:
+    """Inverse of :func:`rates_to_dict`."""
     return {int(k): none_to_nan(v) for k, v in rates.items()}
 
 

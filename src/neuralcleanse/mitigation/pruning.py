@@ -27,6 +27,8 @@ from .metrics import (
     Measurements,
     finite_or_none,
     none_to_nan,
+    rates_from_dict,
+    rates_to_dict,
 )
 from .stamping import check_triggers
 
@@ -64,10 +66,9 @@ class PruningPoint:
         return {"n_pruned": int(self.n_pruned), "fraction": float(self.fraction),
                 "fit_asr": finite_or_none(self.fit_asr),
                 "fit_clean_acc": finite_or_none(self.fit_clean_acc),
-                "test_asr": {str(k): finite_or_none(v) for k, v in self.test_asr.items()},
+                "test_asr": rates_to_dict(self.test_asr),
                 "test_clean_acc": finite_or_none(self.test_clean_acc),
-                "test_label_acc": {str(k): finite_or_none(v)
-                                   for k, v in self.test_label_acc.items()}}
+                "test_label_acc": rates_to_dict(self.test_label_acc)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PruningPoint:
@@ -75,10 +76,9 @@ class PruningPoint:
         return cls(n_pruned=int(data["n_pruned"]), fraction=float(data["fraction"]),
                    fit_asr=none_to_nan(data["fit_asr"]),
                    fit_clean_acc=none_to_nan(data["fit_clean_acc"]),
-                   test_asr={int(k): none_to_nan(v) for k, v in data["test_asr"].items()},
+                   test_asr=rates_from_dict(data["test_asr"]),
                    test_clean_acc=none_to_nan(data["test_clean_acc"]),
-                   test_label_acc={int(k): none_to_nan(v)
-                                   for k, v in (data.get("test_label_acc") or {}).items()})
+                   test_label_acc=rates_from_dict(data.get("test_label_acc") or {}))
 
 
 @dataclass
@@ -214,11 +214,8 @@ def prune(clf: Classifier, x: np.ndarray, y: np.ndarray, triggers: Sequence[Labe
     limit = int(math.floor(max_fraction * n_neurons + 1e-9))
     step = max(1, int(round(step_fraction * n_neurons)))
 
-    snapshots = []
-
     def point(n: int) -> PruningPoint:
         on_fit, on_test = fit.measure(clf), held.measure(clf)
-        snapshots.append(on_test)
         return PruningPoint(n_pruned=n, fraction=n / n_neurons, fit_asr=max(on_fit.asr.values()),
                             fit_clean_acc=on_fit.clean_acc, test_asr=on_test.asr,
                             test_clean_acc=on_test.clean_acc, test_label_acc=on_test.label_acc)
@@ -229,12 +226,14 @@ def prune(clf: Classifier, x: np.ndarray, y: np.ndarray, triggers: Sequence[Labe
         n = min(n + step, limit)
         clf.set_pruned_neurons(layer, order[:n])
         curve.append(point(n))
-    last = curve[-1]
+    first, last = curve[0], curve[-1]
     return PruningReport(
         layer=Classifier.FINAL_LAYER_INPUT if layer is None else layer, n_neurons=n_neurons,
         pruned_neurons=order[:n].tolist(), fraction=n / n_neurons, target_asr=target_asr,
         max_fraction=max_fraction, reached_target=bool(last.fit_asr <= target_asr),
         curve=curve,
-        measurements=Measurements.between(snapshots[0], snapshots[-1], len(x_hold)),
+        measurements=Measurements(first.test_clean_acc, last.test_clean_acc, first.test_asr,
+                                  last.test_asr, len(x_hold), first.test_label_acc,
+                                  last.test_label_acc),
         split=split, options={"max_fraction": max_fraction, "target_asr": target_asr,
                               "step_fraction": step_fraction})

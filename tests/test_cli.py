@@ -19,7 +19,8 @@ import torch
 
 from neuralcleanse import cli, demo
 from neuralcleanse.config import ScanConfig
-from neuralcleanse.loaders import balanced_subsample, load_data, load_model
+from neuralcleanse.data_files import balanced_subsample, load_data
+from neuralcleanse.model_files import load_model
 
 ARCH = ["--arch", "neuralcleanse.architectures:small_cnn", "--arch-kwargs",
         '{"image_size": 16}']

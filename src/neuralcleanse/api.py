@@ -16,6 +16,7 @@ from .backends import Classifier, wrap_model
 from .backends.base import Preprocessing
 from .config import ScanConfig
 from .data import as_images, as_label_vector, class_counts, infer_clip_values
+from .errors import InputError
 from .restarts import combine_restarts
 from .results import LabelResult, ScanResult
 from .reverse import LabelCallback, reverse_engineer
@@ -62,7 +63,7 @@ def prepare(model: Any, x: np.ndarray, y: np.ndarray | None = None, *,
     lo, hi = float(clip_values[0]), float(clip_values[1])
     tolerance = 1e-4 * (hi - lo)
     if images.min() < lo - tolerance or images.max() > hi + tolerance:
-        raise ValueError(f"x has values in [{images.min():g}, {images.max():g}], outside "
+        raise InputError(f"x has values in [{images.min():g}, {images.max():g}], outside "
                          f"clip_values [{lo:g}, {hi:g}]: give raw images in the model's input "
                          "range, or set clip_values")
     options: dict[str, Any] = dict(channels_first=channels_first, clip_values=(lo, hi),
@@ -73,7 +74,7 @@ def prepare(model: Any, x: np.ndarray, y: np.ndarray | None = None, *,
         options["device"] = device
     clf = model if isinstance(model, Classifier) else wrap_model(model, **options)
     if tuple(clf.input_shape) != tuple(images.shape[1:]):
-        raise ValueError(f"x has images of shape {images.shape[1:]} but the model expects "
+        raise InputError(f"x has images of shape {images.shape[1:]} but the model expects "
                          f"{tuple(clf.input_shape)}")
     labels = None if y is None else as_label_vector(y, len(images), clf.nb_classes)
     check_output_kind(clf, images[:64])
@@ -137,12 +138,12 @@ def scan(model: Any, x: np.ndarray, y: np.ndarray, *, config: ScanConfig | None 
     wanted = list(range(clf.nb_classes)) if labels is None else [int(t) for t in labels]
     bad = [t for t in wanted if not 0 <= t < clf.nb_classes]
     if bad or not wanted:
-        raise ValueError(f"labels must be a non-empty subset of 0..{clf.nb_classes - 1} "
+        raise InputError(f"labels must be a non-empty subset of 0..{clf.nb_classes - 1} "
                          f"(got {list(labels or [])})")
     if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
-        raise ValueError(f"restarts must be an integer >= 1 (got {restarts!r})")
+        raise InputError(f"restarts must be an integer >= 1 (got {restarts!r})")
     if restarts > 1 and done:
-        raise ValueError("resuming (done=...) is only supported with restarts=1")
+        raise InputError("resuming (done=...) is only supported with restarts=1")
     finished = {r.label: r for r in done if r.label in wanted}
     todo = [t for t in wanted if t not in finished]
     details: dict[str, Any] = {}

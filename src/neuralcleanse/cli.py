@@ -31,16 +31,15 @@ from rich.console import Console
 
 from . import __version__
 from .config import ScanConfig
-from .loaders import (
+from .data_files import (
     LoadedData,
-    LoadedModel,
-    LoadError,
     balanced_subsample,
     fingerprint,
     load_data,
-    load_model,
     to_layout,
 )
+from .errors import InputError
+from .model_files import LoadedModel, load_model
 from .results import LabelResult, ScanResult
 
 try:  # typer >= 0.20 ships its own copy of click
@@ -55,7 +54,7 @@ DEFAULT_OUT = "neuralcleanse-report"
 _state: dict[str, Any] = {"debug": False}
 
 
-class CliError(Exception):
+class CliError(InputError):
     """A usage or input error; its message is shown as one line and the exit code is 2."""
 
 
@@ -913,10 +912,10 @@ def run(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("neuralcleanse: interrupted\n")
         return EXIT_INTERRUPTED
-    except (CliError, LoadError, ValueError, TypeError, KeyError, OSError) as exc:
+    except (InputError, OSError) as exc:
         if _state["debug"]:
             raise
-        text = str(exc) if not isinstance(exc, KeyError) else f"missing key {exc}"
+        text = str(exc)
         if isinstance(exc, OSError) and exc.filename:
             text = f"{exc.strerror or exc}: {exc.filename}"
         _error(text or type(exc).__name__)

@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import InputError
+
 VALID_NORMS = (1, 2, math.inf)
 
 
@@ -23,16 +25,16 @@ def _normalise_norm(value: Any) -> float | int:
                  "max": math.inf}
         if key in table:
             return table[key]
-        raise ValueError(f"norm must be one of 1, 2 or inf (got {value!r})")
+        raise InputError(f"norm must be one of 1, 2 or inf (got {value!r})")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"norm must be one of 1, 2 or inf (got {value!r})")
+        raise InputError(f"norm must be one of 1, 2 or inf (got {value!r})")
     if value == 1:
         return 1
     if value == 2:
         return 2
     if math.isinf(value) and value > 0:
         return math.inf
-    raise ValueError(f"norm must be one of 1, 2 or inf (got {value!r})")
+    raise InputError(f"norm must be one of 1, 2 or inf (got {value!r})")
 
 
 #: The settings in which the ``fast`` preset differs from the paper's.
@@ -96,9 +98,9 @@ class ScanConfig:
         _check_int(self, "patience", minimum=1)
         _check_number(self, "cost_multiplier")
         if not self.cost_multiplier > 1.0:
-            raise ValueError(f"cost_multiplier must be > 1 (got {self.cost_multiplier!r})")
+            raise InputError(f"cost_multiplier must be > 1 (got {self.cost_multiplier!r})")
         if not isinstance(self.early_stop, bool):
-            raise ValueError(f"early_stop must be True or False (got {self.early_stop!r})")
+            raise InputError(f"early_stop must be True or False (got {self.early_stop!r})")
         _check_range(self, "early_stop_threshold", 0.0, 1.0, low_open=True)
         _check_int(self, "early_stop_patience", minimum=1)
         _check_positive(self, "anomaly_threshold")
@@ -141,14 +143,14 @@ class ScanConfig:
         makers = {"paper": cls, "fast": cls.fast, "art": cls.art_defaults}
         key = str(name).strip().lower()
         if key not in makers:
-            raise ValueError(f"unknown preset {name!r}; choose from {', '.join(makers)}")
+            raise InputError(f"unknown preset {name!r}; choose from {', '.join(makers)}")
         return makers[key](**overrides)
 
     def replace(self, **changes: Any) -> ScanConfig:
         """Return a copy with some fields changed (validated again)."""
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
-            raise ValueError(f"unknown scan option(s): {', '.join(sorted(unknown))}; "
+            raise InputError(f"unknown scan option(s): {', '.join(sorted(unknown))}; "
                              f"valid options are {', '.join(self.field_names())}")
         return dataclasses.replace(self, **changes)
 
@@ -172,20 +174,20 @@ class ScanConfig:
 def _check_number(cfg: ScanConfig, name: str) -> float:
     value = getattr(cfg, name)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ValueError(f"{name} must be a number (got {value!r})")
+        raise InputError(f"{name} must be a number (got {value!r})")
     return float(value)
 
 
 def _check_int(cfg: ScanConfig, name: str, minimum: int) -> None:
     value = getattr(cfg, name)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum} (got {value!r})")
+        raise InputError(f"{name} must be an integer >= {minimum} (got {value!r})")
 
 
 def _check_positive(cfg: ScanConfig, name: str) -> None:
     value = _check_number(cfg, name)
     if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be a finite number > 0 (got {value!r})")
+        raise InputError(f"{name} must be a finite number > 0 (got {value!r})")
 
 
 def _check_range(cfg: ScanConfig, name: str, low: float, high: float, low_open: bool) -> None:
@@ -193,4 +195,4 @@ def _check_range(cfg: ScanConfig, name: str, low: float, high: float, low_open: 
     ok = (value > low if low_open else value >= low) and value <= high
     if not ok:
         bracket = "(" if low_open else "["
-        raise ValueError(f"{name} must be in {bracket}{low}, {high}] (got {value!r})")
+        raise InputError(f"{name} must be in {bracket}{low}, {high}] (got {value!r})")

@@ -6,6 +6,8 @@ from collections import OrderedDict
 
 import numpy as np
 
+from .errors import InputError
+
 
 def as_label_vector(y: np.ndarray, n: int, nb_classes: int | None = None) -> np.ndarray:
     """Return integer labels from integer or one-hot ``y``, checked against ``n`` images.
@@ -16,25 +18,25 @@ def as_label_vector(y: np.ndarray, n: int, nb_classes: int | None = None) -> np.
     arr = np.asarray(y)
     if arr.ndim == 2 and arr.shape[1] > 1:
         if not np.all(np.isfinite(arr)):
-            raise ValueError("y contains NaN or infinite values")
+            raise InputError("y contains NaN or infinite values")
         arr = arr.argmax(axis=1)
     elif arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr[:, 0]
     if arr.ndim != 1:
-        raise ValueError(f"y must be integer labels (N,) or one-hot (N, classes); got shape "
+        raise InputError(f"y must be integer labels (N,) or one-hot (N, classes); got shape "
                          f"{np.asarray(y).shape}")
     if arr.shape[0] != n:
-        raise ValueError(f"x has {n} images but y has {arr.shape[0]} labels")
+        raise InputError(f"x has {n} images but y has {arr.shape[0]} labels")
     if arr.dtype.kind == "f":
         if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
-            raise ValueError("y must hold whole-number class labels")
+            raise InputError("y must hold whole-number class labels")
     elif arr.dtype.kind not in "iub":
-        raise ValueError(f"y must hold integer class labels (got dtype {arr.dtype})")
+        raise InputError(f"y must hold integer class labels (got dtype {arr.dtype})")
     labels = arr.astype(np.int64)
     if labels.size and labels.min() < 0:
-        raise ValueError(f"labels must be >= 0 (found {labels.min()})")
+        raise InputError(f"labels must be >= 0 (found {labels.min()})")
     if nb_classes is not None and labels.size and labels.max() >= nb_classes:
-        raise ValueError(f"labels must be < {nb_classes}, the model's number of outputs "
+        raise InputError(f"labels must be < {nb_classes}, the model's number of outputs "
                          f"(found {labels.max()})")
     return labels
 
@@ -43,15 +45,15 @@ def as_images(x: np.ndarray, name: str = "x") -> np.ndarray:
     """Return ``x`` as a float32 array of images, checking it is non-empty and finite."""
     arr = np.asarray(x)
     if arr.dtype.kind not in "fiub":
-        raise ValueError(f"{name} must be a numeric array (got dtype {arr.dtype})")
+        raise InputError(f"{name} must be a numeric array (got dtype {arr.dtype})")
     if arr.ndim not in (3, 4):
-        raise ValueError(f"{name} must be a batch of images, shape (N, H, W) or (N, H, W, C) or "
+        raise InputError(f"{name} must be a batch of images, shape (N, H, W) or (N, H, W, C) or "
                          f"(N, C, H, W); got shape {arr.shape}")
     if arr.shape[0] == 0:
-        raise ValueError(f"{name} is empty: at least one batch of clean images is needed")
+        raise InputError(f"{name} is empty: at least one batch of clean images is needed")
     out = arr.astype(np.float32, copy=True)
     if not np.all(np.isfinite(out)):
-        raise ValueError(f"{name} contains NaN or infinite values")
+        raise InputError(f"{name} contains NaN or infinite values")
     return out
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from .backends.differentiable import DifferentiableClassifier
 from .config import ScanConfig
 from .data import as_label_vector, class_counts, infer_clip_values
+from .errors import InputError, InputTypeError
 from .results import LabelResult, ScanResult
 from .reverse import reverse_engineer
 
@@ -63,7 +64,7 @@ def _defence_list(value: Any, name: str) -> list[Callable[..., Any]]:
     items = list(value) if isinstance(value, (list, tuple)) else [value]
     for item in items:
         if not callable(item):
-            raise TypeError(f"{name} must be callables (or a list of them); got "
+            raise InputTypeError(f"{name} must be callables (or a list of them); got "
                             f"{type(item).__name__}")
     return items
 
@@ -75,25 +76,25 @@ def _check_clip_values(value: Any) -> tuple[float, float] | None:
     try:
         lo, hi = value
     except (TypeError, ValueError):
-        raise ValueError(f"clip_values must be a (min, max) pair (got {value!r})") from None
+        raise InputError(f"clip_values must be a (min, max) pair (got {value!r})") from None
     bounds = []
     for side, bound in (("min", lo), ("max", hi)):
         arr = np.asarray(bound, dtype=np.float64)
         if arr.size == 0 or not np.all(arr == arr.flat[0]):
-            raise ValueError(f"clip_values {side} must be one number for all features; "
+            raise InputError(f"clip_values {side} must be one number for all features; "
                              "per-feature bounds are not supported by the trigger search")
         if not math.isfinite(float(arr.flat[0])):
-            raise ValueError(f"clip_values {side} must be finite (got {bound!r})")
+            raise InputError(f"clip_values {side} must be finite (got {bound!r})")
         bounds.append(float(arr.flat[0]))
     if not bounds[0] < bounds[1]:
-        raise ValueError(f"clip_values must be (min, max) with min < max (got {value!r})")
+        raise InputError(f"clip_values must be (min, max) with min < max (got {value!r})")
     return bounds[0], bounds[1]
 
 
 def _check_positive_int(name: str, value: Any) -> int:
     value = _as_python_number(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1 (got {value!r})")
+        raise InputError(f"{name} must be an integer >= 1 (got {value!r})")
     return value
 
 
@@ -169,7 +170,7 @@ class NeuralCleanseEstimator:
         """
         unknown = sorted(set(kwargs) - set(self._params))
         if unknown:
-            raise ValueError(f"unknown parameter(s) {', '.join(unknown)}; valid parameters are "
+            raise InputError(f"unknown parameter(s) {', '.join(unknown)}; valid parameters are "
                              f"{', '.join(self._params)}")
         rebuild = any(name in self._BACKEND_PARAMS for name in kwargs)
         self._configure(kwargs, rebuild=rebuild)
@@ -251,7 +252,7 @@ class NeuralCleanseEstimator:
             TypeError: If ``train`` is not a bool.
         """
         if not isinstance(train, (bool, np.bool_)):
-            raise TypeError(f"train must be True or False (got {train!r})")
+            raise InputTypeError(f"train must be True or False (got {train!r})")
         self._learning_phase = bool(train)
 
     def _training(self, training_mode: bool | None = None) -> bool:
@@ -263,7 +264,7 @@ class NeuralCleanseEstimator:
     def _inputs(self, x: Any, name: str = "x", allow_empty: bool = True) -> np.ndarray:
         arr = _to_numpy(x)
         if arr.dtype.kind not in "fiub":
-            raise ValueError(f"{name} must be a numeric array (got dtype {arr.dtype})")
+            raise InputError(f"{name} must be a numeric array (got dtype {arr.dtype})")
         shape = self.input_shape
         if arr.ndim == len(shape) == 3:  # single-channel images given as (N, H, W)
             if self.channels_first and shape[0] == 1 and tuple(arr.shape[1:]) == shape[1:]:
@@ -272,20 +273,20 @@ class NeuralCleanseEstimator:
                     tuple(arr.shape[1:]) == shape[:-1]:
                 arr = arr[..., None]
         if arr.ndim != len(shape) + 1 or tuple(arr.shape[1:]) != shape:
-            raise ValueError(f"{name} must have shape (N, {', '.join(map(str, shape))}); got "
+            raise InputError(f"{name} must have shape (N, {', '.join(map(str, shape))}); got "
                              f"{arr.shape}")
         if not allow_empty and len(arr) == 0:
-            raise ValueError(f"{name} is empty")
+            raise InputError(f"{name} is empty")
         out = arr.astype(np.float32)
         if not np.all(np.isfinite(out)):
-            raise ValueError(f"{name} contains NaN or infinite values")
+            raise InputError(f"{name} contains NaN or infinite values")
         return out
 
     def _labels(self, y: Any, n: int, name: str = "y") -> np.ndarray:
         try:
             return as_label_vector(_to_numpy(y), n, self.nb_classes)
         except ValueError as exc:
-            raise ValueError(f"{name}: {exc}") from None
+            raise InputError(f"{name}: {exc}") from None
 
     def _defend(self, x: np.ndarray, y: Any = None, fit: bool = False
                 ) -> tuple[np.ndarray, Any, list[tuple[Any, np.ndarray]]]:
@@ -332,7 +333,7 @@ class NeuralCleanseEstimator:
             Predictions of shape ``(nb_inputs, nb_classes)``.
         """
         if kwargs:
-            raise TypeError(f"predict() got unexpected argument(s): {', '.join(kwargs)}")
+            raise InputTypeError(f"predict() got unexpected argument(s): {', '.join(kwargs)}")
         batch_size = _check_positive_int("batch_size", batch_size)
         images = self._inputs(x)
         defended, _, _ = self._defend(images)
@@ -363,9 +364,9 @@ class NeuralCleanseEstimator:
             The losses (float32), a 0-d array for ``"mean"`` and ``"sum"``.
         """
         if reduction not in ("none", "mean", "sum"):
-            raise ValueError(f"reduction must be 'none', 'mean' or 'sum' (got {reduction!r})")
+            raise InputError(f"reduction must be 'none', 'mean' or 'sum' (got {reduction!r})")
         if kwargs:
-            raise TypeError(f"loss() got unexpected argument(s): {', '.join(kwargs)}")
+            raise InputTypeError(f"loss() got unexpected argument(s): {', '.join(kwargs)}")
         images = self._inputs(x)
         labels = self._labels(y, len(images))
         defended, _, _ = self._defend(images)
@@ -392,7 +393,7 @@ class NeuralCleanseEstimator:
         """
         training = self._training(kwargs.pop("training_mode", None))
         if kwargs:
-            raise TypeError(f"loss_gradient() got unexpected argument(s): {', '.join(kwargs)}")
+            raise InputTypeError(f"loss_gradient() got unexpected argument(s): {', '.join(kwargs)}")
         images = self._inputs(x)
         labels = self._labels(y, len(images))
         defended, _, trace = self._defend(images)
@@ -414,7 +415,8 @@ class NeuralCleanseEstimator:
         """
         training = self._training(kwargs.pop("training_mode", None))
         if kwargs:
-            raise TypeError(f"class_gradient() got unexpected argument(s): {', '.join(kwargs)}")
+            raise InputTypeError("class_gradient() got unexpected argument(s): "
+                                 f"{', '.join(kwargs)}")
         images = self._inputs(x)
         labels = self._class_labels(label, len(images))
         defended, _, trace = self._defend(images)
@@ -430,14 +432,14 @@ class NeuralCleanseEstimator:
         label = _as_python_number(label)
         if isinstance(label, int) and not isinstance(label, bool):
             if not 0 <= label < self.nb_classes:
-                raise ValueError(f"label must be in 0..{self.nb_classes - 1} (got {label})")
+                raise InputError(f"label must be in 0..{self.nb_classes - 1} (got {label})")
             return np.full(n, label, dtype=np.int64)
         arr = np.asarray(label)
         if arr.ndim != 1 or arr.dtype.kind not in "iu" or len(arr) != n:
-            raise ValueError(f"label must be None, an int or one integer class per sample "
+            raise InputError(f"label must be None, an int or one integer class per sample "
                              f"(length {n}); got {label!r}")
         if arr.size and (arr.min() < 0 or arr.max() >= self.nb_classes):
-            raise ValueError(f"label values must be in 0..{self.nb_classes - 1}")
+            raise InputError(f"label values must be in 0..{self.nb_classes - 1}")
         return arr.astype(np.int64)
 
     def custom_loss_gradient(self, nn_function: Any, tensors: Any, input_values: Any,
@@ -475,7 +477,8 @@ class NeuralCleanseEstimator:
         images = self._inputs(x)
         defended, _, _ = self._defend(images)
         if isinstance(layer, bool) or not isinstance(_as_python_number(layer), (int, str)):
-            raise TypeError(f"layer must be an index or a name from layer_names (got {layer!r})")
+            raise InputTypeError("layer must be an index or a name from layer_names (got "
+                                 f"{layer!r})")
         if framework:
             return self.classifier.layer_output_framework(defended, _as_python_number(layer))
         return self.classifier.layer_output(defended, _as_python_number(layer), batch_size,
@@ -516,10 +519,10 @@ class NeuralCleanseEstimator:
     @staticmethod
     def _reject_extra(kwargs: dict[str, Any], method: str, allowed: str) -> None:
         if "epochs" in kwargs:
-            raise ValueError(f"{method}(): give the number of epochs as nb_epochs, not in "
+            raise InputError(f"{method}(): give the number of epochs as nb_epochs, not in "
                              "kwargs")
         if kwargs:
-            raise TypeError(f"{method}() got unexpected argument(s) {', '.join(kwargs)}; it "
+            raise InputTypeError(f"{method}() got unexpected argument(s) {', '.join(kwargs)}; it "
                             f"accepts {allowed}")
 
     def fit_generator(self, generator: Any, nb_epochs: int = 20, **kwargs: Any) -> None:
@@ -541,11 +544,11 @@ class NeuralCleanseEstimator:
             steps = _check_positive_int("steps_per_epoch", steps)
         self._reject_extra(kwargs, "fit_generator", "steps_per_epoch")
         if iter_is_self(generator) and steps is None:
-            raise ValueError("fit_generator needs steps_per_epoch for a one-shot iterator")
+            raise InputError("fit_generator needs steps_per_epoch for a one-shot iterator")
         for _ in range(nb_epochs):
             for batch in _epoch_batches(generator, steps):
                 if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-                    raise ValueError("the generator must yield (x, y) batches")
+                    raise InputError("the generator must yield (x, y) batches")
                 images = self._inputs(batch[0], "generator x")
                 defended, y_def, _ = self._defend(images, _to_numpy(batch[1]), fit=True)
                 self.classifier.train_batch(defended, self._labels(y_def, len(defended),
@@ -564,7 +567,7 @@ class NeuralCleanseEstimator:
                 or ``~/.neuralcleanse/data``).
         """
         if not isinstance(filename, str) or not filename:
-            raise ValueError(f"filename must be a non-empty string (got {filename!r})")
+            raise InputError(f"filename must be a non-empty string (got {filename!r})")
         folder = Path(path).expanduser() if path is not None else default_data_path()
         self.classifier.save(str(folder / filename))
 
@@ -577,7 +580,7 @@ class NeuralCleanseEstimator:
         lo, hi = self.classifier.clip_values
         tolerance = 1e-4 * (hi - lo)
         if images.min() < lo - tolerance or images.max() > hi + tolerance:
-            raise ValueError(f"x_val has values in [{images.min():g}, {images.max():g}], "
+            raise InputError(f"x_val has values in [{images.min():g}, {images.max():g}], "
                              f"outside clip_values [{lo:g}, {hi:g}]")
         return images, labels
 
@@ -615,11 +618,11 @@ class NeuralCleanseEstimator:
             if arr.ndim == 2 and arr.shape[0] == 1:
                 arr = arr[0]
             if arr.ndim != 1 or len(arr) != self.nb_classes or arr.dtype.kind not in "fiub":
-                raise ValueError(f"y_target must be a label index or a one-hot vector of "
+                raise InputError(f"y_target must be a label index or a one-hot vector of "
                                  f"length {self.nb_classes} (got {y_target!r})")
             target = int(np.argmax(arr))
         if not 0 <= target < self.nb_classes:
-            raise ValueError(f"y_target must be in 0..{self.nb_classes - 1} (got {target})")
+            raise InputError(f"y_target must be in 0..{self.nb_classes - 1} (got {target})")
         return target
 
     def outlier_detection(self, x_val: np.ndarray, y_val: np.ndarray
@@ -732,7 +735,7 @@ class NeuralCleanseEstimator:
             list(mitigation_types)
         bad = [t for t in types if t not in MITIGATION_TYPES]
         if bad or not types:
-            raise ValueError(f"mitigation_types must be a non-empty list of "
+            raise InputError(f"mitigation_types must be a non-empty list of "
                              f"{', '.join(map(repr, MITIGATION_TYPES))} (got "
                              f"{mitigation_types!r})")
         images, labels = self._search_data(x_val, y_val)
@@ -791,7 +794,7 @@ def _epoch_batches(generator: Any, steps: int | None) -> Iterator[Any]:
             generator.on_epoch_end()
         return
     if not isinstance(generator, Iterable):
-        raise TypeError(f"generator must be an ART DataGenerator, a sequence of batches or an "
+        raise InputTypeError(f"generator must be an ART DataGenerator, a sequence of batches or an "
                         f"iterable of (x, y) batches (got {type(generator).__name__})")
     for i, batch in enumerate(generator):
         if steps is not None and i >= steps:
@@ -883,7 +886,7 @@ class KerasNeuralCleanse(NeuralCleanseEstimator):
 
         for name in ("use_logits", "channels_first"):
             if not isinstance(params[name], (bool, np.bool_)):
-                raise ValueError(f"{name} must be True or False (got {params[name]!r})")
+                raise InputError(f"{name} must be True or False (got {params[name]!r})")
         clf = KerasClassifier(params["model"], output="logits" if params["use_logits"]
                               else "probabilities", channels_first=bool(params["channels_first"]),
                               clip_values=clip, preprocessing=params["preprocessing"],
@@ -961,15 +964,15 @@ class PyTorchNeuralCleanse(NeuralCleanseEstimator):
         from .backends.pytorch_differentiable import TorchDifferentiableClassifier
 
         if not isinstance(params["channels_first"], (bool, np.bool_)):
-            raise ValueError(f"channels_first must be True or False (got "
+            raise InputError(f"channels_first must be True or False (got "
                              f"{params['channels_first']!r})")
         use_logits = params["use_logits"]
         if use_logits is not None and not isinstance(use_logits, (bool, np.bool_)):
-            raise ValueError(f"use_logits must be True, False or None (got {use_logits!r})")
+            raise InputError(f"use_logits must be True, False or None (got {use_logits!r})")
         try:
             shape = tuple(int(d) for d in params["input_shape"])
         except (TypeError, ValueError):
-            raise ValueError(f"input_shape must be a tuple of ints (got "
+            raise InputError(f"input_shape must be a tuple of ints (got "
                              f"{params['input_shape']!r})") from None
         nb = params["nb_classes"]
         if nb is not None:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import InputError
+
 #: Makes the MAD a consistent estimator of the standard deviation for normal data.
 MAD_CONSISTENCY = 1.4826
 
@@ -47,9 +49,9 @@ def anomaly_indices(norms: np.ndarray, threshold: float = 2.0,
     """
     values = np.asarray(norms, dtype=np.float64)
     if values.ndim != 1 or values.size == 0:
-        raise ValueError(f"norms must be a non-empty 1-D array (got shape {values.shape})")
+        raise InputError(f"norms must be a non-empty 1-D array (got shape {values.shape})")
     if not np.all(np.isfinite(values)):
-        raise ValueError("norms must all be finite")
+        raise InputError("norms must all be finite")
     ids = np.arange(values.size) if labels is None else np.asarray(labels)
     median = float(np.median(values))
     mad = MAD_CONSISTENCY * float(np.median(np.abs(values - median)))

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 from jinja2 import Environment, StrictUndefined, select_autoescape
 
+from .errors import InputError
 from .results import LabelResult, ScanResult
 
 REPORT_JSON = "report.json"
@@ -445,7 +446,7 @@ def _read_optional(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"could not read {path}: {exc}") from None
+        raise InputError(f"could not read {path}: {exc}") from None
     return data if isinstance(data, dict) else None
 
 
@@ -478,11 +479,11 @@ def render_directory(out_dir: str | Path, *, result: ScanResult | None = None) -
     json_path = out / REPORT_JSON
     if result is None:
         if not json_path.is_file():
-            raise ValueError(f"{out} has no {REPORT_JSON}: give the folder a scan wrote")
+            raise InputError(f"{out} has no {REPORT_JSON}: give the folder a scan wrote")
         try:
             result = ScanResult.from_json(json_path)
         except (KeyError, TypeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{json_path} is not a neuralcleanse report: {exc}") from None
+            raise InputError(f"{json_path} is not a neuralcleanse report: {exc}") from None
     html = render_html(result, mitigation=_read_optional(out / MITIGATION_JSON),
                        demo=_read_optional(out / DEMO_JSON))
     html_path = out / REPORT_HTML

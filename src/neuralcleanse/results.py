@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import InputError
 from .outliers import anomaly_indices
 
 SCHEMA_VERSION = 1
@@ -221,7 +222,7 @@ class ScanResult:
         """Inverse of :meth:`to_dict`."""
         version = data.get("schema_version")
         if version != SCHEMA_VERSION:
-            raise ValueError(f"unsupported report schema_version {version!r} "
+            raise InputError(f"unsupported report schema_version {version!r} "
                              f"(this neuralcleanse reads version {SCHEMA_VERSION})")
         return cls(labels=[LabelResult.from_dict(d) for d in data["labels"]],
                    nb_classes=int(data["nb_classes"]),

@@ -19,6 +19,7 @@ import numpy as np
 from .backends.base import Classifier, to_raw
 from .config import ScanConfig
 from .data import BatchPlan
+from .errors import InputError
 from .progress import ScanProgress
 from .results import LabelResult
 from .schedule import CostSchedule
@@ -65,7 +66,7 @@ def reverse_engineer(clf: Classifier, x: np.ndarray, y: np.ndarray, config: Scan
     targets = np.arange(clf.nb_classes) if labels is None else np.asarray(labels, dtype=np.int64)
     n_images = len(x)
     if n_images < config.batch_size:
-        raise ValueError(f"{n_images} clean images are fewer than one batch "
+        raise InputError(f"{n_images} clean images are fewer than one batch "
                          f"(batch_size={config.batch_size}); give more images or a smaller "
                          "batch_size")
     mini_batches = config.mini_batches or math.ceil(n_images / config.batch_size)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from ..errors import InputTypeError
 from .base import Classifier, StepStats, TriggerSession
 
 __all__ = ["Classifier", "StepStats", "TriggerSession", "wrap_model"]
@@ -52,7 +53,7 @@ def wrap_model(model: Any, **options: Any) -> Classifier:
         from .tensorflow import KerasClassifier
 
         return KerasClassifier(model, **options)
-    raise TypeError(
+    raise InputTypeError(
         f"unsupported model type {type(model).__module__}.{type(model).__name__}: neuralcleanse "
         "supports torch.nn.Module models (including Keras 3 models on the torch backend), Keras 3 "
         "models on the TensorFlow backend and tf.keras (tf_keras) models")

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..config import ScanConfig
+from ..errors import InputError
 
 #: Keeps ``tanh`` away from exactly +-1 so that the inverse stays finite (the authors' epsilon).
 TANH_EPSILON = 1e-7
@@ -141,12 +142,12 @@ class Classifier(abc.ABC):
         names = self.layer_names()
         if isinstance(layer, (int, np.integer)) and not isinstance(layer, bool):
             if not -len(names) <= int(layer) < len(names):
-                raise ValueError(f"layer index {layer} is out of range: the model has "
+                raise InputError(f"layer index {layer} is out of range: the model has "
                                  f"{len(names)} layers ({', '.join(names)})")
             return names[int(layer)]
         if isinstance(layer, str) and layer and (layer in names or layer in extra_names):
             return layer
-        raise ValueError(f"unknown layer {layer!r}; candidates are: {', '.join(names)} "
+        raise InputError(f"unknown layer {layer!r}; candidates are: {', '.join(names)} "
                          f"(or None for the input of the final classification layer)")
 
     @abc.abstractmethod

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
 from .base import Classifier, Preprocessing
 
 
@@ -79,24 +80,24 @@ def split_preprocessing(preprocessing: Preprocessing, input_shape: tuple[int, ..
     try:
         sub, div = preprocessing
     except (TypeError, ValueError):
-        raise ValueError("preprocessing must be a (subtrahend, divisor) pair or a callable "
+        raise InputError("preprocessing must be a (subtrahend, divisor) pair or a callable "
                          f"(got {preprocessing!r})") from None
     try:
         sub_a = np.asarray(sub, dtype=np.float32)
         div_a = np.asarray(div, dtype=np.float32)
     except (TypeError, ValueError):
-        raise ValueError(f"preprocessing values must be numbers or arrays (got "
+        raise InputError(f"preprocessing values must be numbers or arrays (got "
                          f"{preprocessing!r})") from None
     for name, arr in (("subtrahend", sub_a), ("divisor", div_a)):
         try:
             np.broadcast_to(arr, input_shape)
         except ValueError:
-            raise ValueError(f"preprocessing {name} of shape {arr.shape} does not broadcast to "
+            raise InputError(f"preprocessing {name} of shape {arr.shape} does not broadcast to "
                              f"the input shape {tuple(input_shape)}") from None
         if not np.all(np.isfinite(arr)):
-            raise ValueError(f"preprocessing {name} must be finite")
+            raise InputError(f"preprocessing {name} must be finite")
     if np.any(div_a == 0):
-        raise ValueError("preprocessing divisor must not be 0")
+        raise InputError("preprocessing divisor must not be 0")
     if not sub_a.any() and np.all(div_a == 1):
         return None
     return sub_a, div_a

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..config import ScanConfig
+from ..errors import InputError, InputTypeError
 from .base import TANH_EPSILON, Classifier, Preprocessing, StepStats, TriggerSession
 from .differentiable import preprocessing_description, split_preprocessing
 
@@ -55,26 +56,26 @@ class TorchClassifier(Classifier):
                  preprocessing: Preprocessing = None, device: str | torch.device | None = None,
                  nb_classes: int | None = None) -> None:
         if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+            raise InputTypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
         if output not in ("logits", "probabilities"):
-            raise ValueError(f"output must be 'logits' or 'probabilities' (got {output!r})")
+            raise InputError(f"output must be 'logits' or 'probabilities' (got {output!r})")
         self.model = model
         self.input_shape = tuple(int(d) for d in input_shape)
         if len(self.input_shape) not in (2, 3):
-            raise ValueError(f"input_shape must be (C, H, W), (H, W, C) or (H, W); got "
+            raise InputError(f"input_shape must be (C, H, W), (H, W, C) or (H, W); got "
                              f"{self.input_shape}")
         self.output = output
         self.channels_first = bool(channels_first)
         lo, hi = float(clip_values[0]), float(clip_values[1])
         if not lo < hi:
-            raise ValueError(f"clip_values must be (min, max) with min < max (got {clip_values})")
+            raise InputError(f"clip_values must be (min, max) with min < max (got {clip_values})")
         self.clip_values = (lo, hi)
         first = next(iter(model.parameters()), None)
         home = first.device if first is not None else torch.device("cpu")
         self.device = home if device is None else torch.device(device)
         if self.device.type == "cuda":
             if not torch.cuda.is_available():
-                raise ValueError(f"device {str(device)!r} was asked for, but this PyTorch "
+                raise InputError(f"device {str(device)!r} was asked for, but this PyTorch "
                                  f"({torch.__version__}) sees no CUDA GPU")
             if self.device.index is None:
                 self.device = torch.device("cuda", torch.cuda.current_device())
@@ -127,10 +128,10 @@ class TorchClassifier(Classifier):
             try:
                 out = self.forward(probe)
             except Exception as exc:  # the model rejected the input shape
-                raise ValueError(f"the model could not run on inputs of shape "
+                raise InputError(f"the model could not run on inputs of shape "
                                  f"{(1, *self.input_shape)}: {exc}") from exc
         if out.ndim != 2:
-            raise ValueError(f"the model must return one row of class scores per image; got "
+            raise InputError(f"the model must return one row of class scores per image; got "
                              f"output shape {tuple(out.shape)}")
         return int(out.shape[1])
 
@@ -181,7 +182,7 @@ class TorchClassifier(Classifier):
         finals = [name for name, m in self.model.named_modules()
                   if isinstance(m, (torch.nn.Linear, torch.nn.LazyLinear))]
         if not finals:
-            raise ValueError("the model has no torch.nn.Linear layer to call the final "
+            raise InputError("the model has no torch.nn.Linear layer to call the final "
                              "classification layer; choose a layer by name from: "
                              f"{', '.join(self.layer_names())}")
         return finals[-1]
@@ -288,7 +289,7 @@ class TorchClassifier(Classifier):
             prefix = f"{name}." if name else ""
             weight = state.get(f"{prefix}weight")
             if weight is None:
-                raise ValueError(f"cannot write the pruning of layer {name!r} into weights: "
+                raise InputError(f"cannot write the pruning of layer {name!r} into weights: "
                                  f"{type(modules[name]).__name__} has no weight")
             if hook.side == "input":
                 weight[:, idx] = 0

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import InputError, InputTypeError
 from .differentiable import DifferentiableClassifier
 from .pytorch import TorchClassifier
 
@@ -37,9 +38,9 @@ class TorchDifferentiableClassifier(TorchClassifier, DifferentiableClassifier):
                  **options: Any) -> None:
         super().__init__(model, input_shape, **options)
         if loss is not None and not callable(loss):
-            raise TypeError(f"loss must be a callable loss(outputs, labels) (got {loss!r})")
+            raise InputTypeError(f"loss must be a callable loss(outputs, labels) (got {loss!r})")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"optimizer must be a torch.optim.Optimizer (got "
+            raise InputTypeError(f"optimizer must be a torch.optim.Optimizer (got "
                             f"{type(optimizer).__name__})")
         self.loss = loss
         self.optimizer = optimizer
@@ -82,7 +83,7 @@ class TorchDifferentiableClassifier(TorchClassifier, DifferentiableClassifier):
             if reduction is not None:
                 self.loss.reduction = reduction
         if values.ndim == 0:
-            raise ValueError("the loss returned one value for the whole batch; give a loss "
+            raise InputError("the loss returned one value for the whole batch; give a loss "
                              "with a 'reduction' attribute (e.g. torch.nn.CrossEntropyLoss()) "
                              "so that per-sample losses can be computed")
         return values.reshape(len(out), -1).mean(dim=1)
@@ -183,7 +184,7 @@ class TorchDifferentiableClassifier(TorchClassifier, DifferentiableClassifier):
     def train_batch(self, x: np.ndarray, y: np.ndarray) -> float:
         """One step of the configured optimiser on the loss, in training mode."""
         if self.optimizer is None:
-            raise ValueError("training needs an optimizer: pass optimizer=torch.optim.X("
+            raise InputError("training needs an optimizer: pass optimizer=torch.optim.X("
                              "model.parameters(), ...) to the estimator")
         with self.mode(True):
             out = self.forward(self._tensor(x))
@@ -202,14 +203,14 @@ class TorchDifferentiableClassifier(TorchClassifier, DifferentiableClassifier):
         ``tensors`` and ``name`` exist for signature compatibility with the Keras estimator.
         """
         if not callable(nn_function):
-            raise TypeError("for PyTorch models nn_function must be a callable taking one "
+            raise InputTypeError("for PyTorch models nn_function must be a callable taking one "
                             "torch.Tensor per input value")
         values = input_values if isinstance(input_values, (list, tuple)) else [input_values]
         if not values:
-            raise ValueError("input_values must hold at least one array")
+            raise InputError("input_values must hold at least one array")
         feeds = [self._tensor(v, grad=i == 0) for i, v in enumerate(values)]
         result = nn_function(*feeds)
         if not isinstance(result, torch.Tensor) or not result.requires_grad:
-            raise ValueError("nn_function does not depend on its first input")
+            raise InputError("nn_function does not depend on its first input")
         (grad,) = torch.autograd.grad(result.float().sum(), feeds[0])
         return grad.cpu().numpy()

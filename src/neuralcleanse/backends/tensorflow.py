@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError, InputTypeError
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
@@ -53,12 +55,12 @@ def keras_flavour(model: Any) -> Any:
     if keras is not None and isinstance(model, keras.Model):
         backend = keras.backend.backend()
         if backend != "tensorflow":
-            raise TypeError(f"this Keras 3 model runs on the {backend!r} backend; neuralcleanse "
-                            f"supports {SUPPORTED}")
+            raise InputTypeError(f"this Keras 3 model runs on the {backend!r} backend; "
+                                 f"neuralcleanse supports {SUPPORTED}")
         return keras
     if isinstance(model, tf.keras.Model):  # tf.keras resolving to another module
         return sys.modules[type(model).__module__.split(".")[0]]
-    raise TypeError(f"expected a Keras model, got {type(model).__module__}."
+    raise InputTypeError(f"expected a Keras model, got {type(model).__module__}."
                     f"{type(model).__name__}; neuralcleanse supports {SUPPORTED}")
 
 
@@ -131,11 +133,11 @@ class KerasClassifier(DifferentiableClassifier):
         self._k = keras_flavour(model)
         self.model = model
         if output is not None and output not in ("logits", "probabilities"):
-            raise ValueError(f"output must be 'logits' or 'probabilities' (got {output!r})")
+            raise InputError(f"output must be 'logits' or 'probabilities' (got {output!r})")
         self.channels_first = bool(channels_first)
         lo, hi = float(clip_values[0]), float(clip_values[1])
         if not lo < hi:
-            raise ValueError(f"clip_values must be (min, max) with min < max (got {clip_values})")
+            raise InputError(f"clip_values must be (min, max) with min < max (got {clip_values})")
         self.clip_values = (lo, hi)
         self.device = device
         self.input_layer = self._check_index("input_layer", input_layer, _symbolic(model, "inputs"))
@@ -161,10 +163,10 @@ class KerasClassifier(DifferentiableClassifier):
     @staticmethod
     def _check_index(name: str, value: Any, tensors: list[Any] | None) -> int:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise TypeError(f"{name} must be an integer (got {value!r})")
+            raise InputTypeError(f"{name} must be an integer (got {value!r})")
         count = len(tensors) if tensors is not None else 1
         if not 0 <= int(value) < count:
-            raise ValueError(f"{name}={value} is out of range: the model has {count} "
+            raise InputError(f"{name}={value} is out of range: the model has {count} "
                              f"{'input' if name == 'input_layer' else 'output'}(s)")
         return int(value)
 
@@ -172,14 +174,14 @@ class KerasClassifier(DifferentiableClassifier):
         """A callable from the chosen input to the chosen output (shares the model's layers)."""
         if self._inputs is None or self._outputs is None:
             if self.input_layer or self.output_layer:
-                raise ValueError("input_layer / output_layer need a functional or Sequential "
+                raise InputError("input_layer / output_layer need a functional or Sequential "
                                  "Keras model with declared inputs and outputs")
             return self.model
         source, target = self._inputs[self.input_layer], self._outputs[self.output_layer]
         try:
             return self._k.Model(source, target)
         except ValueError as exc:
-            raise ValueError(f"output {self.output_layer} of the model cannot be computed from "
+            raise InputError(f"output {self.output_layer} of the model cannot be computed from "
                              f"input {self.input_layer} alone; choose input_layer/output_layer "
                              f"that are connected ({exc})") from None
 
@@ -189,17 +191,17 @@ class KerasClassifier(DifferentiableClassifier):
             declared = tuple(self._inputs[self.input_layer].shape[1:])
         if given is None:
             if declared is None or any(d is None for d in declared):
-                raise ValueError("input_shape is required: the model does not declare the shape "
+                raise InputError("input_shape is required: the model does not declare the shape "
                                  "of its input")
             shape = tuple(int(d) for d in declared)
         else:
             shape = tuple(int(d) for d in given)
             if declared is not None and len(declared) != len(shape) or declared is not None and \
                     any(d is not None and int(d) != s for d, s in zip(declared, shape)):
-                raise ValueError(f"input_shape {shape} does not match the model's input shape "
+                raise InputError(f"input_shape {shape} does not match the model's input shape "
                                  f"{tuple(declared)}")
         if len(shape) not in (2, 3):
-            raise ValueError(f"input_shape must be (H, W, C), (C, H, W) or (H, W); got {shape}")
+            raise InputError(f"input_shape must be (H, W, C), (C, H, W) or (H, W); got {shape}")
         return shape
 
     def _tensor_preprocessing(self, preprocessing: Preprocessing
@@ -232,10 +234,10 @@ class KerasClassifier(DifferentiableClassifier):
         try:
             out = self._call(probe, training=False)
         except Exception as exc:  # the model rejected the input shape
-            raise ValueError(f"the model could not run on inputs of shape "
+            raise InputError(f"the model could not run on inputs of shape "
                              f"{(1, *self.input_shape)}: {exc}") from exc
         if len(out.shape) != 2:
-            raise ValueError(f"the model must return one row of class scores per image; got "
+            raise InputError(f"the model must return one row of class scores per image; got "
                              f"output shape {tuple(out.shape)}")
         return int(out.shape[1])
 
@@ -368,7 +370,7 @@ class KerasClassifier(DifferentiableClassifier):
         """
         values = input_values if isinstance(input_values, (list, tuple)) else [input_values]
         if not values:
-            raise ValueError("input_values must hold at least one array")
+            raise InputError("input_values must hold at least one array")
         if callable(nn_function) and not hasattr(nn_function, "_keras_history"):
             function = nn_function
         else:
@@ -376,12 +378,12 @@ class KerasClassifier(DifferentiableClassifier):
             if function is None:
                 inputs = list(tensors) if isinstance(tensors, (list, tuple)) else [tensors]
                 if len(inputs) != len(values):
-                    raise ValueError(f"got {len(values)} input value(s) for {len(inputs)} "
+                    raise InputError(f"got {len(values)} input value(s) for {len(inputs)} "
                                      "tensor(s)")
                 try:
                     sub = self._k.Model(inputs if len(inputs) > 1 else inputs[0], nn_function)
                 except (ValueError, TypeError) as exc:
-                    raise ValueError(f"nn_function cannot be computed from tensors: {exc}"
+                    raise InputError(f"nn_function cannot be computed from tensors: {exc}"
                                      ) from None
                 function = self._custom[name] = (lambda *ts, _m=sub:
                                                  _m(list(ts) if len(ts) > 1 else ts[0]))
@@ -391,7 +393,7 @@ class KerasClassifier(DifferentiableClassifier):
             result = tf.reduce_sum(tf.cast(function(*feeds), tf.float32))
         grad = tape.gradient(result, feeds[0])
         if grad is None:
-            raise ValueError("nn_function does not depend on its first input")
+            raise InputError("nn_function does not depend on its first input")
         return grad.numpy()
 
     # -- layers ------------------------------------------------------------------------------
@@ -406,7 +408,7 @@ class KerasClassifier(DifferentiableClassifier):
     def _final_dense(self) -> Any:
         finals = [layer for layer in self._layers() if isinstance(layer, self._k.layers.Dense)]
         if not finals:
-            raise ValueError("the model has no Dense layer to call the final classification "
+            raise InputError("the model has no Dense layer to call the final classification "
                              "layer; choose a layer by name from: "
                              f"{', '.join(self.layer_names())}")
         return finals[-1]
@@ -423,14 +425,14 @@ class KerasClassifier(DifferentiableClassifier):
         key = (layer.name, side)
         if key not in self._submodels:
             if self._inputs is None:
-                raise ValueError("layer activations need a functional Keras model or a "
+                raise InputError("layer activations need a functional Keras model or a "
                                  "Sequential one that starts with keras.Input(...): this model "
                                  "has no graph of layers to cut")
             try:
                 target = layer.input if side == "input" else layer.output
                 self._submodels[key] = self._k.Model(self._inputs[self.input_layer], target)
             except (AttributeError, ValueError) as exc:
-                raise ValueError(f"the {side} of layer {layer.name!r} cannot be computed from "
+                raise InputError(f"the {side} of layer {layer.name!r} cannot be computed from "
                                  f"the model's input {self.input_layer}: {exc}") from None
         return self._submodels[key]
 
@@ -464,7 +466,7 @@ class KerasClassifier(DifferentiableClassifier):
         try:
             return target.output
         except (AttributeError, ValueError) as exc:
-            raise ValueError(f"layer {target.name!r} has no single symbolic output: {exc}"
+            raise InputError(f"layer {target.name!r} has no single symbolic output: {exc}"
                              ) from None
 
     def _channel_axis_last(self, layer: Any) -> bool:
@@ -532,17 +534,17 @@ class KerasClassifier(DifferentiableClassifier):
         key = self._pruning_key(target, side)
         idx = np.unique(np.asarray(neurons, dtype=np.int64).ravel())
         if getattr(target, "kernel", None) is None:
-            raise ValueError(f"layer {target.name!r} ({type(target).__name__}) has no kernel: "
+            raise InputError(f"layer {target.name!r} ({type(target).__name__}) has no kernel: "
                              "pruning works on Dense and convolution layers")
         width = int(target.kernel.shape[0] if side == "input" else target.kernel.shape[-1])
         if idx.size and (idx.min() < 0 or idx.max() >= width):
-            raise ValueError(f"neurons must be in [0, {width}) for layer {target.name!r} "
+            raise InputError(f"neurons must be in [0, {width}) for layer {target.name!r} "
                              f"(got {idx.min()}..{idx.max()})")
         if side == "output" and idx.size:
             activation = getattr(target, "activation", None)
             if activation is not None and float(tf.reduce_max(tf.abs(
                     activation(tf.zeros((1, 1)))))) != 0.0:
-                raise ValueError(f"layer {target.name!r} has an activation that does not map 0 "
+                raise InputError(f"layer {target.name!r} has an activation that does not map 0 "
                                  "to 0, so zeroing its weights would not silence its neurons")
         self._restore(key)
         if not idx.size:
@@ -575,7 +577,7 @@ class KerasClassifier(DifferentiableClassifier):
         try:
             clone = self._k.models.clone_model(self.model)
         except Exception as exc:  # subclassed models without a config
-            raise ValueError(f"the model cannot be cloned ({exc}); give a functional or "
+            raise InputError(f"the model cannot be cloned ({exc}); give a functional or "
                              "Sequential Keras model") from None
         clone.set_weights(self.model.get_weights())
         twin = KerasClassifier(clone, self.input_shape, output=self.output,

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..api import prepare, versions
 from ..backends.base import Preprocessing
+from ..errors import InputError, InputTypeError
 from ..results import LabelResult, ScanResult
 from .filtering import FilteringReport, InputFilter, filter_inputs
 from .metrics import DEFAULT_TEST_FRACTION, DataSplit, Measurements
@@ -62,7 +63,7 @@ def select_triggers(scan_result: ScanResult | Sequence[LabelResult] | str | Path
         available = {r.label: r for r in scan_result.labels}
         if labels is None:
             if not scan_result.flagged_labels:
-                raise ValueError("the scan flagged no label, so there is nothing to mitigate; "
+                raise InputError("the scan flagged no label, so there is nothing to mitigate; "
                                  "pass labels=[...] to mitigate chosen labels anyway")
             labels = scan_result.flagged_labels
     elif isinstance(scan_result, (list, tuple)) and all(
@@ -71,14 +72,14 @@ def select_triggers(scan_result: ScanResult | Sequence[LabelResult] | str | Path
         if labels is None:
             labels = list(available)
     else:
-        raise TypeError("scan_result must be a ScanResult, its JSON (path or text) or a list "
+        raise InputTypeError("scan_result must be a ScanResult, its JSON (path or text) or a list "
                         f"of LabelResult (got {type(scan_result).__name__})")
     chosen = [int(t) for t in labels]
     if not chosen:
-        raise ValueError("labels is empty: there is nothing to mitigate")
+        raise InputError("labels is empty: there is nothing to mitigate")
     missing = [t for t in chosen if t not in available]
     if missing:
-        raise ValueError(f"labels {missing} have no reversed trigger in scan_result (scanned: "
+        raise InputError(f"labels {missing} have no reversed trigger in scan_result (scanned: "
                          f"{sorted(available)})")
     return [available[t] for t in chosen]
 
@@ -134,14 +135,14 @@ def mitigate(model: Any, x: np.ndarray, y: np.ndarray,
     """
     started = time.perf_counter()
     if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))} "
+        raise InputError(f"method must be one of {', '.join(map(repr, METHODS))} "
                          f"(got {method!r})")
     unknown = sorted(set(options) - set(METHODS[method]))
     if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(unknown)} for method {method!r}; it "
+        raise InputError(f"unknown option(s) {', '.join(unknown)} for method {method!r}; it "
                          f"accepts: {', '.join(METHODS[method])}")
     if method == "unlearning" and layer is not None:
-        raise ValueError("layer is not used by unlearning (it fine-tunes the whole model)")
+        raise InputError("layer is not used by unlearning (it fine-tunes the whole model)")
     triggers = select_triggers(scan_result, labels)
     clf, images, targets = prepare(model, x, y, output=output, channels_first=channels_first,
                                    clip_values=clip_values, preprocessing=preprocessing,

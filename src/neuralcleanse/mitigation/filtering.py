@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..backends.base import Classifier
+from ..errors import InputError
 from ..results import LabelResult
 from .inputs import check_fraction, check_int, fit_and_test, model_images
 from .metrics import (
@@ -197,7 +198,7 @@ def filter_inputs(clf: Classifier, x: np.ndarray, y: np.ndarray,
     for trig in triggers:
         xs, _ = stamped_others(x_fit, y_fit, trig, clf.channels_first)
         if len(xs) == 0:
-            raise ValueError(f"x has no image of a class other than {trig.label} to stamp "
+            raise InputError(f"x has no image of a class other than {trig.label} to stamp "
                              "its trigger on")
         stamped = clf.neuron_activations(xs, layer, batch_size=batch_size)
         gap = stamped.mean(axis=0) - clean.mean(axis=0)

@@ -8,13 +8,14 @@ import numpy as np
 
 from ..backends.base import Classifier
 from ..data import as_images, as_label_vector
+from ..errors import InputError
 from .metrics import DataSplit, split_holdout
 
 
 def check_int(name: str, value: Any, minimum: int) -> int:
     """Return ``value`` as an int, or raise ``ValueError`` naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum} (got {value!r})")
+        raise InputError(f"{name} must be an integer >= {minimum} (got {value!r})")
     return int(value)
 
 
@@ -22,7 +23,7 @@ def check_positive(name: str, value: Any) -> float:
     """Return ``value`` as a float > 0, or raise ``ValueError`` naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
             or not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0 (got {value!r})")
+        raise InputError(f"{name} must be a finite number > 0 (got {value!r})")
     return float(value)
 
 
@@ -37,7 +38,7 @@ def check_fraction(name: str, value: Any, *, allow_zero: bool = False,
     if not ok:
         low = "[0" if allow_zero else "(0"
         high = "1]" if allow_one else "1)"
-        raise ValueError(f"{name} must be a number in {low}, {high} (got {value!r})")
+        raise InputError(f"{name} must be a number in {low}, {high} (got {value!r})")
     return float(value)
 
 
@@ -47,7 +48,7 @@ def model_images(clf: Classifier, x: Any, name: str) -> np.ndarray:
     if images.ndim == 3 and len(clf.input_shape) == 3:
         images = images[:, None] if clf.channels_first else images[..., None]
     if tuple(images.shape[1:]) != tuple(clf.input_shape):
-        raise ValueError(f"{name} has images of shape {images.shape[1:]} but the model expects "
+        raise InputError(f"{name} has images of shape {images.shape[1:]} but the model expects "
                          f"{tuple(clf.input_shape)}")
     return images
 
@@ -67,7 +68,7 @@ def fit_and_test(clf: Classifier, x: Any, y: Any, x_test: Any, y_test: Any,
     images = model_images(clf, x, "x")
     labels = as_label_vector(y, len(images), clf.nb_classes)
     if (x_test is None) != (y_test is None):
-        raise ValueError("give both x_test and y_test, or neither (then a held-out part is "
+        raise InputError("give both x_test and y_test, or neither (then a held-out part is "
                          "split off x, y)")
     if x_test is None:
         return split_holdout(images, labels, test_fraction, seed)

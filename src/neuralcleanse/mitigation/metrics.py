@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..errors import InputError
 from ..results import LabelResult
 from .stamping import stamped_others
 
@@ -79,7 +80,7 @@ def check_test_fraction(test_fraction: float) -> float:
     """Validate the held-out share, which must lie strictly between 0 and 1."""
     if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) \
             or not 0.0 < float(test_fraction) < 1.0:
-        raise ValueError(f"test_fraction must be a number strictly between 0 and 1 "
+        raise InputError(f"test_fraction must be a number strictly between 0 and 1 "
                          f"(got {test_fraction!r})")
     return float(test_fraction)
 
@@ -105,7 +106,7 @@ def split_holdout(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int
     is_test = np.zeros(len(y), dtype=bool)
     is_test[np.concatenate(test_idx)] = True
     if is_test.all() or not is_test.any():
-        raise ValueError(f"test_fraction={test_fraction} leaves no image for "
+        raise InputError(f"test_fraction={test_fraction} leaves no image for "
                          f"{'fitting' if is_test.all() else 'measuring'} ({len(y)} images): "
                          "give more images or x_test/y_test")
     split = DataSplit(source="split", n_fit=int((~is_test).sum()), n_test=int(is_test.sum()),

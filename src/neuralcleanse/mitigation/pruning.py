@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..backends.base import Classifier
+from ..errors import InputError
 from ..results import LabelResult
 from .inputs import check_fraction, check_int, fit_and_test
 from .metrics import (
@@ -203,7 +204,7 @@ def prune(clf: Classifier, x: np.ndarray, y: np.ndarray, triggers: Sequence[Labe
     fit = HeldOut(x_fit, y_fit, triggers, clf.channels_first, batch_size)
     for label, xs in fit.stamped.items():
         if len(xs) == 0:
-            raise ValueError(f"x has no image of a class other than {label} to stamp its "
+            raise InputError(f"x has no image of a class other than {label} to stamp its "
                              "trigger on")
     held = HeldOut(x_hold, y_hold, triggers, clf.channels_first, batch_size)
 

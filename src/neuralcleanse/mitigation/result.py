@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..backends.base import Classifier
+from ..errors import InputError
 from .filtering import FilteringReport, InputFilter
 from .inputs import model_images
 from .metrics import DataSplit, Measurements
@@ -100,7 +101,7 @@ class MitigationResult:
         """
         predictor = self.input_filter or self.classifier
         if predictor is None:
-            raise ValueError("this MitigationResult holds no model (read back from JSON?)")
+            raise InputError("this MitigationResult holds no model (read back from JSON?)")
         if self.input_filter is None:
             x = model_images(predictor, x, "x")  # type: ignore[arg-type]
         return predictor.predict(x, batch_size=batch_size)
@@ -113,10 +114,10 @@ class MitigationResult:
                 holds no model.
         """
         if self.method == "filtering":
-            raise ValueError("filtering does not change the model, so there is no repaired "
+            raise InputError("filtering does not change the model, so there is no repaired "
                              "model to save; keep result.to_json() for the filter's settings")
         if self.classifier is None:
-            raise ValueError("this MitigationResult holds no model (read back from JSON?)")
+            raise InputError("this MitigationResult holds no model (read back from JSON?)")
         return self.classifier.save(str(path))
 
     def summary(self) -> str:
@@ -160,11 +161,11 @@ class MitigationResult:
         """
         version = data.get("schema_version")
         if version != MITIGATION_SCHEMA_VERSION:
-            raise ValueError(f"unsupported mitigation schema_version {version!r} (this "
+            raise InputError(f"unsupported mitigation schema_version {version!r} (this "
                              f"neuralcleanse reads version {MITIGATION_SCHEMA_VERSION})")
         method = data.get("method")
         if method not in _REPORTS:
-            raise ValueError(f"unknown mitigation method {method!r} in the result")
+            raise InputError(f"unknown mitigation method {method!r} in the result")
         return cls(method=method, labels=[int(t) for t in data["labels"]],
                    report=_REPORTS[method].from_dict(data["report"]),
                    wall_seconds=float(data.get("wall_seconds", 0.0)),

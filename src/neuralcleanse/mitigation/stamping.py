@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..backends.base import Classifier
+from ..errors import InputError, InputTypeError
 from ..results import LabelResult
 
 
@@ -61,23 +62,24 @@ def check_triggers(clf: Classifier, triggers: Sequence[LabelResult]) -> list[Lab
         triggers = [triggers]
     triggers = list(triggers)
     if not triggers:
-        raise ValueError("triggers is empty: give the LabelResult of at least one flagged label "
+        raise InputError("triggers is empty: give the LabelResult of at least one flagged label "
                          "(there is nothing to mitigate)")
     seen: set[int] = set()
     for trig in triggers:
         if not isinstance(trig, LabelResult):
-            raise TypeError(f"triggers must be LabelResult objects (got {type(trig).__name__})")
+            raise InputTypeError("triggers must be LabelResult objects (got "
+                                 f"{type(trig).__name__})")
         if not 0 <= trig.label < clf.nb_classes:
-            raise ValueError(f"trigger label {trig.label} is outside 0..{clf.nb_classes - 1}")
+            raise InputError(f"trigger label {trig.label} is outside 0..{clf.nb_classes - 1}")
         if trig.label in seen:
-            raise ValueError(f"trigger label {trig.label} is given twice")
+            raise InputError(f"trigger label {trig.label} is given twice")
         seen.add(trig.label)
         if tuple(np.shape(trig.mask)) != tuple(clf.image_shape):
-            raise ValueError(f"the trigger mask of label {trig.label} has shape "
+            raise InputError(f"the trigger mask of label {trig.label} has shape "
                              f"{np.shape(trig.mask)} but the model's images are "
                              f"{tuple(clf.image_shape)}")
         if tuple(np.shape(trig.pattern)) != tuple(clf.input_shape):
-            raise ValueError(f"the trigger pattern of label {trig.label} has shape "
+            raise InputError(f"the trigger pattern of label {trig.label} has shape "
                              f"{np.shape(trig.pattern)} but the model's inputs are "
                              f"{tuple(clf.input_shape)}")
     return triggers

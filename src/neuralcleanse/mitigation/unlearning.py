@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..backends.base import Classifier
+from ..errors import InputError
 from ..results import LabelResult
 from .inputs import check_fraction, check_int, check_positive, fit_and_test
 from .metrics import DEFAULT_TEST_FRACTION, DataSplit, HeldOut, Measurements
@@ -109,7 +110,7 @@ def unlearn(clf: Classifier, x: np.ndarray, y: np.ndarray, triggers: Sequence[La
     x_train, y_train, n_stamped = stamp_fraction(x_fit, y_fit, triggers, stamped_fraction,
                                                  clf.channels_first, seed)
     if n_stamped == 0:
-        raise ValueError(f"stamped_fraction={stamped_fraction} of {len(x_fit)} fitting images "
+        raise InputError(f"stamped_fraction={stamped_fraction} of {len(x_fit)} fitting images "
                          "stamps none: give more images or a larger stamped_fraction")
     clf.fine_tune(x_train, y_train, epochs=epochs, learning_rate=learning_rate,
                   batch_size=batch_size, seed=seed)

@@ -246,3 +246,5 @@ def fingerprint(*parts: Any) -> str:
             digest.update(np.ascontiguousarray(part).tobytes())
         else:
             digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+        digest.update(b"\x00")
+    return digest.hexdigest()[:16]

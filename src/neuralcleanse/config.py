@@ -9,12 +9,35 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InputError
 
 VALID_NORMS = (1, 2, math.inf)
+
+#: Allowed ranges of the numeric settings: ``(low, high, low_open)``. The upper bounds keep
+#: every value finite and the work bounded (a typo such as ``steps=10**12`` or
+#: ``cost_multiplier=1e308`` is refused up front instead of running for ever or overflowing).
+INT_RANGES: dict[str, tuple[int, int]] = {
+    "steps": (1, 1_000_000),
+    "mini_batches": (1, 100_000),
+    "batch_size": (1, 65_536),
+    "patience": (1, 1_000_000),
+    "early_stop_patience": (1, 1_000_000),
+    "seed": (0, 2**32 - 1),
+    "label_batch": (1, 100_000),
+}
+FLOAT_RANGES: dict[str, tuple[float, float, bool]] = {
+    "learning_rate": (0.0, 10.0, True),
+    "init_cost": (0.0, 1e6, True),
+    "attack_success_threshold": (0.0, 1.0, True),
+    "cost_multiplier": (1.0, 1000.0, True),
+    "early_stop_threshold": (0.0, 1.0, True),
+    "anomaly_threshold": (0.0, 1e6, True),
+    "memory_budget_mb": (0.0, 2.0**20, True),
+}
 
 
 def _normalise_norm(value: Any) -> float | int:
@@ -25,16 +48,16 @@ def _normalise_norm(value: Any) -> float | int:
                  "max": math.inf}
         if key in table:
             return table[key]
-        raise InputError(f"norm must be one of 1, 2 or inf (got {value!r})")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(f"norm must be one of 1, 2 or inf (got {value!r})")
+        raise InputError(f"norm must be one of 1, 2 or inf (got {_shown(value)})")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InputError(f"norm must be one of 1, 2 or inf (got {_shown(value)})")
     if value == 1:
         return 1
     if value == 2:
         return 2
-    if math.isinf(value) and value > 0:
+    if value == math.inf:  # a comparison, not math.isinf: an enormous int must not overflow
         return math.inf
-    raise InputError(f"norm must be one of 1, 2 or inf (got {value!r})")
+    raise InputError(f"norm must be one of 1, 2 or inf (got {_shown(value)})")
 
 
 #: The settings in which the ``fast`` preset differs from the paper's.
@@ -45,27 +68,36 @@ FAST_PRESET: dict[str, Any] = {"mini_batches": 8, "early_stop_patience": 10}
 class ScanConfig:
     """Settings of the Neural Cleanse trigger search and outlier detection.
 
+    Every value is checked when the object is built: a value of the wrong type, a non-finite
+    number or one outside its range (given below; see also :data:`INT_RANGES` and
+    :data:`FLOAT_RANGES`) raises :class:`~neuralcleanse.errors.InputError` naming the setting
+    and the allowed range. Integer settings accept any integral type (e.g. numpy integers) and
+    are stored as ``int``; number settings are stored as ``float``.
+
     Attributes:
-        steps: Maximum number of optimisation steps per label (>= 1).
-        mini_batches: Mini-batches per step; ``None`` means one pass over the clean data.
-        batch_size: Clean images per mini-batch (>= 1).
-        learning_rate: Adam learning rate (> 0).
-        init_cost: Cost of the mask norm once the cost is first switched on (> 0).
+        steps: Maximum number of optimisation steps per label, in [1, 1000000].
+        mini_batches: Mini-batches per step, in [1, 100000]; ``None`` means one pass over the
+            clean data.
+        batch_size: Clean images per mini-batch, in [1, 65536].
+        learning_rate: Adam learning rate, in (0, 10].
+        init_cost: Cost of the mask norm once the cost is first switched on, in (0, 1e6].
         norm: Norm of the mask that is penalised: 1 (the paper), 2 or ``inf``.
         attack_success_threshold: Attack success rate a trigger must reach to be kept, in (0, 1].
-        patience: Steps in a row that trigger a cost change (>= 1).
-        cost_multiplier: Factor ``m`` (> 1): the cost is multiplied by ``m`` on the way up and
-            divided by ``m ** 1.5`` on the way down.
+        patience: Steps in a row that trigger a cost change, in [1, 1000000].
+        cost_multiplier: Factor ``m``, in (1, 1000]: the cost is multiplied by ``m`` on the way
+            up and divided by ``m ** 1.5`` on the way down.
         early_stop: Whether a label may stop before ``steps``.
         early_stop_threshold: A step counts as "no improvement" when the best norm is at least
             this fraction of the previous best, in (0, 1].
-        early_stop_patience: Steps without improvement before a label stops (>= 1).
-        anomaly_threshold: Labels whose anomaly index exceeds this are flagged (> 0).
-        seed: Seed of the trigger initialisation and of the mini-batch order.
-        label_batch: Labels optimised together in one forward pass; ``None`` picks as many as the
-            memory budget allows, ``1`` is the classic one-label-at-a-time loop.
-        memory_budget_mb: Memory the stacked labels' activations may use (> 0).
-        progress: Show a progress bar while scanning.
+        early_stop_patience: Steps without improvement before a label stops, in [1, 1000000].
+        anomaly_threshold: Labels whose anomaly index exceeds this are flagged, in (0, 1e6].
+        seed: Seed of the trigger initialisation and of the mini-batch order, in
+            [0, 2**32 - 1].
+        label_batch: Labels optimised together in one forward pass, in [1, 100000]; ``None``
+            picks as many as the memory budget allows, ``1`` is the classic one-label-at-a-time
+            loop.
+        memory_budget_mb: Memory the stacked labels' activations may use, in (0, 2**20] MB.
+        progress: Show a progress bar while scanning (True or False).
     """
 
     steps: int = 1000
@@ -88,26 +120,17 @@ class ScanConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", _normalise_norm(self.norm))
-        _check_int(self, "steps", minimum=1)
-        if self.mini_batches is not None:
-            _check_int(self, "mini_batches", minimum=1)
-        _check_int(self, "batch_size", minimum=1)
-        _check_positive(self, "learning_rate")
-        _check_positive(self, "init_cost")
-        _check_range(self, "attack_success_threshold", 0.0, 1.0, low_open=True)
-        _check_int(self, "patience", minimum=1)
-        _check_number(self, "cost_multiplier")
-        if not self.cost_multiplier > 1.0:
-            raise InputError(f"cost_multiplier must be > 1 (got {self.cost_multiplier!r})")
-        if not isinstance(self.early_stop, bool):
-            raise InputError(f"early_stop must be True or False (got {self.early_stop!r})")
-        _check_range(self, "early_stop_threshold", 0.0, 1.0, low_open=True)
-        _check_int(self, "early_stop_patience", minimum=1)
-        _check_positive(self, "anomaly_threshold")
-        _check_int(self, "seed", minimum=0)
-        if self.label_batch is not None:
-            _check_int(self, "label_batch", minimum=1)
-        _check_positive(self, "memory_budget_mb")
+        for name, (low, high) in INT_RANGES.items():
+            if name in ("mini_batches", "label_batch") and getattr(self, name) is None:
+                continue
+            object.__setattr__(self, name, _check_int(name, getattr(self, name), low, high))
+        for name, (low, high, low_open) in FLOAT_RANGES.items():
+            object.__setattr__(self, name,
+                               _check_range(name, getattr(self, name), low, high, low_open))
+        for name in ("early_stop", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"{name} must be True or False (got "
+                                 f"{_shown(getattr(self, name))})")
 
     @classmethod
     def art_defaults(cls, **overrides: Any) -> ScanConfig:
@@ -171,28 +194,37 @@ class ScanConfig:
         return cls().replace(**data)
 
 
-def _check_number(cfg: ScanConfig, name: str) -> float:
-    value = getattr(cfg, name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise InputError(f"{name} must be a number (got {value!r})")
+def _shown(value: Any, limit: int = 60) -> str:
+    """A short, one-line ``repr`` of a user's value for an error message."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        digits = int(value.bit_length() * math.log10(2)) + 1
+        return f"an integer of about {digits} digits"
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # e.g. a list holding an integer too long to print
+        text = f"a {type(value).__name__}"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> int:
+    """Return ``value`` as an ``int`` in ``[low, high]``, or raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
+            or not low <= value <= high:
+        raise InputError(f"{name} must be an integer in [{low}, {high}] (got {_shown(value)})")
+    return int(value)
+
+
+def _check_range(name: str, value: Any, low: float, high: float, low_open: bool) -> float:
+    """Return ``value`` as a finite ``float`` in the range, or raise naming ``name``."""
+    ok = not isinstance(value, bool) and isinstance(value, numbers.Real)
+    if ok:  # compared before float(): an enormous int must not overflow the conversion
+        ok = (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        bracket = "(" if low_open else "["
+        raise InputError(f"{name} must be a number in {bracket}{_bound(low)}, {_bound(high)}] "
+                         f"(got {_shown(value)})")
     return float(value)
 
 
-def _check_int(cfg: ScanConfig, name: str, minimum: int) -> None:
-    value = getattr(cfg, name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InputError(f"{name} must be an integer >= {minimum} (got {value!r})")
-
-
-def _check_positive(cfg: ScanConfig, name: str) -> None:
-    value = _check_number(cfg, name)
-    if not (value > 0 and math.isfinite(value)):
-        raise InputError(f"{name} must be a finite number > 0 (got {value!r})")
-
-
-def _check_range(cfg: ScanConfig, name: str, low: float, high: float, low_open: bool) -> None:
-    value = _check_number(cfg, name)
-    ok = (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        bracket = "(" if low_open else "["
-        raise InputError(f"{name} must be in {bracket}{low}, {high}] (got {value!r})")
+def _bound(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"

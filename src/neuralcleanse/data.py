@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
+from typing import Any
 
 import numpy as np
 
@@ -10,39 +12,92 @@ from .errors import InputError
 
 
 def as_label_vector(y: np.ndarray, n: int, nb_classes: int | None = None) -> np.ndarray:
-    """Return integer labels from integer or one-hot ``y``, checked against ``n`` images.
+    """Return integer labels ``(n,)`` from ``y``, checked against ``n`` images and the model.
+
+    Accepted encodings, and nothing else:
+
+    * a vector ``(N,)`` of whole numbers (integer or float dtype) in ``0..nb_classes-1``;
+    * a column ``(N, 1)`` of such numbers (read as the vector);
+    * one-hot rows ``(N, nb_classes)``: every entry 0 or 1 (or ``False``/``True``) and exactly
+      one 1 per row. Rows of another width, soft labels (probabilities, label smoothing) and
+      rows without a single 1 are refused rather than reduced with ``argmax``.
+
+    Boolean vectors are refused (``True``/``False`` is not a class number; give
+    ``y.astype(int)`` for a two-class model).
 
     Raises:
-        ValueError: On a length mismatch, non-integer values or labels out of range.
+        InputError: On any other shape or dtype, a length mismatch, non-finite or fractional
+            values, or labels out of ``0..nb_classes-1``.
     """
     arr = np.asarray(y)
+    if arr.dtype.kind not in "biuf":
+        raise InputError(f"y must hold integer class labels or one-hot rows (got dtype "
+                         f"{arr.dtype})")
     if arr.ndim == 2 and arr.shape[1] > 1:
-        if not np.all(np.isfinite(arr)):
-            raise InputError("y contains NaN or infinite values")
-        arr = arr.argmax(axis=1)
-    elif arr.ndim == 2 and arr.shape[1] == 1:
+        return _from_one_hot(arr, n, nb_classes)
+    if arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr[:, 0]
     if arr.ndim != 1:
-        raise InputError(f"y must be integer labels (N,) or one-hot (N, classes); got shape "
-                         f"{np.asarray(y).shape}")
+        raise InputError(f"y must be integer labels (N,) or one-hot rows (N, classes); got "
+                         f"shape {np.asarray(y).shape}")
     if arr.shape[0] != n:
         raise InputError(f"x has {n} images but y has {arr.shape[0]} labels")
+    if arr.dtype.kind == "b":
+        raise InputError("y is boolean: give integer class labels (for a two-class model, "
+                         "y.astype(int)) or one-hot rows")
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int64)
     if arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
-            raise InputError("y must hold whole-number class labels")
-    elif arr.dtype.kind not in "iub":
-        raise InputError(f"y must hold integer class labels (got dtype {arr.dtype})")
-    labels = arr.astype(np.int64)
-    if labels.size and labels.min() < 0:
-        raise InputError(f"labels must be >= 0 (found {labels.min()})")
-    if nb_classes is not None and labels.size and labels.max() >= nb_classes:
+        if not np.all(np.isfinite(arr)):
+            raise InputError("y contains NaN or infinite values")
+        if np.any(arr != np.round(arr)):
+            bad = arr[arr != np.round(arr)][0]
+            raise InputError(f"y must hold whole-number class labels (found {bad!r}); soft "
+                             "labels are not accepted")
+    lowest, highest = arr.min(), arr.max()
+    if lowest < 0:
+        raise InputError(f"labels must be >= 0 (found {_number(lowest)})")
+    if nb_classes is not None and highest >= nb_classes:
         raise InputError(f"labels must be < {nb_classes}, the model's number of outputs "
-                         f"(found {labels.max()})")
-    return labels
+                         f"(found {_number(highest)})")
+    if highest > np.iinfo(np.int64).max // 2:
+        raise InputError(f"labels must be class numbers (found {_number(highest)})")
+    return arr.astype(np.int64)
+
+
+def _number(value: Any) -> str:
+    """A label value for a message: integers without a trailing ``.0``."""
+    v = float(value)
+    return str(int(v)) if v.is_integer() and abs(v) < 2**63 else repr(v)
+
+
+def _from_one_hot(arr: np.ndarray, n: int, nb_classes: int | None) -> np.ndarray:
+    """Labels from one-hot rows, refusing any row that is not exactly one-hot."""
+    width = arr.shape[1]
+    if arr.shape[0] != n:
+        raise InputError(f"x has {n} images but y has {arr.shape[0]} label rows")
+    if nb_classes is not None and width != nb_classes:
+        raise InputError(f"y has one-hot rows of width {width} but the model has {nb_classes} "
+                         "outputs: give integer labels or rows of that width")
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise InputError("y contains NaN or infinite values")
+    ones, zeros = arr == 1, arr == 0
+    bad = np.flatnonzero(~np.all(ones | zeros, axis=1) | (ones.sum(axis=1) != 1))
+    if bad.size:
+        raise InputError(f"y has {bad.size} row(s) that are not one-hot (first: row "
+                         f"{int(bad[0])}); soft labels are not accepted: give integer labels "
+                         "(e.g. y.argmax(axis=1) if that is what you mean)")
+    return ones.argmax(axis=1).astype(np.int64)
 
 
 def as_images(x: np.ndarray, name: str = "x") -> np.ndarray:
-    """Return ``x`` as a float32 array of images, checking it is non-empty and finite."""
+    """Return ``x`` as a float32 array of images, checking it is non-empty and finite.
+
+    Raises:
+        InputError: On a non-numeric dtype (object, complex, strings), a shape that is not
+            ``(N, H, W)`` or ``(N, H, W, C)`` / ``(N, C, H, W)``, an empty batch or axis, NaN or
+            infinite values, or values too large for float32.
+    """
     arr = np.asarray(x)
     if arr.dtype.kind not in "fiub":
         raise InputError(f"{name} must be a numeric array (got dtype {arr.dtype})")
@@ -51,19 +106,38 @@ def as_images(x: np.ndarray, name: str = "x") -> np.ndarray:
                          f"(N, C, H, W); got shape {arr.shape}")
     if arr.shape[0] == 0:
         raise InputError(f"{name} is empty: at least one batch of clean images is needed")
-    out = arr.astype(np.float32, copy=True)
-    if not np.all(np.isfinite(out)):
-        raise InputError(f"{name} contains NaN or infinite values")
-    return out
+    if 0 in arr.shape[1:]:
+        raise InputError(f"{name} has images of shape {arr.shape[1:]}, with an empty axis")
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)):
+            raise InputError(f"{name} contains NaN or infinite values")
+        if arr.dtype.itemsize > 4 and np.abs(arr).max() > np.finfo(np.float32).max:
+            raise InputError(f"{name} has values up to {np.abs(arr).max():g}, beyond the float32 "
+                             "range the models compute in")
+    return arr.astype(np.float32, copy=True)
 
 
 def infer_clip_values(x: np.ndarray) -> tuple[float, float]:
-    """Guess the raw input range: [0, 1] or [0, 255] when the data fits, else its own range."""
-    lo, hi = float(x.min()), float(x.max())
+    """Guess the raw input range: [0, 1] or [0, 255] when the data fits, else its own range.
+
+    Raises:
+        InputError: On empty, non-numeric or non-finite data, or data of one single value
+            outside [0, 255] (no range can be told from it: give ``clip_values``).
+    """
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "fiub":
+        raise InputError(f"cannot infer clip_values from data of dtype {arr.dtype}")
+    if arr.size == 0:
+        raise InputError("cannot infer clip_values from empty data")
+    lo, hi = float(arr.min()), float(arr.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise InputError("cannot infer clip_values: the data contains NaN or infinite values")
     if lo >= 0.0 and hi <= 1.0:
         return 0.0, 1.0
     if lo >= 0.0 and hi <= 255.0:
         return 0.0, 255.0
+    if not lo < hi:
+        raise InputError(f"cannot infer clip_values: every value is {lo:g}; give clip_values")
     return lo, hi
 
 
@@ -82,6 +156,10 @@ class BatchPlan:
     """
 
     def __init__(self, n_images: int, batch_size: int, mini_batches: int, seed: int) -> None:
+        for what, value in (("the number of images", n_images), ("batch_size", batch_size),
+                            ("mini_batches", mini_batches)):
+            if int(value) < 1:
+                raise InputError(f"{what} must be at least 1 for a batch plan (got {value})")
         self.n = n_images
         self.batch_size = batch_size
         self.mini_batches = mini_batches

@@ -26,7 +26,7 @@ import numpy as np
 from .backends.differentiable import DifferentiableClassifier
 from .config import ScanConfig
 from .data import as_label_vector, class_counts, infer_clip_values
-from .errors import InputError, InputTypeError
+from .errors import InputError, InputTypeError, one_line
 from .results import LabelResult, ScanResult
 from .reverse import reverse_engineer
 
@@ -824,6 +824,23 @@ def _warn_output_kind(clf: DifferentiableClassifier, use_logits: bool) -> None:
                       UserWarning, stacklevel=4)
 
 
+def _check_nb_classes(clf: DifferentiableClassifier, shape: tuple[int, ...], nb: int) -> None:
+    """Refuse an ``nb_classes`` that differs from the number of scores the model returns."""
+    lo, hi = clf.clip_values
+    probe = np.random.default_rng(0).uniform(lo, hi, (2, *shape)).astype(np.float32)
+    try:
+        out = np.asarray(clf.predict(probe))
+    except Exception as exc:  # noqa: BLE001 - the model rejected the input shape
+        raise InputError(f"the model could not run on inputs of shape {(2, *shape)}: "
+                         f"{one_line(exc)}") from None
+    width = out.shape[1] if out.ndim == 2 else None
+    if width != nb:
+        raise InputError(f"nb_classes={nb} but the model returns "
+                         f"{width if width is not None else f'outputs of shape {out.shape}'} "
+                         "scores per input; give the model's number of outputs, or leave "
+                         "nb_classes out to count them")
+
+
 class KerasNeuralCleanse(NeuralCleanseEstimator):
     """Neural Cleanse for Keras models (Keras 3 on TensorFlow, or tf.keras / tf_keras).
 
@@ -982,6 +999,8 @@ class PyTorchNeuralCleanse(NeuralCleanseEstimator):
             output="logits" if use_logits in (None, True) else "probabilities",
             channels_first=bool(params["channels_first"]), clip_values=clip,
             preprocessing=params["preprocessing"], device=params["device"], nb_classes=nb)
+        if nb is not None:
+            _check_nb_classes(clf, shape, nb)
         if use_logits is None:
             lo, hi = clip
             probe = np.random.default_rng(0).uniform(lo, hi, (8, *shape)).astype(np.float32)

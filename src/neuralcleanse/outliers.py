@@ -33,19 +33,24 @@ class AnomalyReport:
 
 
 def anomaly_indices(norms: np.ndarray, threshold: float = 2.0,
-                    labels: np.ndarray | None = None) -> AnomalyReport:
+                    labels: np.ndarray | None = None,
+                    reference: np.ndarray | None = None) -> AnomalyReport:
     """Compute the anomaly index of every norm and flag the unusually small ones.
 
     Args:
         norms: One trigger norm per label (1-D, finite).
         threshold: A label is flagged when its anomaly index is strictly greater than this.
         labels: The label of each norm (defaults to ``0..len(norms)-1``).
+        reference: Which norms the median and MAD are computed from (a boolean mask, default
+            all). Every norm, in the reference or not, gets its index against them and can be
+            flagged; a scan leaves labels without clean images out of the reference.
 
     Returns:
         The indices, the median, the MAD and the flagged labels sorted by norm.
 
     Raises:
-        ValueError: If ``norms`` is empty, not 1-D or not finite.
+        InputError: If ``norms`` is empty, not 1-D or not finite, or ``reference`` is not a
+            boolean mask of the same length selecting at least one norm.
     """
     values = np.asarray(norms, dtype=np.float64)
     if values.ndim != 1 or values.size == 0:
@@ -53,8 +58,16 @@ def anomaly_indices(norms: np.ndarray, threshold: float = 2.0,
     if not np.all(np.isfinite(values)):
         raise InputError("norms must all be finite")
     ids = np.arange(values.size) if labels is None else np.asarray(labels)
-    median = float(np.median(values))
-    mad = MAD_CONSISTENCY * float(np.median(np.abs(values - median)))
+    if reference is None:
+        ref = values
+    else:
+        chosen = np.asarray(reference)
+        if chosen.dtype != bool or chosen.shape != values.shape or not chosen.any():
+            raise InputError("reference must be a boolean mask over the norms selecting at "
+                             "least one of them")
+        ref = values[chosen]
+    median = float(np.median(ref))
+    mad = MAD_CONSISTENCY * float(np.median(np.abs(ref - median)))
     if mad == 0.0:
         warnings.warn("the median absolute deviation of the trigger norms is 0; every anomaly "
                       "index is set to 0 and no label is flagged", RuntimeWarning, stacklevel=2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -12,13 +13,16 @@ from .results import LabelResult
 
 
 def combine_restarts(runs: list[list[LabelResult]], seeds: list[int],
-                     anomaly_threshold: float) -> tuple[list[LabelResult], dict[str, Any]]:
+                     anomaly_threshold: float, labels_without_data: Sequence[int] = ()
+                     ) -> tuple[list[LabelResult], dict[str, Any]]:
     """Merge per-seed results: per label the median norm, and how stable the verdict is.
 
     Args:
         runs: One list of label results per seed, each covering the same labels.
         seeds: The seed of each run.
         anomaly_threshold: Threshold of the per-run outlier tests.
+        labels_without_data: Labels without clean images, left out of each run's median and
+            MAD as in :meth:`ScanResult.from_labels`.
 
     Returns:
         ``(labels, details)``: for each label the run whose norm is closest to the median, with
@@ -28,7 +32,10 @@ def combine_restarts(runs: list[list[LabelResult]], seeds: list[int],
     """
     labels = [r.label for r in runs[0]]
     norms = np.array([[r.norm for r in run] for run in runs])  # (runs, labels)
-    per_run = [anomaly_indices(row, anomaly_threshold, labels=np.array(labels)) for row in norms]
+    reference = np.array([t not in set(labels_without_data) for t in labels])
+    per_run = [anomaly_indices(row, anomaly_threshold, labels=np.array(labels),
+                               reference=reference if reference.any() else None)
+               for row in norms]
     index = np.array([rep.anomaly_index for rep in per_run])
     median = np.median(norms, axis=0)
     merged = []

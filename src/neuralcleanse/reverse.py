@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .backends.base import Classifier, to_raw
+from .backends.base import Classifier, StepStats, to_raw
 from .config import ScanConfig
 from .data import BatchPlan
 from .errors import InputError
@@ -96,6 +96,7 @@ def reverse_engineer(clf: Classifier, x: np.ndarray, y: np.ndarray, config: Scan
 
             started = time.perf_counter()
             stats = session.step(plan.indices(schedule.steps_run[slots]), schedule.cost[slots])
+            _check_finite(stats, targets[slots], schedule.steps_run[slots], clf)
             keep, stop = schedule.update(slots, stats.attack_success_rate, stats.reg)
             last_asr[slots] = stats.attack_success_rate
             if keep.any():
@@ -128,3 +129,20 @@ def reverse_engineer(clf: Classifier, x: np.ndarray, y: np.ndarray, config: Scan
             progress.update(done=len(results), active=session.size,
                             step=int(schedule.steps_run[slots].max()) if len(slots) else 0)
     return [results[p] for p in range(len(targets))]
+
+
+def _check_finite(stats: StepStats, labels: np.ndarray, steps: np.ndarray,
+                  clf: Classifier) -> None:
+    """Stop the search at the first step whose loss or mask norm is NaN or infinite.
+
+    Such a value means the model returned NaN/Inf for stamped images (or the trigger itself
+    became NaN); every later step and the reported norms would be meaningless.
+    """
+    bad = ~(np.isfinite(stats.loss) & np.isfinite(stats.reg))
+    if bad.any():
+        which = [int(t) for t in labels[bad]]
+        lo, hi = clf.clip_values
+        raise InputError(f"the model returned NaN/Inf for images stamped with the trigger of "
+                         f"label(s) {which} (step {int(steps[bad].min()) + 1} of the search), "
+                         f"so no trigger norm can be measured; check that the model gives "
+                         f"finite outputs for all inputs in clip_values [{lo:g}, {hi:g}]")

@@ -60,7 +60,7 @@ def as_label_vector(y: np.ndarray, n: int, nb_classes: int | None = None) -> np.
     if nb_classes is not None and highest >= nb_classes:
         raise InputError(f"labels must be < {nb_classes}, the model's number of outputs "
                          f"(found {_number(highest)})")
-    if highest > np.iinfo(np.int64).max // 2:
+    if float(highest) > 2.0**62:
         raise InputError(f"labels must be class numbers (found {_number(highest)})")
     return arr.astype(np.int64)
 

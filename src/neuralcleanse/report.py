@@ -19,6 +19,9 @@ Fields of ``report.json`` (``schema_version`` 1):
 * ``data_info`` (object): number of images, per-class counts, source, keys, subsampling.
 * ``versions`` (object): versions of Python, numpy, neuralcleanse and the framework.
 * ``restarts`` (object): details of multi-seed scans (empty otherwise).
+* ``labels_without_data`` (list of int): scanned labels that had no clean images; their
+  triggers were searched on the other classes' images, and the median and MAD leave them out
+  (an absent field, in reports written before it existed, reads as empty).
 * ``labels`` (list): one object per scanned label with ``label``, ``norm`` (L1 norm of the
   mask), ``anomaly_index`` (``(median - norm) / mad``), ``attack_success_rate`` (share of
   stamped clean images of other classes sent to the label), ``converged`` (whether the attack

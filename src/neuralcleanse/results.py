@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,9 @@ class ScanResult:
         wall_seconds: Total wall time of the scan.
         partial: True when not every requested label was searched (an interrupted scan).
         restarts: Per-restart details when the scan ran several seeds (empty otherwise).
+        labels_without_data: Scanned labels that had no clean images. Their triggers were
+            searched on the images of the other classes and they can be flagged, but the
+            median and MAD are computed without them (empty for reports written before).
     """
 
     labels: list[LabelResult]
@@ -123,17 +127,37 @@ class ScanResult:
     wall_seconds: float = 0.0
     partial: bool = False
     restarts: dict[str, Any] = field(default_factory=dict)
+    labels_without_data: list[int] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
 
     @classmethod
     def from_labels(cls, labels: list[LabelResult], nb_classes: int, anomaly_threshold: float,
-                    **info: Any) -> ScanResult:
-        """Run the outlier test over ``labels`` and assemble the result."""
+                    labels_without_data: Sequence[int] | None = None, **info: Any) -> ScanResult:
+        """Run the outlier test over ``labels`` and assemble the result.
+
+        Args:
+            labels: The label results.
+            nb_classes: Number of outputs of the model.
+            anomaly_threshold: Anomaly index above which a label is flagged.
+            labels_without_data: Labels that had no clean images; by default those whose
+                count in ``data_info["class_counts"]`` is 0. They get an anomaly index and can
+                be flagged, but the median and MAD come from the other labels (from all of
+                them when no scanned label has clean images).
+            **info: The other fields of :class:`ScanResult`.
+        """
         labels = sorted(labels, key=lambda r: r.label)
         norms = np.array([r.norm for r in labels])
+        if labels_without_data is None:
+            counts = (info.get("data_info") or {}).get("class_counts")
+            labels_without_data = [r.label for r in labels
+                                   if isinstance(counts, list) and r.label < len(counts)
+                                   and counts[r.label] == 0]
+        without = sorted({int(t) for t in labels_without_data} & {r.label for r in labels})
         if len(labels) >= 1:
+            reference = np.array([r.label not in without for r in labels])
             report = anomaly_indices(norms, anomaly_threshold,
-                                     labels=np.array([r.label for r in labels]))
+                                     labels=np.array([r.label for r in labels]),
+                                     reference=reference if reference.any() else None)
             for r, a in zip(labels, report.anomaly_index):
                 r.anomaly_index = float(a)
             flagged, median, mad = report.flagged, report.median, report.mad
@@ -141,7 +165,7 @@ class ScanResult:
             flagged, median, mad = [], math.nan, math.nan
         return cls(labels=labels, nb_classes=nb_classes, flagged_labels=flagged,
                    median_norm=median, mad=mad, anomaly_threshold=float(anomaly_threshold),
-                   **info)
+                   labels_without_data=without, **info)
 
     def _by_label(self, values: list[Any], fill: Any) -> np.ndarray:
         out = np.full(self.nb_classes, fill, dtype=np.float64)
@@ -207,6 +231,7 @@ class ScanResult:
             "data_info": self.data_info,
             "versions": self.versions,
             "restarts": self.restarts,
+            "labels_without_data": [int(t) for t in self.labels_without_data],
             "labels": [r.to_dict(arrays=arrays) for r in self.labels],
         }
 
@@ -234,7 +259,8 @@ class ScanResult:
                    data_info=data.get("data_info", {}), versions=data.get("versions", {}),
                    wall_seconds=float(data.get("wall_seconds", 0.0)),
                    partial=bool(data.get("partial", False)),
-                   restarts=data.get("restarts", {}))
+                   restarts=data.get("restarts", {}),
+                   labels_without_data=[int(t) for t in data.get("labels_without_data", [])])
 
     @classmethod
     def from_json(cls, source: str | Path) -> ScanResult:
@@ -245,11 +271,16 @@ class ScanResult:
         return cls.from_dict(json.loads(text))
 
     def summary(self) -> str:
-        """A short human-readable verdict."""
+        """A short human-readable verdict (a second line names labels without clean images)."""
         if self.flagged_labels:
-            return (f"BACKDOOR suspected: label(s) {self.flagged_labels} flagged "
+            text = (f"BACKDOOR suspected: label(s) {self.flagged_labels} flagged "
                     f"(anomaly index > {self.anomaly_threshold:g})")
-        return f"no backdoor found (no anomaly index > {self.anomaly_threshold:g})"
+        else:
+            text = f"no backdoor found (no anomaly index > {self.anomaly_threshold:g})"
+        if self.labels_without_data:
+            text += (f"\nlabel(s) {self.labels_without_data} had no clean images: searched on "
+                     "the other classes' images, left out of the median and MAD")
+        return text
 
 
 def _finite_or_none(value: float) -> float | None:

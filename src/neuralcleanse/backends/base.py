@@ -7,6 +7,7 @@ Everything outside ``backends/`` talks to a model only through :class:`Classifie
 from __future__ import annotations
 
 import abc
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +27,131 @@ Preprocessing = tuple[Any, Any] | Callable[[Any], Any] | None
 def to_raw(values: np.ndarray) -> np.ndarray:
     """Map values in [0, 1] to the unconstrained ``tanh`` parametrisation."""
     return np.arctanh((np.asarray(values, dtype=np.float64) - 0.5) * (2.0 - TANH_EPSILON))
+
+
+def rows_are_probabilities(outputs: np.ndarray) -> bool:
+    """Whether model outputs are probability rows (non-negative, each row summing to 1)."""
+    out = np.asarray(outputs, dtype=np.float64)
+    return bool(out.size and out.min() >= 0 and np.allclose(out.sum(axis=1), 1.0, atol=1e-3))
+
+
+# -- Keras models, whichever framework runs them ---------------------------------------------
+# A Keras 3 model on the torch backend is run by the PyTorch backend and one on TensorFlow by
+# the TensorFlow backend; what the model itself says about its inputs and outputs is read here,
+# once, so that both backends see the same model the same way.
+
+def keras_module(model: Any) -> Any | None:
+    """The Keras package (``keras`` or ``tf_keras``) that ``model`` is a model of, else None."""
+    for name in ("keras", "tf_keras"):
+        mod = sys.modules.get(name)
+        base = getattr(mod, "Model", None) if mod is not None else None
+        if isinstance(base, type) and isinstance(model, base):
+            return mod
+    tf = sys.modules.get("tensorflow")
+    base = getattr(getattr(tf, "keras", None), "Model", None) if tf is not None else None
+    if isinstance(base, type) and isinstance(model, base):  # tf.keras resolving elsewhere
+        return sys.modules.get(type(model).__module__.split(".")[0])
+    return None
+
+
+def keras_symbolic(model: Any, attr: str) -> list[Any] | None:
+    """``model.inputs`` / ``model.outputs`` of a functional or Sequential model, else ``None``."""
+    try:
+        value = getattr(model, attr)
+    except (AttributeError, ValueError):
+        return None
+    if not value:
+        return None
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def keras_producing_layer(tensor: Any) -> Any:
+    """The layer whose output a symbolic Keras tensor is (``None`` when not recorded)."""
+    history = getattr(tensor, "_keras_history", None)
+    return history[0] if history is not None else None
+
+
+def keras_final_activation_is_softmax(layer: Any) -> bool | None:
+    """Whether a Keras model's final layer outputs probabilities rather than logits.
+
+    True for a softmax (a ``Softmax`` layer or a softmax activation), False for any other
+    activation (a linear layer gives logits), None when the layer does not tell. A nested model
+    is looked into through its own single output.
+    """
+    if layer is None:
+        return None
+    if type(layer).__name__ == "Softmax":
+        return True
+    inner = keras_symbolic(layer, "outputs") if keras_module(layer) is not None else None
+    if inner is not None:
+        return keras_final_activation_is_softmax(keras_producing_layer(inner[0])) \
+            if len(inner) == 1 else None
+    activation = getattr(layer, "activation", None)
+    if activation is None:
+        return None
+    return getattr(activation, "__name__", "") == "softmax"
+
+
+def keras_output_kind(model: Any, output_index: int = 0) -> str | None:
+    """``"probabilities"`` or ``"logits"`` as the final activation says, None when unknown."""
+    outputs = keras_symbolic(model, "outputs")
+    if outputs is None or not 0 <= output_index < len(outputs):
+        return None
+    verdict = keras_final_activation_is_softmax(keras_producing_layer(outputs[output_index]))
+    return None if verdict is None else ("probabilities" if verdict else "logits")
+
+
+def keras_input_shape(model: Any, input_index: int = 0) -> tuple[int | None, ...] | None:
+    """Shape of one input (no batch axis) as the model declares it, else None."""
+    inputs = keras_symbolic(model, "inputs")
+    if inputs is None or not 0 <= input_index < len(inputs):
+        return None
+    return tuple(None if d is None else int(d) for d in list(inputs[input_index].shape)[1:])
+
+
+def _keras_layers(model: Any) -> Iterator[Any]:
+    """The model's layers in order, nested models' layers in their place."""
+    for layer in getattr(model, "layers", None) or ():
+        yield layer
+        if getattr(layer, "layers", None):
+            yield from _keras_layers(layer)
+
+
+def keras_data_format(model: Any) -> tuple[str, bool]:
+    """``(data format, declared)`` of a Keras model.
+
+    The first layer that has a ``data_format`` (convolutions, pooling, ``Flatten``, ...)
+    decides, since it reads the images; ``declared`` is then True. A model without such a layer
+    follows Keras' configured ``image_data_format()`` (``declared`` False).
+    """
+    for layer in _keras_layers(model):
+        fmt = getattr(layer, "data_format", None)
+        if fmt in ("channels_first", "channels_last"):
+            return fmt, True
+    mod = keras_module(model)
+    try:
+        configured = mod.backend.image_data_format() if mod is not None else "channels_last"
+    except AttributeError:
+        configured = "channels_last"
+    return ("channels_first" if configured == "channels_first" else "channels_last"), False
+
+
+def keras_channels_first(model: Any, given: bool | None) -> bool:
+    """The layout to read a Keras model's inputs in: the model's own unless ``given``.
+
+    Raises:
+        InputError: If ``given`` contradicts the data format the model's layers declare (the
+            images would be read with their axes mixed up).
+    """
+    fmt, declared = keras_data_format(model)
+    own = fmt == "channels_first"
+    if given is None:
+        return own
+    if declared and bool(given) != own:
+        raise InputError(f"channels_first={bool(given)} contradicts the Keras model, whose layers "
+                         f"use data_format={fmt!r}: pass channels_first={own}, the model's own "
+                         "layout")
+    return bool(given)
 
 
 @dataclass

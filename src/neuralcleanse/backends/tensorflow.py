@@ -28,7 +28,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 from ..config import ScanConfig  # noqa: E402
-from .base import TANH_EPSILON, Preprocessing, StepStats, TriggerSession  # noqa: E402
+from .base import (  # noqa: E402
+    TANH_EPSILON,
+    Preprocessing,
+    StepStats,
+    TriggerSession,
+    keras_output_kind,
+    rows_are_probabilities,
+)
+from .base import keras_symbolic as _symbolic  # noqa: E402
 from .differentiable import (  # noqa: E402
     DifferentiableClassifier,
     preprocessing_description,
@@ -62,34 +70,6 @@ def keras_flavour(model: Any) -> Any:
         return sys.modules[type(model).__module__.split(".")[0]]
     raise InputTypeError(f"expected a Keras model, got {type(model).__module__}."
                     f"{type(model).__name__}; neuralcleanse supports {SUPPORTED}")
-
-
-def _symbolic(model: Any, attr: str) -> list[Any] | None:
-    """``model.inputs`` / ``model.outputs`` of a functional or Sequential model, else ``None``."""
-    try:
-        value = getattr(model, attr)
-    except (AttributeError, ValueError):
-        return None
-    if not value:
-        return None
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def _producing_layer(tensor: Any) -> Any:
-    history = getattr(tensor, "_keras_history", None)
-    return history[0] if history is not None else None
-
-
-def _is_softmax(layer: Any) -> bool | None:
-    """True / False when the layer's output kind is known, None when it cannot be told."""
-    if layer is None:
-        return None
-    if type(layer).__name__ == "Softmax":
-        return True
-    activation = getattr(layer, "activation", None)
-    if activation is None:
-        return None
-    return getattr(activation, "__name__", "") == "softmax"
 
 
 @dataclass
@@ -214,15 +194,13 @@ class KerasClassifier(DifferentiableClassifier):
         return lambda x: (x - sub) / div
 
     def _infer_output(self) -> str:
-        if self._outputs is not None:
-            verdict = _is_softmax(_producing_layer(self._outputs[self.output_layer]))
-            if verdict is not None:
-                return "probabilities" if verdict else "logits"
+        known = keras_output_kind(self.model, self.output_layer)
+        if known is not None:
+            return known
         lo, hi = self.clip_values
         probe = np.random.default_rng(0).uniform(lo, hi, (8, *self.input_shape))
         out = self._call(tf.constant(probe, tf.float32), training=False).numpy()
-        rows_sum_to_one = np.allclose(out.sum(axis=1), 1.0, atol=1e-3)
-        return "probabilities" if rows_sum_to_one and out.min() >= 0 else "logits"
+        return "probabilities" if rows_are_probabilities(out) else "logits"
 
     def _count_outputs(self) -> int:
         if self._outputs is not None:

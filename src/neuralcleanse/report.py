@@ -37,8 +37,9 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import io
-import json
 import math
+import os
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -49,7 +50,7 @@ import numpy as np
 from jinja2 import Environment, StrictUndefined, select_autoescape
 
 from .errors import InputError
-from .results import LabelResult, ScanResult
+from .results import LabelResult, ScanResult, dumps, read_json_file
 
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
@@ -439,18 +440,34 @@ def write_images(result: ScanResult, directory: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for r in result.labels:
         for kind, array in trigger_arrays(result, r).items():
-            (folder / f"label_{r.label}_{kind}.png").write_bytes(_png(array, PNG_MIN_SIDE))
+            _atomic_write(folder / f"label_{r.label}_{kind}.png", _png(array, PNG_MIN_SIDE))
     return folder
 
 
 def _read_optional(path: Path) -> dict[str, Any] | None:
+    """A JSON object file next to the report, or ``None`` when there is none.
+
+    ``mitigation.json`` is checked as a :class:`MitigationResult` so that the HTML never
+    renders a file of the wrong shape.
+
+    Raises:
+        InputError: When the file is not JSON, not an object, or (mitigation.json) not a
+            mitigation result; the message names the file.
+    """
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"could not read {path}: {exc}") from None
-    return data if isinstance(data, dict) else None
+    data = read_json_file(path)
+    if not isinstance(data, dict):
+        raise InputError(f"{str(path)!r} must hold a JSON object")
+    if path.name == MITIGATION_JSON:
+        from .mitigation.result import MitigationResult
+
+        try:
+            MitigationResult.from_dict(data)
+        except InputError as exc:
+            raise InputError(f"{str(path)!r} is not a neuralcleanse mitigation result: {exc}"
+                             ) from None
+    return data
 
 
 def write_report(result: ScanResult, out_dir: str | Path, *,
@@ -466,9 +483,9 @@ def write_report(result: ScanResult, out_dir: str | Path, *,
     json_path = out / REPORT_JSON
     _atomic_write(json_path, result.to_json())
     if mitigation is not None:
-        _atomic_write(out / MITIGATION_JSON, json.dumps(mitigation, indent=1))
+        _atomic_write(out / MITIGATION_JSON, dumps(mitigation))
     if demo is not None:
-        _atomic_write(out / DEMO_JSON, json.dumps(demo, indent=1))
+        _atomic_write(out / DEMO_JSON, dumps(demo))
     return render_directory(out, result=result)
 
 
@@ -476,17 +493,15 @@ def render_directory(out_dir: str | Path, *, result: ScanResult | None = None) -
     """(Re-)render ``report.html`` and the PNGs of a report folder from its JSON files.
 
     Raises:
-        ValueError: When ``report.json`` is missing or unreadable.
+        InputError: When ``report.json`` is missing or is not a scan report, or when
+            ``mitigation.json`` / ``demo.json`` is malformed (a ``ValueError``).
     """
     out = Path(out_dir)
     json_path = out / REPORT_JSON
     if result is None:
         if not json_path.is_file():
-            raise InputError(f"{out} has no {REPORT_JSON}: give the folder a scan wrote")
-        try:
-            result = ScanResult.from_json(json_path)
-        except (KeyError, TypeError, json.JSONDecodeError) as exc:
-            raise InputError(f"{json_path} is not a neuralcleanse report: {exc}") from None
+            raise InputError(f"{str(out)!r} has no {REPORT_JSON}: give the folder a scan wrote")
+        result = ScanResult.from_json(json_path)
     html = render_html(result, mitigation=_read_optional(out / MITIGATION_JSON),
                        demo=_read_optional(out / DEMO_JSON))
     html_path = out / REPORT_HTML
@@ -495,7 +510,20 @@ def render_directory(out_dir: str | Path, *, result: ScanResult | None = None) -
     return ReportPaths(json=json_path, html=html_path, images=images)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+def _atomic_write(path: Path, content: str | bytes) -> None:
+    """Write through a temporary file renamed over ``path``.
+
+    A link at ``path`` is replaced, never followed (a report never writes into a file
+    elsewhere), and a reader never sees a half-written file.
+    """
+    data = content.encode("utf-8") if isinstance(content, str) else content
+    # a fresh name, created exclusively: never an existing file or a link someone left there
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from ..backends.base import Classifier
-from ..errors import InputError
+from ..errors import InputError, one_line
+from ..results import dumps, loads, read_json_file
 from .filtering import FilteringReport, InputFilter
 from .inputs import model_images
 from .metrics import DataSplit, Measurements
@@ -146,10 +146,13 @@ class MitigationResult:
                 "versions": self.versions, "report": self.report.to_dict()}
 
     def to_json(self, path: str | Path | None = None) -> str:
-        """Serialise to JSON; also write it to ``path`` when one is given."""
-        text = json.dumps(self.to_dict(), indent=1)
+        """Serialise to JSON; also write it to ``path`` when one is given.
+
+        Numbers that are not finite are written as ``null`` (JSON has no NaN or Infinity).
+        """
+        text = dumps(self.to_dict())
         if path is not None:
-            Path(path).write_text(text)
+            Path(path).write_text(text, encoding="utf-8")
         return text
 
     @classmethod
@@ -157,8 +160,11 @@ class MitigationResult:
         """Inverse of :meth:`to_dict` (without a model).
 
         Raises:
-            ValueError: On an unknown schema version or method.
+            InputError: On an unknown schema version or method, or a field that is missing or
+                has the wrong type (a ``ValueError``).
         """
+        if not isinstance(data, dict):
+            raise InputError("a mitigation result must be a JSON object")
         version = data.get("schema_version")
         if version != MITIGATION_SCHEMA_VERSION:
             raise InputError(f"unsupported mitigation schema_version {version!r} (this "
@@ -166,16 +172,40 @@ class MitigationResult:
         method = data.get("method")
         if method not in _REPORTS:
             raise InputError(f"unknown mitigation method {method!r} in the result")
-        return cls(method=method, labels=[int(t) for t in data["labels"]],
-                   report=_REPORTS[method].from_dict(data["report"]),
-                   wall_seconds=float(data.get("wall_seconds", 0.0)),
-                   model_info=data.get("model_info", {}), versions=data.get("versions", {}),
-                   schema_version=int(version))
+        try:
+            if not all(isinstance(t, int) and not isinstance(t, bool) for t in data["labels"]):
+                raise InputError("labels must be a list of integers")
+            if not isinstance(data["report"], dict):
+                raise InputError("report must be a JSON object")
+            wall = data.get("wall_seconds", 0.0)
+            return cls(method=method, labels=list(data["labels"]),
+                       report=_REPORTS[method].from_dict(data["report"]),
+                       wall_seconds=math.nan if wall is None else float(wall),
+                       model_info=dict(data.get("model_info", {})),
+                       versions=dict(data.get("versions", {})),
+                       schema_version=int(version))
+        except KeyError as exc:
+            raise InputError(f"the field {exc.args[0]!r} is missing") from None
+        except (TypeError, ValueError, AttributeError, OverflowError) as exc:
+            if isinstance(exc, InputError):
+                raise
+            raise InputError(f"a field has the wrong type or value ({one_line(exc)})"
+                             ) from None
 
     @classmethod
     def from_json(cls, source: str | Path) -> MitigationResult:
-        """Read a result from a JSON string or a path to a JSON file."""
-        text = str(source)
-        if not text.lstrip().startswith("{"):
-            text = Path(source).read_text()
-        return cls.from_dict(json.loads(text))
+        """Read a result from a JSON string or a path to a JSON file.
+
+        A :class:`~pathlib.Path` is always read as a file; a string is JSON text when it starts
+        with ``{``. ``NaN`` and ``Infinity`` are read as ``null``.
+        """
+        if isinstance(source, str) and source.lstrip().startswith("{"):
+            return cls.from_dict(loads(source, "the mitigation result text"))
+        path = Path(source)
+        try:
+            return cls.from_dict(read_json_file(path))
+        except InputError as exc:
+            if str(path) in str(exc):
+                raise
+            raise InputError(f"{str(path)!r} is not a neuralcleanse mitigation result: {exc}"
+                             ) from None

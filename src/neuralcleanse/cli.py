@@ -16,8 +16,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
+import re
+import secrets
 import sys
+import unicodedata
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,7 +42,7 @@ from .data_files import (
 )
 from .errors import InputError
 from .model_files import LoadedModel, load_model
-from .results import LabelResult, ScanResult
+from .results import LabelResult, ScanResult, dumps
 
 try:  # typer >= 0.20 ships its own copy of click
     from typer._click.exceptions import ClickException
@@ -50,6 +52,17 @@ except ImportError:  # pragma: no cover - older typer depends on click
 EXIT_CLEAN, EXIT_FLAGGED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 PARTIAL_DIR = "partial"
 DEFAULT_OUT = "neuralcleanse-report"
+#: Labels given with ``--labels`` must lie in ``[0, MAX_LABEL]`` (checked before a range is
+#: expanded, so ``0-999999999999`` is refused at once instead of filling the memory).
+MAX_LABEL = 999_999
+#: Largest ``--config`` file read (settings files are a few hundred bytes).
+MAX_CONFIG_BYTES = 2**20
+#: Each side of ``--input-shape`` is at most this, and one input at most ``MAX_INPUT_VALUES``.
+MAX_SIDE = 65_536
+MAX_INPUT_VALUES = 2**26
+#: Most ``--restarts``.
+MAX_RESTARTS = 1000
+SEED_MAX = 2**32 - 1
 
 _state: dict[str, Any] = {"debug": False}
 
@@ -178,36 +191,55 @@ LayoutOpt = Annotated[DataLayout, typer.Option(
 
 
 # -- small parsers ---------------------------------------------------------------------------
+def _quote(text: Any, limit: int = 60) -> str:
+    """``repr`` of a user's value, shortened, for an error message (never raises)."""
+    try:
+        shown = repr(text)
+    except ValueError:  # an int too long to print
+        shown = f"a {type(text).__name__}"
+    return shown if len(shown) <= limit else shown[:limit - 4] + "...'"
+
+
+def _qpath(path: Any) -> str:
+    """A path quoted for a message, in full (the caller's :func:`printable` escapes it)."""
+    return repr(str(path))
+
+
 def _numbers(text: str, flag: str, count: int | None = None) -> list[float]:
+    """Comma-separated finite numbers (``count`` of them when given)."""
     try:
         values = [float(v) for v in text.replace(" ", "").split(",") if v != ""]
     except ValueError:
-        raise CliError(f"{flag} takes comma-separated numbers (got {text!r})") from None
+        raise CliError(f"{flag} takes comma-separated numbers (got {_quote(text)})") from None
     if not values or (count is not None and len(values) != count):
         want = f"{count} comma-separated numbers" if count else "comma-separated numbers"
-        raise CliError(f"{flag} takes {want} (got {text!r})")
+        raise CliError(f"{flag} takes {want} (got {_quote(text)})")
     if not all(math.isfinite(v) for v in values):
-        raise CliError(f"{flag} values must be finite (got {text!r})")
+        raise CliError(f"{flag} values must be finite (got {_quote(text)})")
     return values
 
 
 def _int_list(text: str, flag: str) -> list[int]:
-    out = []
+    """Sorted distinct integers in ``[0, MAX_LABEL]`` from ``0,3,5-7``; ranges checked first."""
+    out: set[int] = set()
+    usage = f"{flag} takes integers or ranges like 0,3,5-7 in 0..{MAX_LABEL}"
     for part in text.replace(" ", "").split(","):
         if not part:
             continue
         lo, dash, hi = part.partition("-")
         try:
-            if dash:
-                out.extend(range(int(lo), int(hi) + 1))
-            else:
-                out.append(int(part))
+            first, last = (int(lo), int(hi)) if dash else (int(part), int(part))
         except ValueError:
-            raise CliError(f"{flag} takes integers or ranges like 0,3,5-7 (got {text!r})"
-                           ) from None
+            raise CliError(f"{usage} (got {_quote(text)})") from None
+        if not 0 <= first <= MAX_LABEL or not 0 <= last <= MAX_LABEL:
+            raise CliError(f"{usage} (got {_quote(part)})")
+        if last < first:
+            raise CliError(f"{flag}: the range {_quote(part)} runs backwards; write "
+                           f"{last}-{first}")
+        out.update(range(first, last + 1))
     if not out:
         raise CliError(f"{flag} is empty")
-    return sorted(set(out))
+    return sorted(out)
 
 
 def _auto_int(text: str | None, flag: str, word: str) -> int | None | str:
@@ -219,7 +251,24 @@ def _auto_int(text: str | None, flag: str, word: str) -> int | None | str:
     try:
         return int(text)
     except ValueError:
-        raise CliError(f"{flag} takes an integer or {word!r} (got {text!r})") from None
+        raise CliError(f"{flag} takes an integer or {word!r} (got {_quote(text)})") from None
+
+
+def _json_text(text: str, what: str, hint: str = "write a finite number") -> Any:
+    """Parse strict JSON (no ``NaN``/``Infinity``); every failure is a one-line CliError."""
+    def refuse(name: str) -> Any:
+        raise CliError(f"{what}: JSON has no {name} ({hint})")
+
+    try:
+        return json.loads(text, parse_constant=refuse)
+    except CliError:
+        raise
+    except json.JSONDecodeError as exc:
+        raise CliError(f"{what} is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # > 4300-digit integers, deep nesting
+        why = "it is nested too deeply" if isinstance(exc, RecursionError) else \
+            "it holds a number too long to read"
+        raise CliError(f"{what} is not usable JSON: {why}") from None
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -228,10 +277,22 @@ def read_config_file(path: Path) -> dict[str, Any]:
     Keys are :class:`ScanConfig` field names (dashes allowed); ``mini_batches = "all"`` and
     ``label_batch = "auto"`` stand for ``None``.
     """
+    suffix = path.suffix.lower()
+    if suffix not in (".toml", ".json"):
+        raise CliError(f"--config takes a .json or .toml file (got {_qpath(path)})")
+    if not path.exists():
+        raise CliError(f"config file {_qpath(path)} does not exist")
     if not path.is_file():
-        raise CliError(f"config file {str(path)!r} does not exist")
-    text = path.read_text()
-    if path.suffix.lower() == ".toml":
+        raise CliError(f"config file {_qpath(path)} is not a file")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise CliError(f"config file {_qpath(path)} is larger than 1 MiB: not a settings "
+                       "file")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise CliError(f"config file {_qpath(path)} is not UTF-8 text") from None
+    name = _qpath(path.name)
+    if suffix == ".toml":
         try:
             import tomllib
         except ModuleNotFoundError:  # Python 3.10
@@ -239,26 +300,27 @@ def read_config_file(path: Path) -> dict[str, Any]:
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
-            raise CliError(f"{path.name} is not valid TOML: {exc}") from None
-    elif path.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise CliError(f"{path.name} is not valid JSON: {exc}") from None
+            raise CliError(f"{name} is not valid TOML: {exc}") from None
+        except (ValueError, RecursionError) as exc:
+            why = "it is nested too deeply" if isinstance(exc, RecursionError) else \
+                "it holds a value too long to read"
+            raise CliError(f"{name} is not usable TOML: {why}") from None
     else:
-        raise CliError(f"--config takes a .json or .toml file (got {path.name!r})")
+        data = _json_text(text, name, 'write a finite number; for norm, the string "inf"')
     if isinstance(data, dict) and isinstance(data.get("scan"), dict) and len(data) == 1:
         data = data["scan"]
     if not isinstance(data, dict):
-        raise CliError(f"{path.name} must hold a table of search settings")
+        raise CliError(f"{name} must hold a table of search settings")
     out = {str(k).replace("-", "_"): v for k, v in data.items()}
     for key, word in (("mini_batches", "all"), ("label_batch", "auto")):
         if isinstance(out.get(key), str) and out[key].strip().lower() == word:
             out[key] = None
     unknown = sorted(set(out) - set(ScanConfig.field_names()))
     if unknown:
-        raise CliError(f"{path.name}: unknown setting(s) {', '.join(unknown)}; valid settings "
-                       f"are {', '.join(ScanConfig.field_names())}")
+        shown = ", ".join(_quote(k, 30) for k in unknown[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise CliError(f"{name}: unknown setting(s) {shown}{more}; valid settings are "
+                       f"{', '.join(ScanConfig.field_names())}")
     return out
 
 
@@ -267,13 +329,20 @@ def build_config(preset: Preset, config_file: Path | None, flags: dict[str, Any]
     settings: dict[str, Any] = {}
     if config_file is not None:
         settings.update(read_config_file(config_file))
-    settings.update({k: v for k, v in flags.items() if v != "unset"})
+    given = {k: v for k, v in flags.items() if not (isinstance(v, str) and v == "unset")}
+    settings.update(given)
     if "progress" not in settings:
         settings["progress"] = sys.stdout.isatty()
     try:
         return ScanConfig.preset(preset.value, **settings)
     except (TypeError, ValueError) as exc:
-        raise CliError(f"bad search setting: {exc}") from None
+        text = str(exc)
+        name = next((k for k in ScanConfig.field_names() if text.startswith(f"{k} ")), None)
+        if name in given:  # say which flag, or which file, held the bad value
+            raise CliError(f"--{name.replace('_', '-')}: {text}") from None
+        if name is not None and config_file is not None:
+            raise CliError(f"{_qpath(config_file.name)}: {text}") from None
+        raise CliError(f"bad search setting: {text}") from None
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -284,9 +353,13 @@ def _shape(text: str | None) -> tuple[int, ...] | None:
     try:
         dims = tuple(int(p) for p in parts if p)
     except ValueError:
-        raise CliError(f"--input-shape takes integers like 1,28,28 (got {text!r})") from None
+        raise CliError(f"--input-shape takes integers like 1,28,28 (got {_quote(text)})"
+                       ) from None
     if len(dims) not in (2, 3) or min(dims) < 1:
-        raise CliError(f"--input-shape takes 2 or 3 positive integers (got {text!r})")
+        raise CliError(f"--input-shape takes 2 or 3 positive integers (got {_quote(text)})")
+    if max(dims) > MAX_SIDE or math.prod(dims) > MAX_INPUT_VALUES:
+        raise CliError(f"--input-shape {_quote(text)} is too large: each side at most "
+                       f"{MAX_SIDE} and at most {MAX_INPUT_VALUES} values per input")
     return dims
 
 
@@ -328,16 +401,16 @@ def load_inputs(model_path: Path, data_path: Path, *, arch: str | None, arch_kwa
     defaults = defaults or {}
     for path, what in ((model_path, "model file"), (data_path, "data path")):
         if not path.exists():
-            raise CliError(f"{what} {str(path)!r} does not exist")
+            raise CliError(f"{what} {_qpath(path)} does not exist")
     kwargs: dict[str, Any] = {}
     if arch_kwargs is not None:
-        try:
-            kwargs = json.loads(arch_kwargs)
-        except json.JSONDecodeError as exc:
-            raise CliError(f"--arch-kwargs is not valid JSON: {exc}") from None
+        kwargs = _json_text(arch_kwargs, "--arch-kwargs")
         if not isinstance(kwargs, dict):
             raise CliError("--arch-kwargs must be a JSON object, e.g. '{\"nb_classes\": 43}'")
     shape = _shape(input_shape)
+    clip = _clip(clip_values, defaults.get("clip_values"))
+    if subtract is not None or divide is not None:
+        _preprocessing_values(subtract, divide)  # refuse bad numbers before loading anything
     loaded = load_model(model_path, arch=arch, arch_kwargs=kwargs, trust_pickle=trust_pickle,
                         device=device)
     if channels_first is None:
@@ -369,15 +442,6 @@ def load_inputs(model_path: Path, data_path: Path, *, arch: str | None, arch_kwa
         raise CliError(f"the data has images of shape {tuple(x.shape[1:])} but --input-shape "
                        f"is {shape}")
 
-    clip = None
-    if clip_values is not None:
-        lo, hi = _numbers(clip_values, "--clip-values", 2)
-        if not lo < hi:
-            raise CliError(f"--clip-values needs MIN < MAX (got {clip_values!r})")
-        clip = (lo, hi)
-    elif isinstance(defaults.get("clip_values"), list) and len(defaults["clip_values"]) == 2:
-        clip = (float(defaults["clip_values"][0]), float(defaults["clip_values"][1]))
-
     preprocessing = _preprocessing(subtract, divide, channels_first, x,
                                    defaults.get("preprocessing"))
     out_kind: str | None = None if output is OutputKind.auto else output.value
@@ -391,16 +455,60 @@ def load_inputs(model_path: Path, data_path: Path, *, arch: str | None, arch_kwa
     return inputs
 
 
-def _preprocessing(subtract: str | None, divide: str | None, channels_first: bool,
-                   x: np.ndarray, default: Any) -> tuple[np.ndarray, np.ndarray] | None:
-    if subtract is None and divide is None:
-        if isinstance(default, list) and len(default) == 2:
-            return (np.asarray(default[0], np.float32), np.asarray(default[1], np.float32))
+#: Largest magnitude of a value range or preprocessing constant: it stays finite in float32
+#: (``float32`` overflows at 3.4e38) with room for the arithmetic of stamping.
+MAX_INPUT_MAGNITUDE = 1e30
+
+
+def _clip(text: str | None, default: Any) -> tuple[float, float] | None:
+    """The value range from ``--clip-values``, else the scan report's, else ``None``."""
+    if text is None:
+        if isinstance(default, list) and len(default) == 2 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in default):
+            lo, hi = float(default[0]), float(default[1])
+            if math.isfinite(lo) and math.isfinite(hi) and lo < hi:
+                return lo, hi
         return None
+    lo, hi = _numbers(text, "--clip-values", 2)
+    if not lo < hi:
+        raise CliError(f"--clip-values needs MIN < MAX (got {_quote(text)})")
+    if max(abs(lo), abs(hi)) > MAX_INPUT_MAGNITUDE:
+        raise CliError(f"--clip-values must lie within +-{MAX_INPUT_MAGNITUDE:g} "
+                       f"(got {_quote(text)})")
+    return lo, hi
+
+
+def _preprocessing_values(subtract: str | None, divide: str | None
+                          ) -> tuple[list[float], list[float]]:
+    """The numbers of ``--subtract`` and ``--divide``, checked (usable in float32)."""
     sub = _numbers(subtract, "--subtract") if subtract is not None else [0.0]
     div = _numbers(divide, "--divide") if divide is not None else [1.0]
     if any(v == 0 for v in div):
         raise CliError("--divide must not contain 0")
+    if max(abs(v) for v in sub) > MAX_INPUT_MAGNITUDE:
+        raise CliError(f"--subtract values must lie within +-{MAX_INPUT_MAGNITUDE:g}")
+    if not all(1 / MAX_INPUT_MAGNITUDE <= abs(v) <= MAX_INPUT_MAGNITUDE for v in div):
+        raise CliError(f"--divide values must lie between {1 / MAX_INPUT_MAGNITUDE:g} and "
+                       f"{MAX_INPUT_MAGNITUDE:g} in size")
+    return sub, div
+
+
+def _preprocessing(subtract: str | None, divide: str | None, channels_first: bool,
+                   x: np.ndarray, default: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    if subtract is None and divide is None:
+        if isinstance(default, list) and len(default) == 2:
+            try:
+                pair = (np.asarray(default[0], np.float32), np.asarray(default[1], np.float32))
+            except (TypeError, ValueError):
+                pair = None
+            if pair is None or not all(np.all(np.isfinite(a)) for a in pair) \
+                    or np.any(pair[1] == 0):
+                raise CliError("the scan report's model_info.preprocessing is not two finite "
+                               "numbers or lists of numbers with a non-zero divisor; give "
+                               "--subtract and --divide")
+            return pair
+        return None
+    sub, div = _preprocessing_values(subtract, divide)
     channels = 1 if x.ndim == 3 else (x.shape[1] if channels_first else x.shape[-1])
 
     def shaped(values: list[float], flag: str) -> np.ndarray:
@@ -445,13 +553,96 @@ def _model_info(inputs: Inputs, clf_info: dict[str, Any]) -> dict[str, Any]:
     return info
 
 
+# -- output folders --------------------------------------------------------------------------
+def _say(console: Console, text: str, style: str | None = None) -> None:
+    """Print a line that may hold the user's paths: no markup, no control characters."""
+    console.print(printable(text), style=style, markup=False, highlight=False, soft_wrap=True)
+
+
+#: What a command writes into its output folder: files, and folders (ending with "/").
+SCAN_OUTPUTS = ("report.json", "report.html", "triggers/", f"{PARTIAL_DIR}/")
+MITIGATE_OUTPUTS = ("report.json", "report.html", "mitigation.json", "triggers/")
+
+
+def prepare_folder(folder: Path, flag: str, outputs: tuple[str, ...] = ()) -> list[Path]:
+    """Make ``folder`` (creating it if needed) and check that it can be written, up front.
+
+    ``outputs`` names what the command will write there; an existing entry of the wrong kind
+    (a folder where a file goes, or the reverse) is refused now rather than after the work.
+
+    Returns:
+        The folders created, outermost first (see :func:`remove_if_empty`).
+
+    Raises:
+        CliError: When the folder cannot be made or written; the message names ``flag``.
+    """
+    where = f"{flag} {_qpath(folder)}"
+    if folder.exists() and not folder.is_dir():
+        raise CliError(f"{where} is a file, not a folder")
+    missing: list[Path] = []
+    probe = folder
+    while not probe.exists() and not probe.is_symlink() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"cannot create the folder {where}: "
+                       f"{exc.strerror or type(exc).__name__}") from None
+    created = missing[::-1]
+    try:
+        test = folder / f".neuralcleanse-write-test-{os.getpid()}-{secrets.token_hex(4)}"
+        fd = os.open(test, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        test.unlink()
+    except OSError as exc:
+        remove_if_empty(created)
+        raise CliError(f"cannot write into the folder {where}: "
+                       f"{exc.strerror or type(exc).__name__}") from None
+    for name in outputs:
+        entry = folder / name.rstrip("/")
+        if name.endswith("/") and entry.exists() and not entry.is_dir():
+            raise CliError(f"{entry} is a file, but the output goes into a folder of that "
+                           f"name: move it away or choose another {flag}")
+        if not name.endswith("/") and entry.is_dir():
+            raise CliError(f"{entry} is a folder, but the output is a file of that name: "
+                           f"move it away or choose another {flag}")
+    return created
+
+
+def remove_if_empty(created: list[Path]) -> None:
+    """Remove folders that :func:`prepare_folder` created, innermost first, if still empty."""
+    for folder in reversed(created):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 # -- resumable scans -------------------------------------------------------------------------
 class PartialStore:
     """Label results written one file per label as they finish, so a scan can resume.
 
     Each file records a fingerprint of the model file, the data and the search settings;
-    results made with anything else are refused.
+    results made with anything else are refused. The folder may hold other files: the store
+    reads, replaces and removes only ``label_<n>.json`` files that it wrote itself (a JSON object
+    with its ``fingerprint`` and ``result`` fields), and removes the folder only when that
+    leaves it empty.
     """
+
+    NAME = re.compile(r"label_(\d+)\.json")
+    #: Temporary names of :meth:`save` (pid and random part): no one else writes these.
+    TMP = re.compile(r"\.label_\d+\.json\.\d+\.[0-9a-f]{8}\.tmp")
+    MARKER = "neuralcleanse partial label result"
+    #: Own files are small (one label's mask and pattern); larger ones are not read.
+    MAX_BYTES = 256 * 2**20
 
     def __init__(self, folder: Path, key: str) -> None:
         self.folder = folder
@@ -463,35 +654,77 @@ class PartialStore:
 
     def save(self, result: LabelResult) -> None:
         """Write one finished label (atomically: a killed process leaves no torn file)."""
+        from .report import _atomic_write
+
         self.folder.mkdir(parents=True, exist_ok=True)
         target = self.path(result.label)
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(json.dumps({"fingerprint": self.key, "result": result.to_dict()}))
-        tmp.replace(target)
+        if target.exists() and self._own(target) is None:  # appeared during the scan
+            raise CliError(f"{target} was not written by neuralcleanse; move it away and "
+                           "rerun with --resume")
+        _atomic_write(target, dumps({"kind": self.MARKER, "fingerprint": self.key,
+                                     "result": result.to_dict()}, indent=None))
 
-    def load(self) -> list[LabelResult]:
-        """The labels finished by an earlier run with the same model, data and settings."""
+    def _own(self, path: Path) -> dict[str, Any] | None:
+        """The content of ``path`` when it is a label file this store wrote, else ``None``."""
+        if not self.NAME.fullmatch(path.name) or path.is_symlink() or not path.is_file():
+            return None
+        try:
+            if path.stat().st_size > self.MAX_BYTES:
+                return None
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except (OSError, ValueError, RecursionError):
+            return None
+        if isinstance(data, dict) and isinstance(data.get("fingerprint"), str) \
+                and isinstance(data.get("result"), dict) \
+                and data.get("kind", self.MARKER) == self.MARKER:
+            return data
+        return None
+
+    def _label_files(self) -> list[Path]:
         if not self.folder.is_dir():
             return []
+        return sorted((f for f in self.folder.iterdir() if self.NAME.fullmatch(f.name)),
+                      key=lambda f: int(self.NAME.fullmatch(f.name).group(1)))  # type: ignore[union-attr]
+
+    def foreign(self, labels: list[int]) -> list[Path]:
+        """Files in the way of these labels' results that this store did not write."""
+        return [self.path(t) for t in labels
+                if (self.path(t).exists() or self.path(t).is_symlink())
+                and self._own(self.path(t)) is None]
+
+    def load(self) -> list[LabelResult]:
+        """The labels finished by an earlier run with the same model, data and settings.
+
+        Files the store did not write are left alone.
+        """
         found = []
-        for f in sorted(self.folder.glob("label_*.json")):
+        for f in self._label_files():
+            data = self._own(f)
+            if data is None:
+                continue
+            if data["fingerprint"] != self.key:
+                raise CliError(
+                    f"{f} was written by a scan with another model, data or settings; "
+                    f"drop --resume to start over")
             try:
-                data = json.loads(f.read_text())
-                if data.get("fingerprint") != self.key:
-                    raise CliError(
-                        f"{f} was written by a scan with another model, data or settings; "
-                        f"drop --resume to start over (or remove {self.folder})")
                 found.append(LabelResult.from_dict(data["result"]))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                if isinstance(exc, CliError):
-                    raise
+            except InputError as exc:
                 raise CliError(f"cannot resume from {f}: {exc}") from None
         return found
 
     def clear(self) -> None:
-        """Remove the folder of partial results."""
-        if self.folder.is_dir():
-            shutil.rmtree(self.folder)
+        """Remove the label files this store wrote; the folder too if nothing else is in it."""
+        if not self.folder.is_dir() or self.folder.is_symlink():
+            return
+        for f in self.folder.iterdir():
+            if self.TMP.fullmatch(f.name) and f.is_file() and not f.is_symlink():
+                f.unlink(missing_ok=True)
+            elif self._own(f) is not None:
+                f.unlink(missing_ok=True)
+        try:
+            self.folder.rmdir()
+        except OSError:  # the user's files are still in it
+            pass
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -501,10 +734,15 @@ def scan(
     data: DataOpt,
     out: Annotated[Path, typer.Option(
         "--out", "-o", rich_help_panel=_OUT,
-        help="Folder for report.json, report.html and the trigger images.")] = Path(DEFAULT_OUT),
+        help="Folder for report.json, report.html, the trigger images (triggers/) and the "
+             "finished labels of a running scan (partial/); created if needed and checked "
+             "before the scan starts. Those names are replaced; nothing else in the folder is "
+             "touched.")] = Path(DEFAULT_OUT),
     resume: Annotated[bool, typer.Option(
         "--resume", rich_help_panel=_OUT,
-        help="Continue an interrupted scan from the labels saved in OUT/partial.")] = False,
+        help="Continue an interrupted scan from the labels saved in OUT/partial. Without it, "
+             "the label files an earlier scan left there are removed (other files stay).")
+    ] = False,
     labels: Annotated[str | None, typer.Option(
         "--labels", metavar="LIST", rich_help_panel=_OUT,
         help="Scan only these labels, e.g. 0,3,5-7 (default: all).")] = None,
@@ -572,7 +810,7 @@ def scan(
         "--progress/--no-progress", rich_help_panel=_SEARCH, show_default=False,
         help="Live progress (labels done, active, step, ETA) (default on in a terminal).")] = None,
     restarts: Annotated[int, typer.Option(
-        "--restarts", min=1, rich_help_panel=_SEARCH,
+        "--restarts", min=1, max=MAX_RESTARTS, rich_help_panel=_SEARCH,
         help="Run the search with this many seeds (--seed, --seed+1, ...); norms are medians "
              "and the report says in how many runs each label was flagged.")] = 1,
     arch: ArchOpt = None,
@@ -608,14 +846,22 @@ def scan(
     wanted = _int_list(labels, "--labels") if labels is not None else None
     if restarts > 1 and resume:
         raise CliError("--resume works only for a single run; drop --restarts or --resume")
+    if cfg.seed + restarts - 1 > SEED_MAX:
+        raise CliError(f"--restarts {restarts} from seed {cfg.seed} needs seeds up to "
+                       f"{cfg.seed + restarts - 1}, but seeds go up to {SEED_MAX}")
 
-    inputs = load_inputs(model, data, arch=arch, arch_kwargs=arch_kwargs,
-                         trust_pickle=trust_pickle, input_shape=input_shape,
-                         channels_first=channels_first, clip_values=clip_values,
-                         subtract=subtract, divide=divide, output=output, device=device,
-                         x_key=x_key, y_key=y_key, max_samples=max_samples,
-                         data_layout=data_layout, seed=cfg.seed)
-    result = run_scan(inputs, cfg, out, resume=resume, labels=wanted, restarts=restarts)
+    created = prepare_folder(out, "--out", SCAN_OUTPUTS)  # before any work, even loading
+    try:
+        inputs = load_inputs(model, data, arch=arch, arch_kwargs=arch_kwargs,
+                             trust_pickle=trust_pickle, input_shape=input_shape,
+                             channels_first=channels_first, clip_values=clip_values,
+                             subtract=subtract, divide=divide, output=output, device=device,
+                             x_key=x_key, y_key=y_key, max_samples=max_samples,
+                             data_layout=data_layout, seed=cfg.seed)
+        result = run_scan(inputs, cfg, out, resume=resume, labels=wanted, restarts=restarts)
+    except BaseException:
+        remove_if_empty(created)  # only folders this run made, and only while still empty
+        raise
     raise typer.Exit(EXIT_FLAGGED if result.flagged_labels else EXIT_CLEAN)
 
 
@@ -643,11 +889,18 @@ def run_scan(inputs: Inputs, cfg: ScanConfig, out: Path, *, resume: bool = False
                       {k: _jsonable(v) for k, v in inputs.wrap_options().items()
                        if k != "device"})
     store = PartialStore(out / PARTIAL_DIR, key)
+    if restarts == 1:
+        wanted = labels if labels is not None else list(range(clf.nb_classes))
+        in_the_way = store.foreign([t for t in wanted if 0 <= t < clf.nb_classes])
+        if in_the_way:
+            raise CliError(f"{in_the_way[0]} was not written by neuralcleanse, but the scan "
+                           f"saves its finished labels under these names in {store.folder}: "
+                           "move the file(s) away or choose another --out")
     done: list[LabelResult] = []
     if resume:
         done = store.load()
         if done:
-            console.print(f"resuming: {len(done)} label(s) already done in {store.folder}")
+            _say(console, f"resuming: {len(done)} label(s) already done in {store.folder}")
     else:
         store.clear()
     model_info = _model_info(inputs, clf.describe())
@@ -674,11 +927,11 @@ def run_scan(inputs: Inputs, cfg: ScanConfig, out: Path, *, resume: bool = False
     paths = write_report(result, out)
     store.clear()
     console.print(summary_table(result))
-    console.print(f"median norm {result.median_norm:.3f}, MAD {result.mad:.3f}, "
+    _say(console, f"median norm {result.median_norm:.3f}, MAD {result.mad:.3f}, "
                   f"wall time {result.wall_seconds:.1f} s")
     style = "bold red" if result.flagged_labels else "bold green"
-    console.print(result.summary(), style=style)
-    console.print(f"report: {paths.html}  (JSON: {paths.json})")
+    _say(console, result.summary(), style=style)
+    _say(console, f"report: {paths.html}  (JSON: {paths.json})")
     return result
 
 
@@ -712,7 +965,15 @@ def mitigate(
              "(default: the report folder).")] = None,
     save: Annotated[Path | None, typer.Option(
         "--save", rich_help_panel=_OUT,
-        help="Where to save the repaired model (default: OUT/repaired.pt or .keras).")] = None,
+        help="Where to save the repaired model (default: OUT/repaired_METHOD.pt or .keras, "
+             "which a later run replaces). An existing file, and above all the input model "
+             "itself (also through a link), is never replaced unless --overwrite-model is "
+             "given. Not for filtering, which leaves the model unchanged.")] = None,
+    overwrite_model: Annotated[bool, typer.Option(
+        "--overwrite-model", rich_help_panel=_OUT,
+        help="Let the repaired model replace an existing file: the --save file, or the input "
+             "model itself when --save (or the default path) names it. The new file is "
+             "written completely before it replaces the old one.")] = False,
     labels: Annotated[str | None, typer.Option(
         "--labels", metavar="LIST", rich_help_panel=_MIT,
         help="Labels to mitigate (default: the flagged ones).")] = None,
@@ -748,7 +1009,8 @@ def mitigate(
         "--target-fpr", rich_help_panel=_MIT,
         help="Filtering: false-positive rate on clean inputs.")] = None,
     seed: Annotated[int, typer.Option(
-        "--seed", rich_help_panel=_MIT, help="Seed of the split and of random choices.")] = 0,
+        "--seed", min=0, max=SEED_MAX, rich_help_panel=_MIT,
+        help="Seed of the split and of random choices.")] = 0,
     arch: ArchOpt = None,
     arch_kwargs: ArchKwargsOpt = None,
     trust_pickle: TrustPickleOpt = False,
@@ -770,61 +1032,157 @@ def mitigate(
     what the scan report recorded.
     """
     from . import mitigation as mitigation_module
-    from .report import MITIGATION_JSON, REPORT_JSON, render_directory
+    from .report import MITIGATION_JSON, REPORT_JSON, _atomic_write, render_directory
 
+    # everything that can be checked without the model is checked first
+    if report.is_file() and report.name != REPORT_JSON:
+        raise CliError(f"--report takes a scan's folder or its {REPORT_JSON} (got "
+                       f"{_qpath(report.name)})")
     report_dir = report if report.is_dir() else report.parent
     report_json = report / REPORT_JSON if report.is_dir() else report
     if not report_json.is_file():
-        raise CliError(f"no scan report at {str(report_json)!r}: give the folder a scan wrote")
-    scan_result = ScanResult.from_json(report_json)
+        raise CliError(f"no scan report at {_qpath(report_json)}: give the folder a scan "
+                       "wrote")
     chosen = _int_list(labels, "--labels") if labels is not None else None
-    inputs = load_inputs(model, data, arch=arch, arch_kwargs=arch_kwargs,
-                         trust_pickle=trust_pickle, input_shape=input_shape,
-                         channels_first=channels_first, clip_values=clip_values,
-                         subtract=subtract, divide=divide, output=output, device=device,
-                         x_key=x_key, y_key=y_key, max_samples=max_samples,
-                         data_layout=data_layout, seed=seed,
-                         defaults=scan_result.model_info)
-    if inputs.model.format in ("torchscript", "torch.export"):
-        raise CliError(f"a {inputs.model.format} model can be scanned but not mitigated (its "
-                       "layers cannot be hooked, trained and saved back in its format here): "
-                       "save its state dict and use --arch")
-    options = {k: v for k, v in dict(
+    options = _mitigation_options(method, layer, dict(
         epochs=epochs, learning_rate=learning_rate, stamped_fraction=stamped_fraction,
         max_fraction=max_fraction, target_asr=target_asr, top_fraction=top_fraction,
-        target_fpr=target_fpr).items() if v is not None}
+        target_fpr=target_fpr, test_fraction=test_fraction))
     extra: dict[str, Any] = {}
-    if test_fraction is not None:
-        extra["test_fraction"] = test_fraction
-    if test_data is not None:
-        test = load_data(test_data, x_key=x_key, y_key=y_key,
-                         image_size=inputs.x.shape[1:3] if not inputs.channels_first
-                         else inputs.x.shape[2:4])
-        extra["x_test"], _ = to_layout(test.x, inputs.channels_first, data_layout.value)
-        extra["y_test"] = test.y
-    layer_spec: str | int | None = layer
-    if layer is not None and layer.lstrip("-").isdigit():
-        layer_spec = int(layer)
-    result = mitigation_module.mitigate(
-        inputs.model.model, inputs.x, inputs.y, scan_result, method=method.value,
-        layer=layer_spec, labels=chosen, seed=seed, **inputs.wrap_options(), **extra,
-        **options)
+    if "test_fraction" in options:
+        extra["test_fraction"] = options.pop("test_fraction")
+    if test_data is not None and not test_data.exists():
+        raise CliError(f"--test-data {_qpath(test_data)} does not exist")
+    if save is not None and method is Method.filtering:
+        raise CliError("--save: filtering does not change the model, so there is no repaired "
+                       "model to save")
+    scan_result = ScanResult.from_json(report_json)
+    mitigation_module.select_triggers(scan_result, chosen)  # labels flagged / scanned
     target = out or report_dir
-    target.mkdir(parents=True, exist_ok=True)
+    created = prepare_folder(target, "--out" if out is not None else "--report",
+                             MITIGATE_OUTPUTS)
+    try:
+        if save is not None:
+            _check_save(save, model, overwrite_model, explicit=True)
+            created += prepare_folder(save.parent, "--save's folder")
+        inputs = load_inputs(model, data, arch=arch, arch_kwargs=arch_kwargs,
+                             trust_pickle=trust_pickle, input_shape=input_shape,
+                             channels_first=channels_first, clip_values=clip_values,
+                             subtract=subtract, divide=divide, output=output, device=device,
+                             x_key=x_key, y_key=y_key, max_samples=max_samples,
+                             data_layout=data_layout, seed=seed,
+                             defaults=scan_result.model_info)
+        if inputs.model.format in ("torchscript", "torch.export"):
+            raise CliError(f"a {inputs.model.format} model can be scanned but not mitigated "
+                           "(its layers cannot be hooked, trained and saved back in its format "
+                           "here): save its state dict and use --arch")
+        save_path: Path | None = None
+        if method is not Method.filtering:
+            keras = inputs.model.framework == "keras"
+            save_path = _save_target(save or target / f"repaired_{method.value}"
+                                     f"{'.keras' if keras else '.pt'}", keras)
+            _check_save(save_path, model, overwrite_model, explicit=save is not None)
+        if test_data is not None:
+            test = load_data(test_data, x_key=x_key, y_key=y_key,
+                             image_size=inputs.x.shape[1:3] if not inputs.channels_first
+                             else inputs.x.shape[2:4])
+            extra["x_test"], _ = to_layout(test.x, inputs.channels_first, data_layout.value)
+            extra["y_test"] = test.y
+        layer_spec: str | int | None = layer
+        if layer is not None and re.fullmatch(r"-?[0-9]{1,9}", layer):
+            layer_spec = int(layer)
+        result = mitigation_module.mitigate(
+            inputs.model.model, inputs.x, inputs.y, scan_result, method=method.value,
+            layer=layer_spec, labels=chosen, seed=seed, **inputs.wrap_options(), **extra,
+            **options)
+    except BaseException:
+        remove_if_empty(created)
+        raise
     mitigation_dict = result.to_dict()
     console = Console()
-    if method is not Method.filtering:
-        suffix = ".keras" if inputs.model.framework == "keras" else ".pt"
-        saved = result.save(str(save or target / f"repaired_{method.value}{suffix}"))
+    if save_path is not None:
+        saved = _save_model(result, save_path)
         mitigation_dict["saved_model"] = saved
-        console.print(f"repaired model: {saved}")
-    (target / MITIGATION_JSON).write_text(json.dumps(mitigation_dict, indent=1))
-    if target != report_dir:
-        shutil.copy(report_json, target / REPORT_JSON)
+        _say(console, f"repaired model: {saved}")
+    _atomic_write(target / MITIGATION_JSON, dumps(mitigation_dict))
+    if not _same_file(report_json, target / REPORT_JSON):
+        _atomic_write(target / REPORT_JSON, report_json.read_bytes())
     paths = render_directory(target)
-    console.print(result.summary())
-    console.print(f"report: {paths.html}  (JSON: {target / MITIGATION_JSON})")
+    _say(console, result.summary())
+    _say(console, f"report: {paths.html}  (JSON: {target / MITIGATION_JSON})")
     raise typer.Exit(EXIT_CLEAN)
+
+
+#: Mitigation flags: option name -> (flag, methods it applies to, kind, low, high, open ends).
+_MITIGATION_FLAGS: dict[str, tuple[str, tuple[str, ...], type, float, float, str]] = {
+    "epochs": ("--epochs", ("unlearning",), int, 1, 10_000, "[]"),
+    "learning_rate": ("--learning-rate", ("unlearning",), float, 0.0, 10.0, "(]"),
+    "stamped_fraction": ("--stamped-fraction", ("unlearning",), float, 0.0, 1.0, "(]"),
+    "max_fraction": ("--max-fraction", ("pruning",), float, 0.0, 1.0, "(]"),
+    "target_asr": ("--target-asr", ("pruning",), float, 0.0, 1.0, "[]"),
+    "top_fraction": ("--top-fraction", ("filtering",), float, 0.0, 1.0, "(]"),
+    "target_fpr": ("--target-fpr", ("filtering",), float, 0.0, 1.0, "()"),
+    "test_fraction": ("--test-fraction", ("unlearning", "pruning", "filtering"), float, 0.0,
+                      1.0, "()"),
+}
+
+
+def _mitigation_options(method: Method, layer: str | None, given: dict[str, Any]
+                        ) -> dict[str, Any]:
+    """Check the mitigation flags that were given against their method and range."""
+    if layer is not None and method is Method.unlearning:
+        raise CliError("--layer applies to pruning and filtering (unlearning fine-tunes the "
+                       "whole model)")
+    options = {}
+    for name, value in given.items():
+        if value is None:
+            continue
+        flag, methods, kind, low, high, ends = _MITIGATION_FLAGS[name]
+        if method.value not in methods:
+            raise CliError(f"{flag} applies to --method {' or '.join(methods)}, not "
+                           f"{method.value}")
+        inside = (value > low if ends[0] == "(" else value >= low) and \
+            (value < high if ends[1] == ")" else value <= high)
+        if not inside:  # NaN is never inside
+            what = "an integer" if kind is int else "a number"
+            raise CliError(f"{flag} must be {what} in {ends[0]}{low:g}, {high:g}{ends[1]} "
+                           f"(got {value!r})")
+        options[name] = value
+    return options
+
+
+def _save_target(path: Path, keras: bool) -> Path:
+    """The file the repaired model goes to: Keras adds ``.keras``; a link is followed."""
+    if keras and path.suffix not in (".keras", ".h5"):
+        path = path.with_name(path.name + ".keras")
+    return path.resolve() if path.is_symlink() else path
+
+
+def _check_save(path: Path, model: Path, overwrite: bool, explicit: bool) -> None:
+    """Refuse to replace the input model or (an explicit ``--save``) any existing file."""
+    shown = _qpath(path)
+    if path.is_dir():
+        raise CliError(f"--save {shown} is a folder: give the file to write")
+    if _same_file(path, model) or path.resolve() == model.resolve():
+        if not overwrite:
+            where = f"--save {shown}" if explicit else f"the default save path {shown}"
+            raise CliError(f"{where} is the input model, which the repaired model would "
+                           "replace: save elsewhere, or add --overwrite-model if you mean it")
+    elif explicit and (path.exists() or path.is_symlink()) and not overwrite:
+        raise CliError(f"--save {shown} exists: choose another path, or add --overwrite-model "
+                       "to replace it")
+
+
+def _save_model(result: Any, path: Path) -> str:
+    """Save the repaired model next to ``path`` and rename it over ``path`` once complete."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp{path.suffix}")
+    try:
+        written = Path(result.save(str(tmp)))
+        os.replace(written, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return str(path)
 
 
 @app.command()
@@ -837,18 +1195,22 @@ def report(
 
     folder = path if path.is_dir() else path.parent
     if not path.exists():
-        raise CliError(f"{str(path)!r} does not exist")
+        raise CliError(f"{_qpath(path)} does not exist")
     if path.is_file() and path.name != "report.json":
-        raise CliError(f"give a report folder or its report.json (got {path.name!r})")
+        raise CliError(f"give a report folder or its report.json (got {_qpath(path.name)})")
+    if (folder / "report.json").is_file():  # a bad report is refused before anything is written
+        ScanResult.from_json(folder / "report.json")
+    prepare_folder(folder, "the report folder", ("report.html", "triggers/"))
     paths = render_directory(folder)
-    typer.echo(f"report: {paths.html}")
+    typer.echo(printable(f"report: {paths.html}"))
 
 
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(
         "--out", "-o", help="Folder for the demo's report.")] = Path("neuralcleanse-demo"),
-    seed: Annotated[int, typer.Option("--seed", help="Seed of everything random.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=SEED_MAX,
+                                      help="Seed of everything random.")] = 0,
 ) -> None:
     """Plant a backdoor in a small digits classifier, find it, remove it, write the report.
 
@@ -856,7 +1218,12 @@ def demo(
     """
     from .demo import run_demo
 
-    run_demo(out, seed=seed, console=Console())
+    created = prepare_folder(out, "--out", SCAN_OUTPUTS)
+    try:
+        run_demo(out, seed=seed, console=Console())
+    except BaseException:
+        remove_if_empty(created)
+        raise
 
 
 # -- entry point -----------------------------------------------------------------------------
@@ -864,8 +1231,26 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def printable(text: Any) -> str:
+    r"""``text`` on one line with every control or format character shown as an escape.
+
+    Runs of whitespace (newlines included) become one space; what remains of Unicode's
+    categories C* (e.g. ESC of a terminal escape sequence, bidirectional overrides, lone
+    surrogates from undecodable file names) is written as an escape such as ``\x1b``.
+    """
+    out = []
+    for ch in _one_line(str(text)):
+        if unicodedata.category(ch)[0] == "C":
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else
+                       f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def _error(message: str) -> None:
-    sys.stderr.write(f"neuralcleanse: error: {_one_line(message)}\n")
+    sys.stderr.write(f"neuralcleanse: error: {printable(message)}\n")
     sys.stderr.flush()
 
 
@@ -879,7 +1264,7 @@ def _short_warnings() -> Iterator[None]:
         if issubclass(category, (DeprecationWarning, PendingDeprecationWarning,
                                  FutureWarning)) and not filename.startswith(package):
             return  # notices about the frameworks' own APIs are not the user's concern
-        sys.stderr.write(f"neuralcleanse: warning: {_one_line(str(message))}\n")
+        sys.stderr.write(f"neuralcleanse: warning: {printable(message)}\n")
 
     previous = warnings.showwarning
     warnings.showwarning = show  # type: ignore[assignment]
@@ -907,7 +1292,7 @@ def run(argv: list[str] | None = None) -> int:
         _error(exc.format_message() + hint)
         return EXIT_USAGE
     except Interrupted as exc:
-        sys.stderr.write(f"neuralcleanse: {exc}\n")
+        sys.stderr.write(f"neuralcleanse: {printable(exc)}\n")
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         sys.stderr.write("neuralcleanse: interrupted\n")

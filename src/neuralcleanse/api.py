@@ -35,6 +35,16 @@ def versions() -> dict[str, str]:
 
 
 def _is_channels_first_model(model: Any) -> bool:
+    """Whether the model reads channels-first images when nothing says otherwise.
+
+    A Keras model reads them in its own data format, whichever framework runs it (a Keras 3
+    model on the torch backend is a ``torch.nn.Module`` too); other PyTorch models channels
+    first.
+    """
+    from .backends.base import keras_data_format, keras_module
+
+    if keras_module(model) is not None:
+        return keras_data_format(model)[0] == "channels_first"
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(model, torch.nn.Module)
 

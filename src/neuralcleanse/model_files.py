@@ -54,7 +54,15 @@ class LoadedModel:
 
     @property
     def channels_first_default(self) -> bool:
-        """The usual layout of the framework: channels first for PyTorch, last for Keras."""
+        """Whether the model reads channels-first images.
+
+        A Keras model reads its own data format, whichever framework runs it (channels last
+        unless its layers say otherwise); PyTorch models read channels first.
+        """
+        if self.framework == "keras":
+            from .backends.base import keras_data_format
+
+            return keras_data_format(self.model)[0] == "channels_first"
         return self.framework == "pytorch"
 
 

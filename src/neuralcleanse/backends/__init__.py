@@ -6,7 +6,7 @@ import sys
 from typing import Any
 
 from ..errors import InputTypeError
-from .base import Classifier, StepStats, TriggerSession
+from .base import Classifier, StepStats, TriggerSession, keras_module
 
 __all__ = ["Classifier", "StepStats", "TriggerSession", "wrap_model"]
 
@@ -17,17 +17,7 @@ def _is_torch_module(model: Any) -> bool:
 
 
 def _is_keras_model(model: Any) -> bool:
-    for name in ("keras", "tf_keras", "tensorflow"):
-        mod = sys.modules.get(name)
-        if mod is None:
-            continue
-        try:
-            base = mod.keras.Model if name == "tensorflow" else mod.Model
-        except AttributeError:
-            continue
-        if isinstance(model, base):
-            return True
-    return False
+    return keras_module(model) is not None
 
 
 def wrap_model(model: Any, **options: Any) -> Classifier:
@@ -38,7 +28,9 @@ def wrap_model(model: Any, **options: Any) -> Classifier:
             model on the TensorFlow backend, a ``tf.keras``/``tf_keras`` model, or an already
             wrapped :class:`Classifier` (returned as is).
         **options: Backend options (``input_shape``, ``output``, ``channels_first``,
-            ``clip_values``, ``preprocessing``, ...).
+            ``clip_values``, ``preprocessing``, ...). For a Keras model, whichever backend runs
+            it, the options left out are read from the model: its input shape, its layers'
+            data format and its final activation (softmax means probabilities).
 
     Raises:
         TypeError: If no backend supports the model.

@@ -13,7 +13,19 @@ import torch
 
 from ..config import ScanConfig
 from ..errors import InputError, InputTypeError
-from .base import TANH_EPSILON, Classifier, Preprocessing, StepStats, TriggerSession
+from .base import (
+    TANH_EPSILON,
+    Classifier,
+    Preprocessing,
+    StepStats,
+    TriggerSession,
+    keras_channels_first,
+    keras_data_format,
+    keras_input_shape,
+    keras_module,
+    keras_output_kind,
+    rows_are_probabilities,
+)
 from .differentiable import preprocessing_description, split_preprocessing
 
 ADAM_BETAS = (0.5, 0.9)
@@ -36,11 +48,21 @@ def _as_tensor_preprocessing(preprocessing: Preprocessing, device: torch.device,
 class TorchClassifier(Classifier):
     """A PyTorch image classifier seen through the backend interface.
 
+    A Keras 3 model on the torch backend is a ``torch.nn.Module`` too; for one, what the model
+    declares fills the options left out (its input shape, its layers' data format, and its
+    final activation: softmax means probabilities), as the TensorFlow backend reads them.
+
     Args:
         model: The ``torch.nn.Module``; it is never modified.
-        input_shape: Shape of one raw input (e.g. ``(1, 28, 28)``).
+        input_shape: Shape of one raw input (e.g. ``(1, 28, 28)``); may be left out for a Keras
+            model that declares it.
         output: ``"logits"`` or ``"probabilities"``: what the model's last layer returns.
-        channels_first: Whether inputs are ``(C, H, W)`` (PyTorch's convention) or ``(H, W, C)``.
+            Defaults to logits, or for a Keras model to what its final activation says (or
+            failing that, to what a probe batch's outputs look like).
+        channels_first: Whether inputs are ``(C, H, W)`` or ``(H, W, C)``. Defaults to True
+            (PyTorch's convention), or for a Keras model to its layers' data format (Keras'
+            configured ``image_data_format()`` when no layer has one); a value that contradicts
+            the data format a Keras model's layers declare is refused.
         clip_values: Raw input range ``(min, max)``; stamped triggers stay inside it.
         preprocessing: ``(subtrahend, divisor)`` or a callable on tensors, applied to raw inputs
             (after a trigger is stamped) before the model.
@@ -50,22 +72,26 @@ class TorchClassifier(Classifier):
 
     framework = "pytorch"
 
-    def __init__(self, model: torch.nn.Module, input_shape: tuple[int, ...], *,
-                 output: str = "logits", channels_first: bool = True,
+    def __init__(self, model: torch.nn.Module, input_shape: tuple[int, ...] | None = None, *,
+                 output: str | None = None, channels_first: bool | None = None,
                  clip_values: tuple[float, float] = (0.0, 1.0),
                  preprocessing: Preprocessing = None, device: str | torch.device | None = None,
                  nb_classes: int | None = None) -> None:
         if not isinstance(model, torch.nn.Module):
             raise InputTypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
-        if output not in ("logits", "probabilities"):
+        if output is not None and output not in ("logits", "probabilities"):
             raise InputError(f"output must be 'logits' or 'probabilities' (got {output!r})")
         self.model = model
-        self.input_shape = tuple(int(d) for d in input_shape)
+        #: The Keras package when ``model`` is a Keras 3 model on the torch backend, else None.
+        self.keras = keras_module(model)
+        self.input_shape = self._resolve_input_shape(input_shape)
         if len(self.input_shape) not in (2, 3):
             raise InputError(f"input_shape must be (C, H, W), (H, W, C) or (H, W); got "
                              f"{self.input_shape}")
-        self.output = output
-        self.channels_first = bool(channels_first)
+        if self.keras is not None:
+            self.channels_first = keras_channels_first(model, channels_first)
+        else:
+            self.channels_first = True if channels_first is None else bool(channels_first)
         lo, hi = float(clip_values[0]), float(clip_values[1])
         if not lo < hi:
             raise InputError(f"clip_values must be (min, max) with min < max (got {clip_values})")
@@ -85,7 +111,32 @@ class TorchClassifier(Classifier):
         self.preprocessing = preprocessing
         self._preprocess = _as_tensor_preprocessing(preprocessing, self.device, self.input_shape)
         self._bytes_per_image: int | None = None
+        self.output = output or "logits"
         self.nb_classes = int(nb_classes) if nb_classes else self._count_outputs()
+        if output is None and self.keras is not None:
+            self.output = keras_output_kind(model) or self._probe_output_kind()
+
+    def _resolve_input_shape(self, given: tuple[int, ...] | None) -> tuple[int, ...]:
+        """``given``, checked against what a Keras model declares, or the declared shape."""
+        declared = keras_input_shape(self.model) if self.keras is not None else None
+        if given is None:
+            if declared is None or any(d is None for d in declared):
+                raise InputError("input_shape is required: the model does not declare the shape "
+                                 "of its input")
+            return tuple(int(d) for d in declared)  # type: ignore[arg-type]
+        shape = tuple(int(d) for d in given)
+        if declared is not None and (len(declared) != len(shape) or any(
+                d is not None and d != s for d, s in zip(declared, shape))):
+            raise InputError(f"inputs of shape {shape} do not match the Keras model's input "
+                             f"shape {declared} ({keras_data_format(self.model)[0]}): give images "
+                             "in the model's layout")
+        return shape
+
+    def _probe_output_kind(self) -> str:
+        """Probabilities when a probe batch's outputs are probability rows, else logits."""
+        lo, hi = self.clip_values
+        probe = np.random.default_rng(0).uniform(lo, hi, (8, *self.input_shape))
+        return "probabilities" if rows_are_probabilities(self.predict(probe)) else "logits"
 
     def describe(self) -> dict[str, Any]:
         """Model facts echoed in reports."""
@@ -93,6 +144,9 @@ class TorchClassifier(Classifier):
         out.update(device=str(self.device), torch_version=torch.__version__,
                    model_class=type(self.model).__name__,
                    preprocessing=preprocessing_description(self.preprocessing))
+        if self.keras is not None:
+            out.update(keras=self.keras.__name__, keras_backend="torch",
+                       keras_version=getattr(self.keras, "__version__", ""))
         return out
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -116,7 +170,8 @@ class TorchClassifier(Classifier):
         """Preprocess raw inputs and run the model."""
         if self._preprocess is not None:
             x = self._preprocess(x)
-        out = self.model(x)
+        # Keras layers take the mode as an argument, not from torch's module flag
+        out = self.model(x) if self.keras is None else self.model(x, training=self.model.training)
         if isinstance(out, (tuple, list)):
             out = out[0]
         return out
@@ -279,7 +334,19 @@ class TorchClassifier(Classifier):
                 p.requires_grad_(flag)
 
     def save(self, path: str) -> str:
-        """Write the state dict (pruned neurons zeroed in the weights) with ``torch.save``."""
+        """Write the state dict (pruned neurons zeroed in the weights) with ``torch.save``.
+
+        A Keras model is saved as Keras saves it (a ``.keras`` file, whatever the suffix asked
+        for), so that it loads again as the model it is.
+        """
+        if self.keras is not None:
+            if self.pruned_neurons():
+                raise InputError("pruning hooks on a Keras model cannot be written into its "
+                                 "weights; prune the model on the TensorFlow backend instead")
+            keras_out = Path(path).with_suffix(".keras")
+            keras_out.parent.mkdir(parents=True, exist_ok=True)
+            self.model.save(str(keras_out))
+            return str(keras_out)
         state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         modules = dict(self.model.named_modules())
         for name, hook in self._pruning_hooks().items():

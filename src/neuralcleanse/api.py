@@ -69,7 +69,13 @@ def prepare(model: Any, x: np.ndarray, y: np.ndarray | None = None, *,
             channels_first = _is_channels_first_model(model)
     if images.ndim == 3:
         images = images[:, None] if channels_first else images[..., None]
-    check_layout(images.shape, bool(channels_first), model)
+    torch = sys.modules.get("torch")
+    # a layout the data contradicts is refused before a PyTorch model runs on it (its error
+    # would not name the layout); an unsupported model type is reported first
+    early = isinstance(model, Classifier) or (torch is not None
+                                              and isinstance(model, torch.nn.Module))
+    if early:
+        check_layout(images.shape, bool(channels_first), model)
     if clip_values is None:
         clip_values = getattr(model, "clip_values", None) or infer_clip_values(images)
     lo, hi = float(clip_values[0]), float(clip_values[1])
@@ -85,6 +91,8 @@ def prepare(model: Any, x: np.ndarray, y: np.ndarray | None = None, *,
     if device is not None:
         options["device"] = device
     clf = model if isinstance(model, Classifier) else wrap_model(model, **options)
+    if not early:
+        check_layout(images.shape, bool(channels_first), clf)
     if clf.nb_classes < 2:
         raise InputError(f"the model has {clf.nb_classes} output(s): Neural Cleanse needs a "
                          "classifier with one score per class, at least 2 classes")

@@ -229,8 +229,16 @@ class TorchClassifier(Classifier):
         return self._bytes_per_image
 
     # -- layers, pruning, fine-tuning, saving ------------------------------------------------
+    def _refuse_keras_layers(self) -> None:
+        # Keras layers are not torch submodules: hooks on what torch lists would never fire
+        if self.keras is not None:
+            raise InputError("layer activations and pruning of a Keras model run on the "
+                             "TensorFlow backend only: set KERAS_BACKEND=tensorflow before "
+                             "Keras is imported")
+
     def layer_names(self) -> list[str]:
         """Names of the model's leaf modules, in registration order."""
+        self._refuse_keras_layers()
         return [name for name, m in self.model.named_modules() if name and not list(m.children())]
 
     def _final_layer(self) -> str:
@@ -244,6 +252,7 @@ class TorchClassifier(Classifier):
 
     def resolve_layer(self, layer: str | int | None) -> tuple[str, str]:
         """Map a layer spec onto ``(module name, "input" | "output")``."""
+        self._refuse_keras_layers()
         name = self.layer_spec_name(layer, extra_names=tuple(dict(self.model.named_modules())))
         return (self._final_layer(), "input") if name is None else (name, "output")
 

@@ -346,7 +346,10 @@ def _load_torch(path: Path, *, arch: str | None, arch_kwargs: dict[str, Any],
         return _load_safetensors(path, arch=arch, arch_kwargs=arch_kwargs, target=target)
 
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch's notice about pickle protocols it did not write; the load decides anyway
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
         if not trust_pickle:
             raise LoadError(
@@ -970,8 +973,9 @@ def _exported_module_class() -> type:
                         "shape" in str(exc).lower():
                     raise InputError(
                         "the torch.export program rejected a batch of shape "
-                        f"{tuple(x.shape)}: export it with a dynamic batch dimension, e.g. "
-                        "dynamic_shapes=({0: torch.export.Dim('batch')},)") from exc
+                        f"{tuple(x.shape)} ({one_line(exc)[:200]}); if only the batch size "
+                        "differs from the export's, export it with a dynamic batch dimension, "
+                        "e.g. dynamic_shapes=({0: torch.export.Dim('batch')},)") from exc
                 raise
 
     return _ExportedProgramModule

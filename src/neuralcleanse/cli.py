@@ -138,7 +138,9 @@ _MIT = "Mitigation options"
 
 ModelArg = Annotated[Path, typer.Argument(
     help="Model file: .keras/.h5 (Keras), a TorchScript file, a torch.export archive (.pt2), "
-         "a PyTorch state dict (with --arch) or a pickled module (with --trust-pickle).",
+         "PyTorch weights as .safetensors (recommended) or a state dict (both with --arch), "
+         "or a pickled module (with --trust-pickle). The format is read from the content; "
+         "nothing in the file is run unless --trust-pickle is given (see SECURITY.md).",
     show_default=False)]
 ArchOpt = Annotated[str | None, typer.Option(
     "--arch", metavar="MODULE:FACTORY", rich_help_panel=_MODEL,
@@ -149,8 +151,9 @@ ArchKwargsOpt = Annotated[str | None, typer.Option(
     help='Keyword arguments for the --arch factory, as JSON, e.g. \'{"nb_classes": 43}\'.')]
 TrustPickleOpt = Annotated[bool, typer.Option(
     "--trust-pickle", rich_help_panel=_MODEL,
-    help="Allow loading a pickled full PyTorch module. Unpickling RUNS CODE STORED IN THE "
-         "FILE: only use it for files you trust.")]
+    help="Trust the model file: allow what RUNS CODE STORED IN THE FILE: a pickled full "
+         "PyTorch module, Keras Lambda layers, a torch.export archive that cannot be verified "
+         "(custom objects, AOTInductor, arbitrary pickles). Only for files you trust.")]
 InputShapeOpt = Annotated[str | None, typer.Option(
     "--input-shape", metavar="DIMS", rich_help_panel=_MODEL,
     help="Shape of one input in the model's layout, e.g. 1,28,28 (channels first) or 32,32,3; "
@@ -962,7 +965,9 @@ def mitigate(
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", rich_help_panel=_OUT,
         help="Folder for mitigation.json, the repaired model and the re-rendered report "
-             "(default: the report folder).")] = None,
+             "(default: the report folder); created if needed and checked before the model is "
+             "loaded. Those names (and report.json, copied from --report) are replaced; "
+             "nothing else in the folder is touched.")] = None,
     save: Annotated[Path | None, typer.Option(
         "--save", rich_help_panel=_OUT,
         help="Where to save the repaired model (default: OUT/repaired_METHOD.pt or .keras, "

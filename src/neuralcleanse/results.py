@@ -270,7 +270,7 @@ class ScanResult:
         """
         data = _table(data, "a scan report")
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if type(version) is not int or version != SCHEMA_VERSION:  # not true, not 1.0
             raise InputError(f"unsupported report schema_version {_shown(version)} "
                              f"(this neuralcleanse reads version {SCHEMA_VERSION})")
         nb_classes = _integer(_get(data, "nb_classes"), "nb_classes", low=1, high=MAX_CLASSES)

@@ -166,7 +166,7 @@ class MitigationResult:
         if not isinstance(data, dict):
             raise InputError("a mitigation result must be a JSON object")
         version = data.get("schema_version")
-        if version != MITIGATION_SCHEMA_VERSION:
+        if type(version) is not int or version != MITIGATION_SCHEMA_VERSION:
             raise InputError(f"unsupported mitigation schema_version {version!r} (this "
                              f"neuralcleanse reads version {MITIGATION_SCHEMA_VERSION})")
         method = data.get("method")

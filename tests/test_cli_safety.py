@@ -594,6 +594,23 @@ def test_non_finite_values_never_land_in_report_json(files: dict[str, Path], tmp
     _strict((tmp_path / "m" / "report.json").read_text())
 
 
+def test_mitigate_refuses_a_trigger_with_missing_values(
+        files: dict[str, Path], good_report: dict[str, Any], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], no_loading: list[Any]) -> None:
+    folder = tmp_path / "rep"
+    folder.mkdir()
+    report = json.loads(json.dumps(good_report))
+    seven = next(e for e in report["labels"] if e["label"] == 7)
+    seven["pattern"][5] = None  # what the writer makes of a NaN
+    (folder / "report.json").write_text(json.dumps(report))
+    assert cli.run(["report", str(folder)]) == cli.EXIT_CLEAN  # a report can show it...
+    capsys.readouterr()
+    code = cli.run(mitigate_args(files, folder, "--out", str(tmp_path / "m")))
+    assert code == cli.EXIT_USAGE  # ...but no mitigation stamps it on images
+    assert "label 7" in one_line_error(capsys)
+    assert no_loading == []
+
+
 def test_partial_label_files_are_strict_json(files: dict[str, Path], tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "out"

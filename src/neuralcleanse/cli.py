@@ -1062,7 +1062,11 @@ def mitigate(
         raise CliError("--save: filtering does not change the model, so there is no repaired "
                        "model to save")
     scan_result = ScanResult.from_json(report_json)
-    mitigation_module.select_triggers(scan_result, chosen)  # labels flagged / scanned
+    for trigger in mitigation_module.select_triggers(scan_result, chosen):  # flagged, scanned
+        if not (np.isfinite(trigger.mask).all() and np.isfinite(trigger.pattern).all()):
+            raise CliError(f"the reversed trigger of label {trigger.label} in "
+                           f"{_qpath(report_json)} has missing or non-finite values (null): "
+                           "scan the model again")
     target = out or report_dir
     created = prepare_folder(target, "--out" if out is not None else "--report",
                              MITIGATE_OUTPUTS)

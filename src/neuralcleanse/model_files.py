@@ -133,8 +133,8 @@ def load_model(path: str | Path, *, arch: str | None = None,
         raise LoadError(f"cannot read the model file {str(p)!r}: {one_line(exc)}") from None
     if p.suffix.lower() in KERAS_SUFFIXES:
         if arch is not None:
-            raise LoadError("--arch is for PyTorch state dicts; a Keras file holds its own "
-                            "architecture")
+            raise LoadError(f"--arch is for PyTorch state dicts; the Keras file {str(p)!r} "
+                            "holds its own architecture")
         return _load_keras(p, trust=trust_pickle)
     return _load_torch(p, arch=arch, arch_kwargs=arch_kwargs or {}, trust_pickle=trust_pickle,
                        device=device or "cpu", members=members)
@@ -297,7 +297,8 @@ def _keras_code_in(config: Any) -> str | None:
                 inner = item.get("config")
                 layer = item.get("name") or (inner.get("name") if isinstance(inner, dict)
                                              else None)
-                return f"a {name} layer" + (f" ({layer!r})" if isinstance(layer, str) else "")
+                return f"a {name[:60]!r} layer" + (f" ({layer[:60]!r})" if isinstance(layer, str)
+                                                   else "")
             if "function_type" in item:
                 return "a layer with a Python function"
             stack.extend(item.values())
@@ -318,12 +319,13 @@ def _load_torch(path: Path, *, arch: str | None, arch_kwargs: dict[str, Any],
     names = [member.filename for member in members or ()]
     if any(n == "archive_format" or n.endswith("/archive_format") for n in names):
         if arch is not None:
-            raise LoadError("--arch is for state dicts; a torch.export archive holds its own "
-                            "graph")
+            raise LoadError(f"--arch is for state dicts; the torch.export archive {str(path)!r} "
+                            "holds its own graph")
         return _load_exported(path, trust=trust_pickle)
     if any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names):
         if arch is not None:
-            raise LoadError("--arch is for state dicts; a TorchScript file holds its own code")
+            raise LoadError(f"--arch is for state dicts; the TorchScript file {str(path)!r} "
+                            "holds its own code")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript's own notice
@@ -364,7 +366,7 @@ def _load_torch(path: Path, *, arch: str | None, arch_kwargs: dict[str, Any],
             raise LoadError(f"could not unpickle {str(path)!r}: {one_line(exc2)}") from None
     if isinstance(obj, torch.nn.Module):
         if arch is not None:
-            raise LoadError("--arch is for state dicts; this file holds a full model")
+            raise LoadError(f"--arch is for state dicts; {str(path)!r} holds a full model")
         obj.eval()
         if target.type != "cpu":
             obj.to(target)
@@ -752,7 +754,8 @@ def pickle_globals_problem(data: bytes) -> str | None:
                 pushed.append(None)
                 continue
             if (module, attr) not in SAFE_PICKLE_GLOBALS:
-                return f"imports {module}.{attr}, which is not a tensor-rebuilding function"
+                return (f"imports {f'{module}.{attr}'[:80]!r}, which is not a "
+                        "tensor-rebuilding function")
             pushed.append(None)
     except Exception as exc:  # noqa: BLE001 - malformed: refuse rather than guess
         return f"is not a well-formed pickle ({one_line(exc)})"

@@ -281,7 +281,7 @@ def _keras_architecture(path: Path) -> Any:
     except ImportError as exc:
         raise LoadError(f"reading {path.name} needs h5py: pip install 'neuralcleanse[keras]' "
                         f"({exc})") from None
-    except (KeyError, OSError, ValueError, zipfile.BadZipFile) as exc:
+    except (KeyError, OSError, ValueError, RecursionError, zipfile.BadZipFile) as exc:
         raise LoadError(f"could not read the architecture of the Keras model {str(path)!r}: "
                         f"{one_line(exc)}") from None
 
@@ -514,9 +514,11 @@ def _load_exported(path: Path, *, trust: bool) -> LoadedModel:
         if not trust:
             try:
                 verify_export_archive(handle)
-            except UnverifiedArchive as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever fails the check, refuse
+                reason = str(exc) if isinstance(exc, UnverifiedArchive) else \
+                    f"the check failed ({type(exc).__name__}: {one_line(exc)[:200]})"
                 raise LoadError(f"the torch.export archive {str(path)!r} cannot be verified to "
-                                f"run no code from the file: {exc}; if you trust the file, "
+                                f"run no code from the file: {reason}; if you trust the file, "
                                 f"load it with {TRUST_HINT}") from None
             handle.seek(0)
         try:
@@ -641,7 +643,7 @@ def verify_export_archive(source: Any) -> None:
     def parsed(name: str) -> Any:
         try:
             return json.loads(text(name))
-        except ValueError:
+        except (ValueError, RecursionError):
             raise UnverifiedArchive(f"record {name} is not valid JSON") from None
 
     models = []
@@ -919,7 +921,7 @@ def _check_treespec(text: str, where: str) -> None:
     """The inputs/outputs specification: plain containers (its contexts may import modules)."""
     try:
         protocol, schema = json.loads(text)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         raise UnverifiedArchive(f"{where}: an input/output specification is not valid JSON"
                                 ) from None
     stack = [schema]
@@ -933,7 +935,7 @@ def _check_treespec(text: str, where: str) -> None:
         if context is not None:
             try:
                 parsed = json.loads(context)
-            except (ValueError, TypeError):
+            except (ValueError, TypeError, RecursionError):
                 raise UnverifiedArchive(f"{where}: a specification context is not JSON"
                                         ) from None
             if "{" in context or not _plain_json(parsed):

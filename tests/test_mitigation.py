@@ -291,6 +291,10 @@ def test_conv_layers_rank_channels_by_name_and_index(backdoored: dict) -> None:
     ("unlearning", {"batch_size": 2.5}, "batch_size"),
     ("unlearning", {"test_fraction": 1.0}, "test_fraction"),
     ("unlearning", {"seed": -1}, "seed"),
+    ("unlearning", {"seed": 2**64}, "seed"),
+    ("unlearning", {"epochs": 10**9}, "epochs"),
+    ("unlearning", {"learning_rate": float("inf")}, "learning_rate"),
+    ("unlearning", {"learning_rate": 1e6}, "learning_rate"),
     ("unlearning", {"max_fraction": 0.2}, "unknown option.*max_fraction.*accepts: epochs"),
     ("unlearning", {"layer": "1"}, "layer is not used by unlearning"),
     ("erasing", {}, "method must be one of 'filtering', 'pruning', 'unlearning'"),
@@ -318,6 +322,11 @@ def test_bad_data_and_triggers_raise(backdoored: dict) -> None:
         nc.mitigate(model, x, y, [wrong], "pruning")
     with pytest.raises(ValueError, match="trigger label 12 is outside 0..9"):
         nc.mitigate(model, x, y, [true_trigger(12)], "pruning")
+    unusable = true_trigger()
+    unusable.pattern = np.full_like(unusable.pattern, np.nan)
+    for method in ("filtering", "pruning", "unlearning"):
+        with pytest.raises(ValueError, match="trigger of label 3 holds NaN or infinite"):
+            nc.mitigate(model, x, y, [unusable], method)
     with pytest.raises(TypeError, match="scan_result must be a ScanResult"):
         nc.mitigate(model, x, y, 3, "pruning")
 

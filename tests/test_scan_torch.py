@@ -8,6 +8,7 @@ import torch
 
 import neuralcleanse as nc
 from neuralcleanse.architectures import MNIST_BADNET_PREPROCESSING, MnistBadNet
+from neuralcleanse.errors import InputError
 from torch_models import digits, train
 
 torch.set_num_threads(1)
@@ -209,6 +210,8 @@ def test_restarts_report_median_norms_and_verdict_stability(clean_digits):
     assert len(info["wall_seconds"]) == 3 and all(t > 0 for t in info["wall_seconds"])
     with pytest.raises(ValueError, match="restarts"):
         nc.scan(model, x, y, restarts=0, **opts)
+    with pytest.raises(InputError, match="seed \\+ restarts - 1"):
+        nc.scan(model, x, y, seed=2**32 - 2, restarts=3, **opts)
 
 
 class _ViewFlatten(torch.nn.Module):

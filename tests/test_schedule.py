@@ -8,7 +8,7 @@ import pytest
 from neuralcleanse import ScanConfig
 from neuralcleanse.backends.base import Classifier, StepStats, TriggerSession
 from neuralcleanse.reverse import reverse_engineer
-from neuralcleanse.schedule import CostSchedule
+from neuralcleanse.schedule import MAX_COST, CostSchedule
 
 
 class ScriptedSession(TriggerSession):
@@ -151,3 +151,19 @@ def test_early_stop_threshold_counts_small_gains_as_none():
     s.cost_went_up[:] = s.cost_went_down[:] = True
     _, stop2 = s.update(np.array([0]), np.array([1.0]), np.array([8.0]))
     assert not stop1[0] and stop2[0]
+
+
+def test_cost_of_a_label_that_always_succeeds_stays_finite() -> None:
+    """A label reached by every input raises its cost forever; it must stop at MAX_COST."""
+    cfg = ScanConfig(patience=1, cost_multiplier=1000.0, steps=10_000, early_stop=False)
+    s = CostSchedule(1, cfg)
+    costs = []
+    for _ in range(200):
+        s.update(np.array([0]), np.array([1.0]), np.array([0.5]))
+        costs.append(s.cost[0])
+    assert all(np.isfinite(costs))
+    assert max(costs) == MAX_COST
+    assert costs[-1] == MAX_COST
+    # once it fails, the cost comes down from the cap as usual
+    s.update(np.array([0]), np.array([0.0]), np.array([0.5]))
+    assert s.cost[0] == pytest.approx(MAX_COST / 1000.0 ** 1.5)

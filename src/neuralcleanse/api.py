@@ -14,7 +14,7 @@ import numpy as np
 from . import __version__
 from .backends import Classifier, wrap_model
 from .backends.base import Preprocessing
-from .config import ScanConfig
+from .config import MAX_SEED, ScanConfig
 from .data import as_images, as_label_vector, class_counts, infer_clip_values
 from .data_files import CHANNEL_COUNTS
 from .errors import InputError
@@ -225,6 +225,9 @@ def scan(model: Any, x: np.ndarray, y: np.ndarray, *, config: ScanConfig | None 
         raise InputError(f"restarts must be an integer >= 1 (got {restarts!r})")
     if restarts > 1 and done:
         raise InputError("resuming (done=...) is only supported with restarts=1")
+    if cfg.seed + restarts - 1 > MAX_SEED:
+        raise InputError(f"seed + restarts - 1 must be <= {MAX_SEED} (the seeds of the runs "
+                         f"are seed, seed + 1, ...; got seed {cfg.seed}, restarts {restarts})")
     finished = {r.label: r for r in done if r.label in wanted}
     counts = class_counts(targets, clf.nb_classes)
     without_data = [t for t in wanted if counts[t] == 0]

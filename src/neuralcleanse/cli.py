@@ -32,7 +32,7 @@ import typer
 from rich.console import Console
 
 from . import __version__
-from .config import ScanConfig
+from .config import MAX_SEED, ScanConfig
 from .data_files import (
     LoadedData,
     balanced_subsample,
@@ -41,6 +41,7 @@ from .data_files import (
     to_layout,
 )
 from .errors import InputError
+from .mitigation.unlearning import MAX_EPOCHS, MAX_LEARNING_RATE
 from .model_files import LoadedModel, load_model
 from .results import LabelResult, ScanResult, dumps
 
@@ -62,7 +63,7 @@ MAX_SIDE = 65_536
 MAX_INPUT_VALUES = 2**26
 #: Most ``--restarts``.
 MAX_RESTARTS = 1000
-SEED_MAX = 2**32 - 1
+SEED_MAX = MAX_SEED
 
 _state: dict[str, Any] = {"debug": False}
 
@@ -1124,8 +1125,8 @@ def mitigate(
 
 #: Mitigation flags: option name -> (flag, methods it applies to, kind, low, high, open ends).
 _MITIGATION_FLAGS: dict[str, tuple[str, tuple[str, ...], type, float, float, str]] = {
-    "epochs": ("--epochs", ("unlearning",), int, 1, 10_000, "[]"),
-    "learning_rate": ("--learning-rate", ("unlearning",), float, 0.0, 10.0, "(]"),
+    "epochs": ("--epochs", ("unlearning",), int, 1, MAX_EPOCHS, "[]"),
+    "learning_rate": ("--learning-rate", ("unlearning",), float, 0.0, MAX_LEARNING_RATE, "(]"),
     "stamped_fraction": ("--stamped-fraction", ("unlearning",), float, 0.0, 1.0, "(]"),
     "max_fraction": ("--max-fraction", ("pruning",), float, 0.0, 1.0, "(]"),
     "target_asr": ("--target-asr", ("pruning",), float, 0.0, 1.0, "[]"),

@@ -20,13 +20,16 @@ VALID_NORMS = (1, 2, math.inf)
 #: Allowed ranges of the numeric settings: ``(low, high, low_open)``. The upper bounds keep
 #: every value finite and the work bounded (a typo such as ``steps=10**12`` or
 #: ``cost_multiplier=1e308`` is refused up front instead of running for ever or overflowing).
+#: Largest seed numpy and the frameworks accept everywhere.
+MAX_SEED = 2**32 - 1
+
 INT_RANGES: dict[str, tuple[int, int]] = {
     "steps": (1, 1_000_000),
     "mini_batches": (1, 100_000),
     "batch_size": (1, 65_536),
     "patience": (1, 1_000_000),
     "early_stop_patience": (1, 1_000_000),
-    "seed": (0, 2**32 - 1),
+    "seed": (0, MAX_SEED),
     "label_batch": (1, 100_000),
 }
 FLOAT_RANGES: dict[str, tuple[float, float, bool]] = {

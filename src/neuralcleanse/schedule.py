@@ -19,6 +19,11 @@ import numpy as np
 
 from .config import ScanConfig
 
+#: Highest cost the schedule reaches. A label whose trigger keeps succeeding at any cost (a model
+#: that predicts the label for every input) would otherwise double its cost until it overflows to
+#: infinity; far below this value the norm term already outweighs the classification loss.
+MAX_COST = 1e15
+
 
 class CostSchedule:
     """Vectorised schedule state for ``n_labels`` independent trigger searches."""
@@ -99,7 +104,7 @@ class CostSchedule:
         go_down = on & ~go_up & (down >= cfg.patience)
         up = np.where(go_up, 0, up)
         down = np.where(go_down, 0, down)
-        cost = np.where(go_up, cost * cfg.cost_multiplier, cost)
+        cost = np.where(go_up, np.minimum(cost * cfg.cost_multiplier, MAX_COST), cost)
         cost = np.where(go_down, cost / cfg.cost_multiplier ** 1.5, cost)
         cost = np.where(switch_on, cfg.init_cost, cost)
 

@@ -7,23 +7,25 @@ from typing import Any
 import numpy as np
 
 from ..backends.base import Classifier
+from ..config import MAX_SEED
 from ..data import as_images, as_label_vector
 from ..errors import InputError
 from .metrics import DataSplit, split_holdout
 
 
-def check_int(name: str, value: Any, minimum: int) -> int:
-    """Return ``value`` as an int, or raise ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InputError(f"{name} must be an integer >= {minimum} (got {value!r})")
+def check_int(name: str, value: Any, minimum: int, maximum: int = MAX_SEED) -> int:
+    """Return ``value`` as an int in ``[minimum, maximum]``, or raise ``InputError``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+            or not minimum <= value <= maximum:
+        raise InputError(f"{name} must be an integer in [{minimum}, {maximum}] (got {value!r})")
     return int(value)
 
 
-def check_positive(name: str, value: Any) -> float:
-    """Return ``value`` as a float > 0, or raise ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
-            or not np.isfinite(value) or value <= 0:
-        raise InputError(f"{name} must be a finite number > 0 (got {value!r})")
+def check_positive(name: str, value: Any, maximum: float = float("inf")) -> float:
+    """Return ``value`` as a finite float in ``(0, maximum]``, or raise ``InputError``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(value) or not 0 < value <= maximum:
+        raise InputError(f"{name} must be a finite number in (0, {maximum:g}] (got {value!r})")
     return float(value)
 
 

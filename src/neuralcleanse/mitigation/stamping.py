@@ -82,6 +82,9 @@ def check_triggers(clf: Classifier, triggers: Sequence[LabelResult]) -> list[Lab
             raise InputError(f"the trigger pattern of label {trig.label} has shape "
                              f"{np.shape(trig.pattern)} but the model's inputs are "
                              f"{tuple(clf.input_shape)}")
+        if not (np.all(np.isfinite(trig.mask)) and np.all(np.isfinite(trig.pattern))):
+            raise InputError(f"the trigger of label {trig.label} holds NaN or infinite values "
+                             "(its search did not finish with a usable trigger)")
     return triggers
 
 

@@ -22,6 +22,9 @@ from .inputs import check_fraction, check_int, check_positive, fit_and_test
 from .metrics import DEFAULT_TEST_FRACTION, DataSplit, HeldOut, Measurements
 from .stamping import check_triggers, stamp_fraction
 
+#: Bounds of the fine-tuning settings: beyond them a value is a typo, not a choice.
+MAX_EPOCHS = 10_000
+MAX_LEARNING_RATE = 10.0
 DEFAULT_EPOCHS = 5
 DEFAULT_LEARNING_RATE = 1e-4
 DEFAULT_STAMPED_FRACTION = 0.2
@@ -98,8 +101,8 @@ def unlearn(clf: Classifier, x: np.ndarray, y: np.ndarray, triggers: Sequence[La
     Raises:
         ValueError: On a bad option, malformed data or mismatched triggers.
     """
-    epochs = check_int("epochs", epochs, 1)
-    learning_rate = check_positive("learning_rate", learning_rate)
+    epochs = check_int("epochs", epochs, 1, MAX_EPOCHS)
+    learning_rate = check_positive("learning_rate", learning_rate, MAX_LEARNING_RATE)
     stamped_fraction = check_fraction("stamped_fraction", stamped_fraction)
     batch_size = check_int("batch_size", batch_size, 1)
     triggers = check_triggers(clf, triggers)

@@ -39,8 +39,8 @@ from torch import nn
 
 import neuralcleanse as nc
 import paper_models
-from neuralcleanse.api import prepare
-from neuralcleanse.architectures import MNIST_BADNET_PREPROCESSING, MnistBadNet
+from neuralcleanse.backends.torch.architectures import MNIST_BADNET_PREPROCESSING, MnistBadNet
+from neuralcleanse.frontends.api import prepare
 from neuralcleanse.mitigation.metrics import predicted_labels
 from scan_cache import cached_scan, environment, save_results
 

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 import neuralcleanse as nc
-from neuralcleanse.config import FAST_PRESET
+from neuralcleanse.core.config import FAST_PRESET
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 import mitigation as bench
-from neuralcleanse.api import prepare
+from neuralcleanse.frontends.api import prepare
 from neuralcleanse.mitigation import rank_by_activation_gap, stamp
 from neuralcleanse.mitigation.metrics import predicted_labels
 from scan_cache import cached_scan, environment, save_results

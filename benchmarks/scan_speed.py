@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 import neuralcleanse as nc
-from neuralcleanse.architectures import MNIST_BADNET_PREPROCESSING, MnistBadNet
+from neuralcleanse.backends.torch.architectures import MNIST_BADNET_PREPROCESSING, MnistBadNet
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"

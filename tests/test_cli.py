@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-from neuralcleanse import cli, demo
-from neuralcleanse.config import ScanConfig
-from neuralcleanse.data_files import balanced_subsample, load_data
-from neuralcleanse.model_files import load_model
+from neuralcleanse.backends.loading import load_model
+from neuralcleanse.core.config import ScanConfig
+from neuralcleanse.frontends import cli, demo
+from neuralcleanse.io.data_files import balanced_subsample, load_data
 
-ARCH = ["--arch", "neuralcleanse.architectures:small_cnn", "--arch-kwargs",
+ARCH = ["--arch", "neuralcleanse.backends.torch.architectures:small_cnn", "--arch-kwargs",
         '{"image_size": 16}']
 #: A short search that still separates the planted label from the others on these models.
 SEARCH = ["--steps", "60", "--mini-batches", "4", "--early-stop-patience", "10"]
@@ -269,7 +269,7 @@ def test_bad_config_file_is_a_one_line_error(files: dict[str, Path], tmp_path: P
     (["scan", "{model}", "--data", "{data}"], "--arch"),
     (["scan", "{model}", "--data", "{data}", "--arch", "no_such_module:f"], "no_such_module"),
     (["scan", "{model}", "--data", "{data}", "--arch",
-      "neuralcleanse.architectures:mnist_badnet"], "do not fit"),
+      "neuralcleanse.backends.torch.architectures:mnist_badnet"], "do not fit"),
     (["scan", "{model}", "--data", "{keyless}", *ARCH], "--x-key"),
     (["scan", "{model}", "--data", "{data}", "--x-key", "images", *ARCH], "images"),
     (["scan", "{model}", "--data", "{small}", *ARCH], "shape"),
@@ -301,7 +301,7 @@ def test_bad_paths_and_flags_give_one_line_errors(
 
 def test_console_script_errors_without_traceback(tmp_path: Path) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    run = subprocess.run([sys.executable, "-m", "neuralcleanse.cli", "scan",
+    run = subprocess.run([sys.executable, "-m", "neuralcleanse.frontends.cli", "scan",
                           str(tmp_path / "none.keras"), "--data", str(tmp_path)],
                          capture_output=True, text=True, env=env, timeout=120, check=False)
     assert run.returncode == 2
@@ -433,7 +433,7 @@ def test_ctrl_c_in_a_real_process_leaves_a_partial_report(files: dict[str, Path]
     # nohup in a script) ignores SIGINT, and the child would inherit that; a user pressing
     # Ctrl-C has it at its default, so give the child the default.
     process = subprocess.Popen(
-        [sys.executable, "-m", "neuralcleanse.cli",
+        [sys.executable, "-m", "neuralcleanse.frontends.cli",
          *scan_args(files["backdoored"], files["data"], out, *SEARCH, "--label-batch", "1")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -543,7 +543,7 @@ def test_keras_files_are_scanned_channels_last(files: dict[str, Path], tmp_path:
                                                capsys: pytest.CaptureFixture[str]) -> None:
     keras = pytest.importorskip("keras", reason="Keras is not installed")
     try:
-        import neuralcleanse.backends.tensorflow  # noqa: F401
+        import neuralcleanse.backends.tensorflow.classifier  # noqa: F401
     except ImportError as exc:
         pytest.skip(f"the Keras backend is not available: {exc}")
     keras.utils.set_random_seed(0)

@@ -23,11 +23,11 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from neuralcleanse import cli
-from neuralcleanse.config import ScanConfig
-from neuralcleanse.errors import InputError
-from neuralcleanse.report import write_report
-from neuralcleanse.results import LabelResult, ScanResult
+from neuralcleanse.core.config import ScanConfig
+from neuralcleanse.core.errors import InputError
+from neuralcleanse.core.results import LabelResult, ScanResult
+from neuralcleanse.frontends import cli
+from neuralcleanse.io.report import write_report
 
 PROPERTY = settings(deadline=None, database=None,
                     derandomize=os.environ.get("NEURALCLEANSE_HYPOTHESIS_RANDOM") != "1",

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from neuralcleanse import api, cli
-from neuralcleanse.architectures import small_cnn
+from neuralcleanse.backends.torch.architectures import small_cnn
+from neuralcleanse.frontends import api, cli
 
-ARCH = ["--arch", "neuralcleanse.architectures:small_cnn", "--arch-kwargs",
+ARCH = ["--arch", "neuralcleanse.backends.torch.architectures:small_cnn", "--arch-kwargs",
         '{"image_size": 8, "width": 4}']
 QUICK = ["--labels", "6,7", "--steps", "3", "--mini-batches", "1", "--no-early-stop",
          "--no-progress"]

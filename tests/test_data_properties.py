@@ -26,8 +26,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from neuralcleanse.data import as_images, as_label_vector, infer_clip_values
-from neuralcleanse.data_files import (
+from neuralcleanse.core.checks import as_images, as_label_vector, infer_clip_values
+from neuralcleanse.core.errors import InputError, LoadError
+from neuralcleanse.io.data_files import (
     CHANNEL_COUNTS,
     IMAGE_KEYS,
     LABEL_KEYS,
@@ -35,7 +36,6 @@ from neuralcleanse.data_files import (
     load_data,
     to_layout,
 )
-from neuralcleanse.errors import InputError, LoadError
 
 #: Numerical warnings (overflow in a cast, invalid values) mean sloppy handling: fail on them.
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")

@@ -19,7 +19,7 @@ torch = pytest.importorskip("torch")
 
 import estimator_models as em  # noqa: E402
 from neuralcleanse import KerasNeuralCleanse, PyTorchNeuralCleanse  # noqa: E402
-from neuralcleanse.estimators import DATA_PATH_ENV  # noqa: E402
+from neuralcleanse.frontends.art import DATA_PATH_ENV  # noqa: E402
 
 #: Search settings of the outlier tests: short, L1 like the paper, quick early stop.
 SCAN = dict(steps=80, norm=1, early_stop_patience=5)
@@ -608,7 +608,7 @@ def test_reset_keeps_the_learning_rate_and_gives_the_same_search(case, data):
 
 
 def initial_mask(est, label: int) -> np.ndarray:
-    from neuralcleanse.reverse import initial_trigger
+    from neuralcleanse.search.reverse import initial_trigger
 
     raw, _ = initial_trigger(label, est.classifier, est._config.seed)
     return (np.tanh(raw) / (2 - 1e-7) + 0.5).astype(np.float32)
@@ -629,7 +629,7 @@ def mnist_badnet():
     if not path.is_file() or not sample.is_file():
         pytest.skip(f"the shared data is absent ({em.DATA_DIR}): badnet-MNIST.pth and "
                     "mnist_test_first1000.npz are needed")
-    from neuralcleanse.architectures import MNIST_BADNET_PREPROCESSING, MnistBadNet
+    from neuralcleanse.backends.torch.architectures import MNIST_BADNET_PREPROCESSING, MnistBadNet
 
     net = MnistBadNet()
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))

@@ -20,16 +20,16 @@ import torch
 from PIL import Image
 
 import neuralcleanse as nc
-from neuralcleanse import data_files
-from neuralcleanse.api import prepare
-from neuralcleanse.architectures import small_cnn
-from neuralcleanse.data import as_label_vector
-from neuralcleanse.data_files import load_data, to_layout
-from neuralcleanse.errors import InputError, LoadError
-from neuralcleanse.outliers import MAD_CONSISTENCY
-from neuralcleanse.report import render_html
-from neuralcleanse.restarts import combine_restarts
-from neuralcleanse.results import LabelResult, ScanResult
+from neuralcleanse.backends.torch.architectures import small_cnn
+from neuralcleanse.core.checks import as_label_vector
+from neuralcleanse.core.errors import InputError, LoadError
+from neuralcleanse.core.outliers import MAD_CONSISTENCY
+from neuralcleanse.core.results import LabelResult, ScanResult
+from neuralcleanse.frontends.api import prepare
+from neuralcleanse.io import data_files
+from neuralcleanse.io.data_files import load_data, to_layout
+from neuralcleanse.io.report import render_html
+from neuralcleanse.search.restarts import combine_restarts
 
 torch.set_num_threads(1)
 
@@ -45,7 +45,7 @@ def one_line_error(excinfo: pytest.ExceptionInfo) -> str:
 @pytest.fixture(scope="module")
 def digits():
     """An untrained (seeded) small CNN on 16x16 digits: enough to exercise the checks."""
-    from neuralcleanse.demo import load_digits_splits
+    from neuralcleanse.frontends.demo import load_digits_splits
 
     data = load_digits_splits(0)
     torch.manual_seed(0)
@@ -89,7 +89,7 @@ def test_label_encodings_read_faithfully():
 
 
 def test_a_model_with_one_output_or_a_wrong_nb_classes_is_refused(digits):
-    from neuralcleanse.backends.pytorch import TorchClassifier
+    from neuralcleanse.backends.torch.classifier import TorchClassifier
 
     model, x, y = digits
     single = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 1))

@@ -33,9 +33,9 @@ from neuralcleanse.backends.base import (  # noqa: E402
     keras_output_kind,
     rows_are_probabilities,
 )
-from neuralcleanse.backends.tensorflow import KerasClassifier  # noqa: E402
-from neuralcleanse.demo import TARGET_LABEL, load_digits_splits, poison  # noqa: E402
-from neuralcleanse.errors import InputError  # noqa: E402
+from neuralcleanse.backends.tensorflow.classifier import KerasClassifier  # noqa: E402
+from neuralcleanse.core.errors import InputError  # noqa: E402
+from neuralcleanse.frontends.demo import TARGET_LABEL, load_digits_splits, poison  # noqa: E402
 
 if keras.backend.backend() != "tensorflow":  # the torch side runs in a child process
     pytest.skip("these tests compare against Keras on TensorFlow in the test process; "
@@ -86,11 +86,12 @@ CHILD = textwrap.dedent('''
     import json, sys
     import numpy as np
     import keras
-    from neuralcleanse import ScanConfig, cli, scan
+    from neuralcleanse import ScanConfig, scan
+    from neuralcleanse.frontends import cli
     from neuralcleanse.backends import wrap_model
-    from neuralcleanse.backends.pytorch import TorchClassifier
-    from neuralcleanse.errors import InputError
-    from neuralcleanse.estimators import KerasNeuralCleanse, PyTorchNeuralCleanse
+    from neuralcleanse.backends.torch.classifier import TorchClassifier
+    from neuralcleanse.core.errors import InputError
+    from neuralcleanse.frontends.art import KerasNeuralCleanse, PyTorchNeuralCleanse
 
     spec = json.loads(open(sys.argv[1]).read())
     out = {"backend": keras.backend.backend()}
@@ -261,7 +262,7 @@ def test_a_keras_model_is_saved_as_keras_and_its_layers_are_not_hooked(
 
 
 def test_cli_scan_under_keras_backend_torch(case: dict[str, Any]) -> None:
-    from neuralcleanse import cli
+    from neuralcleanse.frontends import cli
 
     on_tf = case["tensorflow"]
     report = case["torch"]["cli_report"]

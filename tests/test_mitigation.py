@@ -17,7 +17,8 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 import neuralcleanse as nc
-from neuralcleanse.api import prepare
+from neuralcleanse.core.results import LabelResult, ScanResult
+from neuralcleanse.frontends.api import prepare
 from neuralcleanse.mitigation import (
     filter_inputs,
     prune,
@@ -27,7 +28,6 @@ from neuralcleanse.mitigation import (
     unlearn,
 )
 from neuralcleanse.mitigation.metrics import predicted_labels
-from neuralcleanse.results import LabelResult, ScanResult
 
 TARGET = 3
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -432,7 +432,7 @@ def test_scan_then_mitigate_end_to_end(backdoored: dict) -> None:
 def badnet() -> dict[str, object]:
     if not (DATA / "badnet-MNIST.pth").is_file() or not (DATA / "mnist.npz").is_file():
         pytest.skip(f"badnet-MNIST.pth / mnist.npz not found in {DATA} (shared data absent)")
-    from neuralcleanse.architectures import MnistBadNet
+    from neuralcleanse.backends.torch.architectures import MnistBadNet
 
     model = MnistBadNet()
     model.load_state_dict(torch.load(DATA / "badnet-MNIST.pth", map_location="cpu",
@@ -452,7 +452,7 @@ def _badnet_trigger() -> LabelResult:
 
 
 def test_third_party_badnet_filtering_and_unlearning(badnet: dict) -> None:
-    from neuralcleanse.architectures import MNIST_BADNET_PREPROCESSING
+    from neuralcleanse.backends.torch.architectures import MNIST_BADNET_PREPROCESSING
 
     kwargs = dict(x_test=badnet["x_test"], y_test=badnet["y_test"], output="probabilities",
                   preprocessing=MNIST_BADNET_PREPROCESSING)

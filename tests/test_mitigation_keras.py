@@ -17,9 +17,9 @@ pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
 import neuralcleanse as nc  # noqa: E402
-from neuralcleanse.api import prepare  # noqa: E402
+from neuralcleanse.core.results import LabelResult  # noqa: E402
+from neuralcleanse.frontends.api import prepare  # noqa: E402
 from neuralcleanse.mitigation import prune  # noqa: E402
-from neuralcleanse.results import LabelResult  # noqa: E402
 
 TARGET = 3
 

@@ -12,15 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neuralcleanse.config import ScanConfig
-from neuralcleanse.report import (
+from neuralcleanse.core.config import ScanConfig
+from neuralcleanse.core.results import LabelResult, ScanResult
+from neuralcleanse.io.report import (
     norm_chart,
     render_directory,
     render_html,
     trigger_arrays,
     write_report,
 )
-from neuralcleanse.results import LabelResult, ScanResult
 
 H = W = 8
 BACKDOOR = 3

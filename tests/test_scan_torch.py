@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import neuralcleanse as nc
-from neuralcleanse.architectures import MNIST_BADNET_PREPROCESSING, MnistBadNet
-from neuralcleanse.errors import InputError
+from neuralcleanse.backends.torch.architectures import MNIST_BADNET_PREPROCESSING, MnistBadNet
+from neuralcleanse.core.errors import InputError
 from torch_models import digits, train
 
 torch.set_num_threads(1)
@@ -176,8 +176,8 @@ def test_one_hot_labels_and_grayscale_without_channel_axis(clean_digits):
 
 
 def test_memory_budget_bounds_the_label_stack(clean_digits):
-    from neuralcleanse.backends.pytorch import TorchClassifier
-    from neuralcleanse.reverse import resolve_label_batch
+    from neuralcleanse.backends.torch.classifier import TorchClassifier
+    from neuralcleanse.search.reverse import resolve_label_batch
 
     model, x, y = clean_digits
     clf = TorchClassifier(model, x.shape[1:])
@@ -228,7 +228,7 @@ class _ViewFlatten(torch.nn.Module):
 
 
 def test_channels_last_is_used_only_where_the_model_accepts_it():
-    from neuralcleanse.backends.pytorch import TorchClassifier, _channels_last_helps
+    from neuralcleanse.backends.torch.classifier import TorchClassifier, _channels_last_helps
 
     torch.manual_seed(0)
     x = torch.rand(2, 3, 8, 8)

@@ -7,8 +7,8 @@ import pytest
 
 from neuralcleanse import ScanConfig
 from neuralcleanse.backends.base import Classifier, StepStats, TriggerSession
-from neuralcleanse.reverse import reverse_engineer
-from neuralcleanse.schedule import MAX_COST, CostSchedule
+from neuralcleanse.search.reverse import reverse_engineer
+from neuralcleanse.search.schedule import MAX_COST, CostSchedule
 
 
 class ScriptedSession(TriggerSession):

@@ -16,10 +16,10 @@ import estimator_models as em  # noqa: E402
 from neuralcleanse import ScanConfig, scan  # noqa: E402
 from neuralcleanse.backends import wrap_model  # noqa: E402
 from neuralcleanse.backends.base import Classifier  # noqa: E402
-from neuralcleanse.backends.pytorch import TorchClassifier  # noqa: E402
-from neuralcleanse.backends.tensorflow import KerasClassifier  # noqa: E402
-from neuralcleanse.data import BatchPlan  # noqa: E402
-from neuralcleanse.reverse import initial_trigger  # noqa: E402
+from neuralcleanse.backends.tensorflow.classifier import KerasClassifier  # noqa: E402
+from neuralcleanse.backends.torch.classifier import TorchClassifier  # noqa: E402
+from neuralcleanse.search.batch_plan import BatchPlan  # noqa: E402
+from neuralcleanse.search.reverse import initial_trigger  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -310,7 +310,7 @@ KERAS_ON_TORCH = """
 import numpy as np, keras, torch
 from neuralcleanse import ScanConfig, scan
 from neuralcleanse.backends import wrap_model
-from neuralcleanse.backends.pytorch import TorchClassifier
+from neuralcleanse.backends.torch.classifier import TorchClassifier
 assert keras.backend.backend() == "torch"
 model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
                           keras.layers.Flatten(), keras.layers.Dense(3)])

@@ -23,12 +23,13 @@ import numpy as np
 import pytest
 import torch
 
-from neuralcleanse import cli, model_files
-from neuralcleanse.architectures import small_cnn
-from neuralcleanse.errors import LoadError
-from neuralcleanse.model_files import load_model, pickle_globals_problem
+from neuralcleanse.backends import loading as model_files
+from neuralcleanse.backends.loading import load_model, pickle_globals_problem
+from neuralcleanse.backends.torch.architectures import small_cnn
+from neuralcleanse.core.errors import LoadError
+from neuralcleanse.frontends import cli
 
-ARCH = "neuralcleanse.architectures:small_cnn"
+ARCH = "neuralcleanse.backends.torch.architectures:small_cnn"
 ARCH_KWARGS = {"image_size": 16}
 
 

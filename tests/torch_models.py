@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from sklearn.datasets import load_digits
 
-from neuralcleanse.architectures import small_cnn
+from neuralcleanse.backends.torch.architectures import small_cnn
 
 
 def digits(upsample: int = 2) -> tuple[np.ndarray, np.ndarray]:

@@ -4,25 +4,24 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .api import scan  # noqa: E402
-from .config import ScanConfig  # noqa: E402
-from .mitigation import (  # noqa: E402
+from neuralcleanse.core.config import ScanConfig  # noqa: E402
+from neuralcleanse.core.outliers import anomaly_indices  # noqa: E402
+from neuralcleanse.core.results import LabelResult, ScanResult  # noqa: E402
+from neuralcleanse.frontends.api import mitigate, scan  # noqa: E402
+from neuralcleanse.mitigation import (  # noqa: E402
     FilteringReport,
     InputFilter,
     MitigationResult,
     PruningReport,
     UnlearningReport,
-    mitigate,
 )
-from .outliers import anomaly_indices  # noqa: E402
-from .results import LabelResult, ScanResult  # noqa: E402
 
 __all__ = ["FilteringReport", "InputFilter", "KerasNeuralCleanse", "LabelResult",
            "MitigationResult", "PruningReport", "PyTorchNeuralCleanse", "ScanConfig",
            "ScanResult", "UnlearningReport", "__version__", "anomaly_indices", "mitigate", "scan"]
 
 #: Names loaded on first use, so that importing neuralcleanse imports no deep-learning framework.
-_LAZY = {"KerasNeuralCleanse": "estimators", "PyTorchNeuralCleanse": "estimators"}
+_LAZY = {"KerasNeuralCleanse": "frontends.art", "PyTorchNeuralCleanse": "frontends.art"}
 
 
 def __getattr__(name: str) -> object:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from ..errors import InputTypeError
-from .base import Classifier, StepStats, TriggerSession, keras_module
+from neuralcleanse.backends.base import Classifier, StepStats, TriggerSession, keras_module
+from neuralcleanse.core.errors import InputTypeError
 
 __all__ = ["Classifier", "StepStats", "TriggerSession", "wrap_model"]
 
@@ -38,11 +38,11 @@ def wrap_model(model: Any, **options: Any) -> Classifier:
     if isinstance(model, Classifier):
         return model
     if _is_torch_module(model):
-        from .pytorch import TorchClassifier
+        from neuralcleanse.backends.torch.classifier import TorchClassifier
 
         return TorchClassifier(model, **options)
     if _is_keras_model(model):
-        from .tensorflow import KerasClassifier
+        from neuralcleanse.backends.tensorflow.classifier import KerasClassifier
 
         return KerasClassifier(model, **options)
     raise InputTypeError(

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from ..config import ScanConfig
-from ..errors import InputError
+from neuralcleanse.core.checks import rows_are_probabilities  # noqa: F401 - re-exported
+from neuralcleanse.core.config import ScanConfig
+from neuralcleanse.core.errors import InputError
 
 #: Keeps ``tanh`` away from exactly +-1 so that the inverse stays finite (the authors' epsilon).
 TANH_EPSILON = 1e-7
@@ -27,12 +28,6 @@ Preprocessing = tuple[Any, Any] | Callable[[Any], Any] | None
 def to_raw(values: np.ndarray) -> np.ndarray:
     """Map values in [0, 1] to the unconstrained ``tanh`` parametrisation."""
     return np.arctanh((np.asarray(values, dtype=np.float64) - 0.5) * (2.0 - TANH_EPSILON))
-
-
-def rows_are_probabilities(outputs: np.ndarray) -> bool:
-    """Whether model outputs are probability rows (non-negative, each row summing to 1)."""
-    out = np.asarray(outputs, dtype=np.float64)
-    return bool(out.size and out.min() >= 0 and np.allclose(out.sum(axis=1), 1.0, atol=1e-3))
 
 
 # -- Keras models, whichever framework runs them ---------------------------------------------

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
-from .base import Classifier, Preprocessing
+from neuralcleanse.backends.base import Classifier, Preprocessing
+from neuralcleanse.core.errors import InputError
 
 
 class DifferentiableClassifier(Classifier):

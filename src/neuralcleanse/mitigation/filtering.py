@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from ..backends.base import Classifier
-from ..errors import InputError
-from ..results import LabelResult
-from .inputs import check_fraction, check_int, fit_and_test, model_images
-from .metrics import (
+from neuralcleanse.backends.base import Classifier
+from neuralcleanse.core.errors import InputError
+from neuralcleanse.core.results import LabelResult
+from neuralcleanse.mitigation.inputs import check_fraction, check_int, fit_and_test, model_images
+from neuralcleanse.mitigation.metrics import (
     DEFAULT_TEST_FRACTION,
     DataSplit,
     HeldOut,
@@ -31,7 +31,7 @@ from .metrics import (
     rates_from_dict,
     rates_to_dict,
 )
-from .stamping import check_triggers, stamped_others
+from neuralcleanse.mitigation.stamping import check_triggers, stamped_others
 
 DEFAULT_TOP_FRACTION = 0.01
 DEFAULT_TARGET_FPR = 0.05

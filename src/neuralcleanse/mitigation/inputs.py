@@ -6,11 +6,11 @@ from typing import Any
 
 import numpy as np
 
-from ..backends.base import Classifier
-from ..config import MAX_SEED
-from ..data import as_images, as_label_vector
-from ..errors import InputError
-from .metrics import DataSplit, split_holdout
+from neuralcleanse.backends.base import Classifier
+from neuralcleanse.core.checks import add_channel_axis, as_images, as_label_vector
+from neuralcleanse.core.config import MAX_SEED
+from neuralcleanse.core.errors import InputError
+from neuralcleanse.mitigation.metrics import DataSplit, split_holdout
 
 
 def check_int(name: str, value: Any, minimum: int, maximum: int = MAX_SEED) -> int:
@@ -47,8 +47,8 @@ def check_fraction(name: str, value: Any, *, allow_zero: bool = False,
 def model_images(clf: Classifier, x: Any, name: str) -> np.ndarray:
     """Validate images and give single-channel ``(N, H, W)`` batches the model's channel axis."""
     images = as_images(x, name=name)
-    if images.ndim == 3 and len(clf.input_shape) == 3:
-        images = images[:, None] if clf.channels_first else images[..., None]
+    if len(clf.input_shape) == 3:
+        images = add_channel_axis(images, clf.channels_first)
     if tuple(images.shape[1:]) != tuple(clf.input_shape):
         raise InputError(f"{name} has images of shape {images.shape[1:]} but the model expects "
                          f"{tuple(clf.input_shape)}")

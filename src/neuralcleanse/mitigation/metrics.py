@@ -9,9 +9,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import InputError
-from ..results import LabelResult
-from .stamping import stamped_others
+from neuralcleanse.core.errors import InputError
+from neuralcleanse.core.results import LabelResult
+from neuralcleanse.mitigation.stamping import stamped_others
 
 #: Default share of the user's data held out for the measurements when no test data is given.
 DEFAULT_TEST_FRACTION = 0.2

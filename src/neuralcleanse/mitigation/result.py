@@ -9,14 +9,14 @@ from typing import Any
 
 import numpy as np
 
-from ..backends.base import Classifier
-from ..errors import InputError, one_line
-from ..results import dumps, loads, read_json_file
-from .filtering import FilteringReport, InputFilter
-from .inputs import model_images
-from .metrics import DataSplit, Measurements
-from .pruning import PruningReport
-from .unlearning import UnlearningReport
+from neuralcleanse.backends.base import Classifier
+from neuralcleanse.core.errors import InputError, one_line
+from neuralcleanse.core.results import dumps, loads, read_json_file
+from neuralcleanse.mitigation.filtering import FilteringReport, InputFilter
+from neuralcleanse.mitigation.inputs import model_images
+from neuralcleanse.mitigation.metrics import DataSplit, Measurements
+from neuralcleanse.mitigation.pruning import PruningReport
+from neuralcleanse.mitigation.unlearning import UnlearningReport
 
 MITIGATION_SCHEMA_VERSION = 1
 

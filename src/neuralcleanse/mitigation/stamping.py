@@ -10,26 +10,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..backends.base import Classifier
-from ..errors import InputError, InputTypeError
-from ..results import LabelResult
-
-
-def mask_for_layout(mask: np.ndarray, input_shape: tuple[int, ...],
-                    channels_first: bool) -> np.ndarray:
-    """Reshape an ``(H, W)`` mask so that it broadcasts against inputs of ``input_shape``.
-
-    Args:
-        mask: Trigger mask of shape ``(H, W)``.
-        input_shape: Shape of one input: ``(C, H, W)``, ``(H, W, C)`` or ``(H, W)``.
-        channels_first: Whether the channel axis comes first.
-
-    Returns:
-        A view of ``mask`` with a length-one channel axis where the layout has one.
-    """
-    if len(input_shape) == 2:
-        return mask
-    return mask[None, :, :] if channels_first else mask[:, :, None]
+from neuralcleanse.backends.base import Classifier
+from neuralcleanse.core.errors import InputError, InputTypeError
+from neuralcleanse.core.layout import mask_for_layout
+from neuralcleanse.core.results import LabelResult
 
 
 def stamp(x: np.ndarray, mask: np.ndarray, pattern: np.ndarray,
@@ -56,7 +40,7 @@ def check_triggers(clf: Classifier, triggers: Sequence[LabelResult]) -> list[Lab
     Raises:
         ValueError: If there is no trigger, a label is out of range or repeated, or a mask or
             pattern does not match the model's input shape.
-        TypeError: If an element is not a :class:`~neuralcleanse.results.LabelResult`.
+        TypeError: If an element is not a :class:`~neuralcleanse.core.results.LabelResult`.
     """
     if isinstance(triggers, LabelResult):
         triggers = [triggers]

@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from ..backends.base import Classifier
-from ..errors import InputError
-from ..results import LabelResult
-from .inputs import check_fraction, check_int, check_positive, fit_and_test
-from .metrics import DEFAULT_TEST_FRACTION, DataSplit, HeldOut, Measurements
-from .stamping import check_triggers, stamp_fraction
+from neuralcleanse.backends.base import Classifier
+from neuralcleanse.core.errors import InputError
+from neuralcleanse.core.results import LabelResult
+from neuralcleanse.mitigation.inputs import check_fraction, check_int, check_positive, fit_and_test
+from neuralcleanse.mitigation.metrics import DEFAULT_TEST_FRACTION, DataSplit, HeldOut, Measurements
+from neuralcleanse.mitigation.stamping import check_triggers, stamp_fraction
 
 #: Bounds of the fine-tuning settings: beyond them a value is a typo, not a choice.
 MAX_EPOCHS = 10_000

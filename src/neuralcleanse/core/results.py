@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
-from .outliers import anomaly_indices
+from neuralcleanse.core.errors import InputError
+from neuralcleanse.core.layout import mask_for_layout
+from neuralcleanse.core.outliers import anomaly_indices
 
 SCHEMA_VERSION = 1
 
@@ -49,7 +50,9 @@ class LabelResult:
     @property
     def trigger(self) -> np.ndarray:
         """The visible trigger ``mask * pattern`` in the input layout."""
-        return _broadcast_mask(self.mask, self.pattern.shape) * self.pattern
+        shape = tuple(self.pattern.shape)
+        channels_first = len(shape) == 3 and shape[-2:] == tuple(self.mask.shape)
+        return mask_for_layout(self.mask, shape, channels_first) * self.pattern
 
     def to_dict(self, arrays: bool = True) -> dict[str, Any]:
         """Return a JSON-friendly dict; ``arrays=False`` leaves out mask and pattern."""
@@ -97,15 +100,6 @@ class LabelResult:
                    anomaly_index=_number(data.get("anomaly_index", 0.0), "anomaly_index"))
 
 
-def _broadcast_mask(mask: np.ndarray, pattern_shape: tuple[int, ...]) -> np.ndarray:
-    """Reshape an ``(H, W)`` mask so that it broadcasts against one input of the model."""
-    if len(pattern_shape) == 2:
-        return mask
-    if pattern_shape[-2:] == mask.shape:  # channels first
-        return mask[None, :, :]
-    return mask[:, :, None]
-
-
 @dataclass
 class ScanResult:
     """Outcome of a Neural Cleanse scan.
@@ -117,7 +111,7 @@ class ScanResult:
         median_norm: Median of the trigger norms.
         mad: Scaled median absolute deviation of the norms.
         anomaly_threshold: Anomaly index above which a label is flagged.
-        config: The search settings used (see :class:`~neuralcleanse.config.ScanConfig`).
+        config: The search settings used (see :class:`~neuralcleanse.core.config.ScanConfig`).
         model_info: Framework, input shape, layout, value range, preprocessing, output kind.
         data_info: Number of clean images and per-class counts.
         versions: Package and framework versions.

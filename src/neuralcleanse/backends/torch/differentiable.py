@@ -1,7 +1,7 @@
 """The PyTorch side of :class:`~neuralcleanse.backends.differentiable.DifferentiableClassifier`.
 
 Adds losses, input gradients, raw layer outputs and optimiser steps to
-:class:`~neuralcleanse.backends.pytorch.TorchClassifier`, for ``PyTorchNeuralCleanse``.
+:class:`~neuralcleanse.backends.torch.classifier.TorchClassifier`, for ``PyTorchNeuralCleanse``.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import InputError, InputTypeError
-from .differentiable import DifferentiableClassifier
-from .pytorch import TorchClassifier
+from neuralcleanse.backends.differentiable import DifferentiableClassifier
+from neuralcleanse.backends.torch.classifier import TorchClassifier
+from neuralcleanse.core.errors import InputError, InputTypeError
 
 
 class TorchDifferentiableClassifier(TorchClassifier, DifferentiableClassifier):

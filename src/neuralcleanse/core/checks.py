@@ -1,14 +1,13 @@
-"""Validation of the user's clean data and the deterministic mini-batch plan of a search."""
+"""Checks of the user's inputs: the one home of input validation, used by every entry point."""
 
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from neuralcleanse.core.errors import InputError
 
 
 def as_label_vector(y: np.ndarray, n: int, nb_classes: int | None = None) -> np.ndarray:
@@ -146,45 +145,71 @@ def class_counts(y: np.ndarray, nb_classes: int) -> list[int]:
     return np.bincount(y, minlength=nb_classes).astype(int).tolist()
 
 
-class BatchPlan:
-    """Which clean images each mini-batch of each step uses.
+def check_clip_values(value: Any) -> tuple[float, float]:
+    """Return ``value`` as a ``(min, max)`` pair of finite floats with ``min < max``.
 
-    The images are read as an endless stream of seeded permutations of the data set; step ``s``
-    of a label uses positions ``[s * M * B, (s + 1) * M * B)`` of that stream. The plan depends on
-    the seed and the step only, so a label sees the same mini-batches whether it is optimised
-    alone or stacked with others.
+    Constant arrays are accepted for either bound (ART passes them); per-feature bounds are not,
+    since the trigger search needs one value range for every pixel.
+
+    Raises:
+        InputError: If ``value`` is not such a pair.
     """
+    try:
+        lo, hi = value
+    except (TypeError, ValueError):
+        raise InputError(f"clip_values must be a (min, max) pair (got {value!r})") from None
+    bounds = []
+    for side, bound in (("min", lo), ("max", hi)):
+        try:
+            arr = np.asarray(bound, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise InputError(f"clip_values {side} must be a number (got {bound!r})") from None
+        if arr.size == 0 or not np.all(arr == arr.flat[0]):
+            raise InputError(f"clip_values {side} must be one number for all features; "
+                             "per-feature bounds are not supported by the trigger search")
+        if not math.isfinite(float(arr.flat[0])):
+            raise InputError(f"clip_values {side} must be finite (got {bound!r})")
+        bounds.append(float(arr.flat[0]))
+    if not bounds[0] < bounds[1]:
+        raise InputError(f"clip_values must be (min, max) with min < max (got {value!r})")
+    return bounds[0], bounds[1]
 
-    def __init__(self, n_images: int, batch_size: int, mini_batches: int, seed: int) -> None:
-        for what, value in (("the number of images", n_images), ("batch_size", batch_size),
-                            ("mini_batches", mini_batches)):
-            if int(value) < 1:
-                raise InputError(f"{what} must be at least 1 for a batch plan (got {value})")
-        self.n = n_images
-        self.batch_size = batch_size
-        self.mini_batches = mini_batches
-        self.seed = seed
-        self._epochs: OrderedDict[int, np.ndarray] = OrderedDict()
 
-    def _epoch(self, e: int) -> np.ndarray:
-        perm = self._epochs.get(e)
-        if perm is None:
-            perm = np.random.default_rng([self.seed, 7919, e]).permutation(self.n)
-            self._epochs[e] = perm
-            if len(self._epochs) > 64:
-                self._epochs.popitem(last=False)
-        return perm
+def check_in_clip_range(images: np.ndarray, clip_values: tuple[float, float],
+                        name: str = "x") -> None:
+    """Refuse images with values outside ``clip_values`` (beyond a 1e-4 relative tolerance)."""
+    lo, hi = clip_values
+    tolerance = 1e-4 * (hi - lo)
+    if images.min() < lo - tolerance or images.max() > hi + tolerance:
+        raise InputError(f"{name} has values in [{images.min():g}, {images.max():g}], outside "
+                         f"clip_values [{lo:g}, {hi:g}]: give raw images in the model's input "
+                         "range, or set clip_values")
 
-    def step_indices(self, step: int) -> np.ndarray:
-        """Image indices of one step, shape ``(mini_batches, batch_size)``."""
-        per_step = self.mini_batches * self.batch_size
-        start = step * per_step
-        first, last = start // self.n, (start + per_step - 1) // self.n
-        stream = np.concatenate([self._epoch(e) for e in range(first, last + 1)])
-        offset = start - first * self.n
-        return stream[offset:offset + per_step].reshape(self.mini_batches, self.batch_size)
 
-    def indices(self, steps: np.ndarray) -> np.ndarray:
-        """Indices for several labels at their own steps: shape ``(M, len(steps), B)``."""
-        unique = {int(s): self.step_indices(int(s)) for s in np.unique(steps)}
-        return np.stack([unique[int(s)] for s in steps], axis=1)
+def add_channel_axis(images: np.ndarray, channels_first: bool) -> np.ndarray:
+    """Give a batch of single-channel images ``(N, H, W)`` its channel axis; others unchanged."""
+    if images.ndim != 3:
+        return images
+    return images[:, None] if channels_first else images[..., None]
+
+
+def rows_are_probabilities(outputs: np.ndarray) -> bool:
+    """Whether model outputs are probability rows (non-negative, each row summing to 1).
+
+    The one rule used everywhere the output kind is detected or checked.
+    """
+    out = np.asarray(outputs, dtype=np.float64)
+    return bool(out.size and out.min() >= 0 and np.allclose(out.sum(axis=1), 1.0, atol=1e-3))
+
+
+def output_kind_mismatch(outputs: np.ndarray, declared: str) -> str | None:
+    """A warning text when ``outputs`` contradict the ``declared`` kind, else ``None``."""
+    probabilities = rows_are_probabilities(outputs)
+    if declared == "logits" and probabilities:
+        return ("the model's outputs look like probabilities (non-negative rows summing to 1) "
+                "but output='logits' was given; pass output='probabilities' so that the loss "
+                "takes their logarithm")
+    if declared == "probabilities" and not probabilities:
+        return ("output='probabilities' was given but the model's outputs are not probability "
+                "rows; pass output='logits'")
+    return None

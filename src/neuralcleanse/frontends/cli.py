@@ -31,19 +31,19 @@ import numpy as np
 import typer
 from rich.console import Console
 
-from . import __version__
-from .config import MAX_SEED, ScanConfig
-from .data_files import (
+from neuralcleanse import __version__
+from neuralcleanse.backends.loading import LoadedModel, load_model
+from neuralcleanse.core.config import MAX_SEED, ScanConfig
+from neuralcleanse.core.errors import InputError
+from neuralcleanse.core.results import LabelResult, ScanResult, dumps
+from neuralcleanse.io.data_files import (
     LoadedData,
     balanced_subsample,
     fingerprint,
     load_data,
     to_layout,
 )
-from .errors import InputError
-from .mitigation.unlearning import MAX_EPOCHS, MAX_LEARNING_RATE
-from .model_files import LoadedModel, load_model
-from .results import LabelResult, ScanResult, dumps
+from neuralcleanse.mitigation.unlearning import MAX_EPOCHS, MAX_LEARNING_RATE
 
 try:  # typer >= 0.20 ships its own copy of click
     from typer._click.exceptions import ClickException
@@ -146,7 +146,7 @@ ModelArg = Annotated[Path, typer.Argument(
 ArchOpt = Annotated[str | None, typer.Option(
     "--arch", metavar="MODULE:FACTORY", rich_help_panel=_MODEL,
     help="For a state dict: the function that builds the network, e.g. "
-         "neuralcleanse.architectures:mnist_badnet.")]
+         "neuralcleanse.backends.torch.architectures:mnist_badnet.")]
 ArchKwargsOpt = Annotated[str | None, typer.Option(
     "--arch-kwargs", metavar="JSON", rich_help_panel=_MODEL,
     help='Keyword arguments for the --arch factory, as JSON, e.g. \'{"nb_classes": 43}\'.')]
@@ -529,7 +529,7 @@ def _preprocessing(subtract: str | None, divide: str | None, channels_first: boo
 
 def _detect_output(inputs: Inputs) -> None:
     """Set ``inputs.output`` from whether the model's outputs are probability rows."""
-    from .api import prepare
+    from neuralcleanse.frontends.api import prepare
 
     sample = inputs.x[:64]
     options = inputs.wrap_options()
@@ -658,7 +658,7 @@ class PartialStore:
 
     def save(self, result: LabelResult) -> None:
         """Write one finished label (atomically: a killed process leaves no torn file)."""
-        from .report import _atomic_write
+        from neuralcleanse.io.report import _atomic_write
 
         self.folder.mkdir(parents=True, exist_ok=True)
         target = self.path(result.label)
@@ -878,8 +878,8 @@ def run_scan(inputs: Inputs, cfg: ScanConfig, out: Path, *, resume: bool = False
 
     On ``KeyboardInterrupt`` a partial report is written and :class:`Interrupted` raised.
     """
-    from . import api
-    from .report import summary_table, write_report
+    from neuralcleanse.frontends import api
+    from neuralcleanse.io.report import summary_table, write_report
 
     console = console or Console()
     with warnings.catch_warnings():
@@ -1037,8 +1037,14 @@ def mitigate(
     Model flags not given (channel order, value range, preprocessing, output kind) default to
     what the scan report recorded.
     """
-    from . import mitigation as mitigation_module
-    from .report import MITIGATION_JSON, REPORT_JSON, _atomic_write, render_directory
+    from neuralcleanse import mitigation as mitigation_module
+    from neuralcleanse.frontends import api
+    from neuralcleanse.io.report import (
+        MITIGATION_JSON,
+        REPORT_JSON,
+        _atomic_write,
+        render_directory,
+    )
 
     # everything that can be checked without the model is checked first
     if report.is_file() and report.name != REPORT_JSON:
@@ -1101,7 +1107,7 @@ def mitigate(
         layer_spec: str | int | None = layer
         if layer is not None and re.fullmatch(r"-?[0-9]{1,9}", layer):
             layer_spec = int(layer)
-        result = mitigation_module.mitigate(
+        result = api.mitigate(
             inputs.model.model, inputs.x, inputs.y, scan_result, method=method.value,
             layer=layer_spec, labels=chosen, seed=seed, **inputs.wrap_options(), **extra,
             **options)
@@ -1201,7 +1207,7 @@ def report(
         help="A report folder (with report.json) or a report.json file.", show_default=False)],
 ) -> None:
     """Render report.html and the trigger images again from report.json."""
-    from .report import render_directory
+    from neuralcleanse.io.report import render_directory
 
     folder = path if path.is_dir() else path.parent
     if not path.exists():
@@ -1226,7 +1232,7 @@ def demo(
 
     Uses scikit-learn's bundled 8x8 digits (no download); takes about a minute on 2 CPU cores.
     """
-    from .demo import run_demo
+    from neuralcleanse.frontends.demo import run_demo
 
     created = prepare_folder(out, "--out", SCAN_OUTPUTS)
     try:
@@ -1267,7 +1273,7 @@ def _error(message: str) -> None:
 @contextmanager
 def _short_warnings() -> Iterator[None]:
     """Show Python warnings as single lines on stderr."""
-    package = str(Path(__file__).parent)
+    package = str(Path(__file__).resolve().parents[1])  # the neuralcleanse package
 
     def show(message: Warning | str, category: type[Warning], filename: str, *_: Any,
              **__: Any) -> None:

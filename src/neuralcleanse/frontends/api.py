@@ -1,4 +1,4 @@
-"""The modern entry point: ``scan(model, x, y) -> ScanResult``."""
+"""The modern entry points, side by side: ``prepare``, ``scan`` and ``mitigate``."""
 
 from __future__ import annotations
 
@@ -7,20 +7,43 @@ import sys
 import time
 import warnings
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .backends import Classifier, wrap_model
-from .backends.base import Preprocessing
-from .config import MAX_SEED, ScanConfig
-from .data import as_images, as_label_vector, class_counts, infer_clip_values
-from .data_files import CHANNEL_COUNTS
-from .errors import InputError
-from .restarts import combine_restarts
-from .results import LabelResult, ScanResult
-from .reverse import LabelCallback, reverse_engineer
+from neuralcleanse import __version__
+from neuralcleanse.backends import Classifier, wrap_model
+from neuralcleanse.backends.base import Preprocessing
+from neuralcleanse.core.checks import (
+    add_channel_axis,
+    as_images,
+    as_label_vector,
+    check_clip_values,
+    check_in_clip_range,
+    class_counts,
+    infer_clip_values,
+    output_kind_mismatch,
+)
+from neuralcleanse.core.config import MAX_SEED, ScanConfig
+from neuralcleanse.core.errors import InputError
+from neuralcleanse.core.results import LabelResult, ScanResult
+from neuralcleanse.io.data_files import CHANNEL_COUNTS
+from neuralcleanse.mitigation import (
+    METHODS,
+    FilteringReport,
+    InputFilter,
+    MitigationResult,
+    PruningReport,
+    UnlearningReport,
+    filter_inputs,
+    prune,
+    select_triggers,
+    unlearn,
+)
+from neuralcleanse.mitigation.metrics import DEFAULT_TEST_FRACTION
+from neuralcleanse.search.restarts import combine_restarts
+from neuralcleanse.search.reverse import LabelCallback, reverse_engineer
 
 
 def versions() -> dict[str, str]:
@@ -41,7 +64,7 @@ def _is_channels_first_model(model: Any) -> bool:
     model on the torch backend is a ``torch.nn.Module`` too); other PyTorch models channels
     first.
     """
-    from .backends.base import keras_data_format, keras_module
+    from neuralcleanse.backends.base import keras_data_format, keras_module
 
     if keras_module(model) is not None:
         return keras_data_format(model)[0] == "channels_first"
@@ -67,8 +90,7 @@ def prepare(model: Any, x: np.ndarray, y: np.ndarray | None = None, *,
         channels_first = getattr(model, "channels_first", None)
         if channels_first is None:
             channels_first = _is_channels_first_model(model)
-    if images.ndim == 3:
-        images = images[:, None] if channels_first else images[..., None]
+    images = add_channel_axis(images, bool(channels_first))
     torch = sys.modules.get("torch")
     # a layout the data contradicts is refused before a PyTorch model runs on it (its error
     # would not name the layout); an unsupported model type is reported first
@@ -78,12 +100,8 @@ def prepare(model: Any, x: np.ndarray, y: np.ndarray | None = None, *,
         check_layout(images.shape, bool(channels_first), model)
     if clip_values is None:
         clip_values = getattr(model, "clip_values", None) or infer_clip_values(images)
-    lo, hi = float(clip_values[0]), float(clip_values[1])
-    tolerance = 1e-4 * (hi - lo)
-    if images.min() < lo - tolerance or images.max() > hi + tolerance:
-        raise InputError(f"x has values in [{images.min():g}, {images.max():g}], outside "
-                         f"clip_values [{lo:g}, {hi:g}]: give raw images in the model's input "
-                         "range, or set clip_values")
+    lo, hi = check_clip_values(clip_values)
+    check_in_clip_range(images, (lo, hi))
     options: dict[str, Any] = dict(channels_first=channels_first, clip_values=(lo, hi),
                                    preprocessing=preprocessing, input_shape=images.shape[1:])
     if output is not None:
@@ -168,16 +186,9 @@ def check_output_kind(clf: Classifier, sample: np.ndarray) -> None:
         raise InputError(f"the model returned NaN/Inf for clean images ({bad} of the "
                          f"{len(sample)} checked): no trigger can be searched on such outputs; "
                          "check the model, its weights and the preprocessing")
-    looks_like_probabilities = bool(
-        np.all(out >= -1e-6) and np.all(out <= 1 + 1e-6)
-        and np.allclose(out.sum(axis=1), 1.0, atol=1e-3))
-    if clf.output == "logits" and looks_like_probabilities:
-        warnings.warn("the model's outputs look like probabilities (non-negative rows summing to "
-                      "1) but output='logits' was given; pass output='probabilities' so that the "
-                      "loss takes their logarithm", UserWarning, stacklevel=3)
-    elif clf.output == "probabilities" and not looks_like_probabilities:
-        warnings.warn("output='probabilities' was given but the model's outputs are not "
-                      "probability rows; pass output='logits'", UserWarning, stacklevel=3)
+    mismatch = output_kind_mismatch(out, clf.output)
+    if mismatch:
+        warnings.warn(mismatch, UserWarning, stacklevel=3)
 
 
 def scan(model: Any, x: np.ndarray, y: np.ndarray, *, config: ScanConfig | None = None,
@@ -277,3 +288,89 @@ def _label_list(labels: Any, nb_classes: int) -> list[int]:
     if repeated:
         raise InputError(f"labels lists {repeated} more than once; give each label once")
     return wanted
+
+
+def mitigate(model: Any, x: np.ndarray, y: np.ndarray,
+             scan_result: ScanResult | Sequence[LabelResult] | str | Path,
+             method: str = "unlearning", *, x_test: np.ndarray | None = None,
+             y_test: np.ndarray | None = None, layer: str | int | None = None,
+             labels: Sequence[int] | None = None, output: str | None = None,
+             channels_first: bool | None = None,
+             clip_values: tuple[float, float] | None = None,
+             preprocessing: Preprocessing = None, device: Any = None,
+             test_fraction: float = DEFAULT_TEST_FRACTION, seed: int = 0,
+             **options: Any) -> MitigationResult:
+    """Remove or neutralise the backdoor of the flagged labels, on a copy of the model.
+
+    The reversed triggers of the flagged labels are stamped on clean images of the other
+    classes, which keep their true labels. Every figure in the result is measured on held-out
+    data: ``x_test, y_test`` when given, else a seeded, class-stratified ``test_fraction`` of
+    ``x, y`` (the split is reported).
+
+    Args:
+        model: A ``torch.nn.Module``, a Keras model or a wrapped classifier; never modified.
+        x: Clean raw images, as for :func:`~neuralcleanse.scan`.
+        y: Their labels (integers or one-hot).
+        scan_result: The scan's result (or its JSON), or a list of reversed triggers.
+        method: ``"filtering"`` (refuse triggered inputs), ``"pruning"`` (silence the trigger's
+            neurons) or ``"unlearning"`` (fine-tune with stamped images).
+        x_test: Held-out clean images for the measurements.
+        y_test: Their labels.
+        layer: Layer for filtering and pruning: a name or index, or ``None`` for the input of
+            the final classification layer.
+        labels: Labels to mitigate (default: the scan's flagged labels).
+        output: ``"logits"`` or ``"probabilities"``, as for :func:`~neuralcleanse.scan`.
+        channels_first: Input layout (default: the framework's convention).
+        clip_values: Raw input range (default: inferred from ``x``).
+        preprocessing: ``(subtrahend, divisor)`` or a callable applied to raw inputs.
+        device: Compute device for PyTorch models.
+        test_fraction: Share of ``x`` held out when no test data is given, in (0, 1).
+        seed: Seed of the split and of every random choice.
+        **options: Options of the method. Filtering: ``top_fraction`` (0.01), ``target_fpr``
+            (0.05). Pruning: ``max_fraction`` (0.3), ``target_asr`` (0.05), ``step_fraction``
+            (0.01). Unlearning: ``epochs`` (5), ``learning_rate`` (1e-4), ``stamped_fraction``
+            (0.2). All: ``batch_size``.
+
+    Returns:
+        A :class:`MitigationResult`: the repaired copy (``.model``) or, for filtering, the
+        :class:`InputFilter` that wraps the unchanged model, plus the measurements.
+
+    Raises:
+        ValueError: On an unknown method or option, a bad option value, malformed data, an
+            unknown layer, or when no label is flagged.
+    """
+    started = time.perf_counter()
+    if method not in METHODS:
+        raise InputError(f"method must be one of {', '.join(map(repr, METHODS))} "
+                         f"(got {method!r})")
+    unknown = sorted(set(options) - set(METHODS[method]))
+    if unknown:
+        raise InputError(f"unknown option(s) {', '.join(unknown)} for method {method!r}; it "
+                         f"accepts: {', '.join(METHODS[method])}")
+    if method == "unlearning" and layer is not None:
+        raise InputError("layer is not used by unlearning (it fine-tunes the whole model)")
+    triggers = select_triggers(scan_result, labels)
+    clf, images, targets = prepare(model, x, y, output=output, channels_first=channels_first,
+                                   clip_values=clip_values, preprocessing=preprocessing,
+                                   device=device)
+    common: dict[str, Any] = dict(x_test=x_test, y_test=y_test, test_fraction=test_fraction,
+                                  seed=seed)
+    result_filter: InputFilter | None = None
+    repaired = None
+    report: FilteringReport | PruningReport | UnlearningReport
+    if method == "filtering":
+        result_filter = filter_inputs(clf, images, targets, triggers, layer=layer, **common,
+                                      **options)
+        assert result_filter.report is not None
+        report = result_filter.report
+    else:
+        repaired = clf.copy()
+        if method == "pruning":
+            report = prune(repaired, images, targets, triggers, layer=layer, **common,
+                           **options)
+        else:
+            report = unlearn(repaired, images, targets, triggers, **common, **options)
+    return MitigationResult(method=method, labels=[t.label for t in triggers], report=report,
+                            wall_seconds=time.perf_counter() - started,
+                            model_info=clf.describe(), versions=versions(),
+                            classifier=repaired, input_filter=result_filter)

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from .config import ScanConfig
-from .report import ReportPaths, summary_table, write_report
+from neuralcleanse.core.config import ScanConfig
+from neuralcleanse.io.report import ReportPaths, summary_table, write_report
 
 #: The planted backdoor: images stamped with the trigger are classified as this label.
 TARGET_LABEL = 7
@@ -96,7 +96,7 @@ def train_backdoored_model(data: DemoData, seed: int, epochs: int = 30,
     """
     import torch
 
-    from .architectures import small_cnn
+    from neuralcleanse.backends.torch.architectures import small_cnn
 
     torch.manual_seed(seed)
     model = small_cnn(in_channels=1, nb_classes=10, image_size=IMAGE_SIZE)
@@ -156,9 +156,8 @@ def run_demo(out: str | Path, seed: int = 0, console: Console | None = None) -> 
 def _run(out_dir: Path, seed: int, console: Console, started: float) -> ReportPaths:
     import torch
 
-    from .api import scan
-    from .backends.pytorch import TorchClassifier
-    from .mitigation import mitigate
+    from neuralcleanse.backends.torch.classifier import TorchClassifier
+    from neuralcleanse.frontends.api import mitigate, scan
 
     console.print(f"[bold]1/4[/] planting a backdoor: {POISON_FRACTION:.0%} of the training "
                   f"digits get a {TRIGGER_SIZE}x{TRIGGER_SIZE} white square and label "
@@ -178,7 +177,7 @@ def _run(out_dir: Path, seed: int, console: Console, started: float) -> ReportPa
     config = ScanConfig(seed=seed, progress=console.is_terminal, **DEMO_SCAN)
     result = scan(model, data.x_clean, data.y_clean, config=config)
     result.model_info.update(path=str(model_path), format="state_dict",
-                             arch="neuralcleanse.architectures:small_cnn",
+                             arch="neuralcleanse.backends.torch.architectures:small_cnn",
                              arch_kwargs={"image_size": IMAGE_SIZE})
     result.data_info.update(source="scikit-learn digits (8x8, upsampled to 16x16)",
                             format="demo split")
@@ -218,7 +217,7 @@ def _run(out_dir: Path, seed: int, console: Console, started: float) -> ReportPa
     paths = write_report(result, out_dir, mitigation=mitigation_dict, demo=demo_facts)
     console.print(f"done in {time.perf_counter() - started:.0f} s. Scan it yourself with:\n"
                   f"    neuralcleanse scan {model_path} --arch "
-                  f"neuralcleanse.architectures:small_cnn --arch-kwargs "
+                  f"neuralcleanse.backends.torch.architectures:small_cnn --arch-kwargs "
                   f"'{{\"image_size\": {IMAGE_SIZE}}}' --data {out_dir / 'clean_digits.npz'}")
     console.print(f"[bold]report:[/] {paths.html}")
     return paths

@@ -21,14 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, InputTypeError
+from neuralcleanse.core.errors import InputError, InputTypeError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-from ..config import ScanConfig  # noqa: E402
-from .base import (  # noqa: E402
+from neuralcleanse.backends.base import (  # noqa: E402
     TANH_EPSILON,
     Preprocessing,
     StepStats,
@@ -36,12 +35,15 @@ from .base import (  # noqa: E402
     keras_output_kind,
     rows_are_probabilities,
 )
-from .base import keras_symbolic as _symbolic  # noqa: E402
-from .differentiable import (  # noqa: E402
+from neuralcleanse.backends.base import keras_symbolic as _symbolic  # noqa: E402
+from neuralcleanse.backends.differentiable import (  # noqa: E402
     DifferentiableClassifier,
     preprocessing_description,
     split_preprocessing,
 )
+from neuralcleanse.core.checks import check_clip_values  # noqa: E402
+from neuralcleanse.core.config import ScanConfig  # noqa: E402
+from neuralcleanse.core.layout import mask_axes  # noqa: E402
 
 ADAM_BETAS = (0.5, 0.9)
 ADAM_EPSILON = 1e-8
@@ -115,10 +117,7 @@ class KerasClassifier(DifferentiableClassifier):
         if output is not None and output not in ("logits", "probabilities"):
             raise InputError(f"output must be 'logits' or 'probabilities' (got {output!r})")
         self.channels_first = bool(channels_first)
-        lo, hi = float(clip_values[0]), float(clip_values[1])
-        if not lo < hi:
-            raise InputError(f"clip_values must be (min, max) with min < max (got {clip_values})")
-        self.clip_values = (lo, hi)
+        self.clip_values = check_clip_values(clip_values)
         self.device = device
         self.input_layer = self._check_index("input_layer", input_layer, _symbolic(model, "inputs"))
         self.output_layer = self._check_index("output_layer", output_layer,
@@ -638,12 +637,8 @@ class KerasClassifier(DifferentiableClassifier):
             yield _KerasTriggerSession(self, x, y, config)
 
     def _mask_view(self) -> list[int]:
-        h, w = self.image_shape
-        if len(self.input_shape) == 2:
-            return [-1, 1, h, w]
-        if self.channels_first:
-            return [-1, 1, 1, h, w]
-        return [-1, 1, h, w, 1]
+        """Shape of ``(labels, H*W)`` masks against ``(labels, batch, *input_shape)`` images."""
+        return [-1, 1, *mask_axes(tuple(self.input_shape), self.channels_first)]
 
     def trigger_step_function(self, config: ScanConfig) -> Callable[..., Any]:
         """The compiled step of a stacked trigger search (one graph for every stack size)."""

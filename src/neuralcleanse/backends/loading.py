@@ -13,7 +13,7 @@ the loader from the file's content (and, for Keras, its suffix):
   expressions or guards); an archive outside that subset needs the opt-in;
 * ``.safetensors`` weights (recommended) and PyTorch state dicts (``torch.load`` with
   ``weights_only=True``), with ``arch="package.module:factory"`` naming a function that builds the
-  network (for example ``neuralcleanse.architectures:mnist_badnet``);
+  network (for example ``neuralcleanse.backends.torch.architectures:mnist_badnet``);
 * pickled full ``torch.nn.Module`` objects, only with ``trust_pickle=True``: unpickling runs code
   stored in the file.
 
@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, LoadError, one_line
+from neuralcleanse.core.errors import InputError, LoadError, one_line
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -87,7 +87,7 @@ class LoadedModel:
         unless its layers say otherwise); PyTorch models read channels first.
         """
         if self.framework == "keras":
-            from .backends.base import keras_data_format
+            from neuralcleanse.backends.base import keras_data_format
 
             return keras_data_format(self.model)[0] == "channels_first"
         return self.framework == "pytorch"
@@ -380,7 +380,7 @@ def _load_torch(path: Path, *, arch: str | None, arch_kwargs: dict[str, Any],
     if arch is None:
         raise LoadError(f"{str(path)!r} is a state dict (weights without the network): give "
                         "--arch module:factory naming a function that builds the network, e.g. "
-                        "--arch neuralcleanse.architectures:mnist_badnet")
+                        "--arch neuralcleanse.backends.torch.architectures:mnist_badnet")
     model = _built_with(arch, arch_kwargs, state, path)
     model.to(target)
     return LoadedModel(model=model, framework="pytorch", format="state_dict", path=path,
@@ -441,7 +441,7 @@ def _load_safetensors(path: Path, *, arch: str | None, arch_kwargs: dict[str, An
     if arch is None:
         raise LoadError(f"{str(path)!r} is a safetensors file (weights without the network): "
                         "give --arch module:factory naming a function that builds the network, "
-                        "e.g. --arch neuralcleanse.architectures:mnist_badnet")
+                        "e.g. --arch neuralcleanse.backends.torch.architectures:mnist_badnet")
     model = _built_with(arch, arch_kwargs, state, path)
     model.to(target)
     return LoadedModel(model=model, framework="pytorch", format="safetensors", path=path,

@@ -13,7 +13,7 @@ Fields of ``report.json`` (``schema_version`` 1):
 * ``anomaly_threshold`` (float): a label is flagged when its anomaly index exceeds it.
 * ``partial`` (bool): true when the scan was interrupted before every label was searched.
 * ``wall_seconds`` (float): wall time of the scan (of the last run when it was resumed).
-* ``config`` (object): every search setting (see :class:`~neuralcleanse.config.ScanConfig`).
+* ``config`` (object): every search setting (see :class:`~neuralcleanse.core.config.ScanConfig`).
 * ``model_info`` (object): framework, file and format, input shape, channel order
   (``channels_first``), value range (``clip_values``), preprocessing, output kind.
 * ``data_info`` (object): number of images, per-class counts, source, keys, subsampling.
@@ -49,8 +49,8 @@ from typing import Any
 import numpy as np
 from jinja2 import Environment, StrictUndefined, select_autoescape
 
-from .errors import InputError
-from .results import LabelResult, ScanResult, dumps, read_json_file
+from neuralcleanse.core.errors import InputError
+from neuralcleanse.core.results import LabelResult, ScanResult, dumps, read_json_file
 
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
@@ -416,7 +416,7 @@ def render_html(result: ScanResult, *, mitigation: dict[str, Any] | None = None,
         cards.append({"r": r, "flagged": r.label in flagged, "images": images})
     class_names = result.data_info.get("class_names")
     template = _environment().from_string(
-        resources.files("neuralcleanse").joinpath("templates/report.html").read_text("utf-8"))
+        resources.files("neuralcleanse.io").joinpath("templates/report.html").read_text("utf-8"))
     model_name = Path(str(result.model_info.get("path", "model"))).name
     return template.render(
         result=result, verdict=_verdict(result), chart=norm_chart(result),
@@ -460,7 +460,7 @@ def _read_optional(path: Path) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise InputError(f"{str(path)!r} must hold a JSON object")
     if path.name == MITIGATION_JSON:
-        from .mitigation.result import MitigationResult
+        from neuralcleanse.mitigation.result import MitigationResult
 
         try:
             MitigationResult.from_dict(data)

@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from .backends.differentiable import DifferentiableClassifier
-from .config import ScanConfig
-from .data import as_label_vector, class_counts, infer_clip_values
-from .errors import InputError, InputTypeError, one_line
-from .results import LabelResult, ScanResult
-from .reverse import reverse_engineer
+from neuralcleanse.backends.differentiable import DifferentiableClassifier
+from neuralcleanse.core.checks import as_label_vector, class_counts, infer_clip_values
+from neuralcleanse.core.config import ScanConfig
+from neuralcleanse.core.errors import InputError, InputTypeError, one_line
+from neuralcleanse.core.results import LabelResult, ScanResult
+from neuralcleanse.search.reverse import reverse_engineer
 
 #: Environment variable naming the folder where :meth:`NeuralCleanseEstimator.save` writes
 #: when no ``path`` is given.
@@ -673,7 +673,7 @@ class NeuralCleanseEstimator:
             ``(clean images, the same images stamped, their true labels)``; labels keep the
             format of ``y_val``. For several suspected labels the blocks are concatenated.
         """
-        from .mitigation.stamping import stamped_others
+        from neuralcleanse.mitigation.stamping import stamped_others
 
         triggers = self._flagged_triggers(x_val, y_val)
         images = self._inputs(x_val, "x_val", allow_empty=False)
@@ -729,7 +729,7 @@ class NeuralCleanseEstimator:
             y_val: Their labels (one-hot or indices).
             mitigation_types: Any of ``"unlearning"``, ``"pruning"``, ``"filtering"``.
         """
-        from .mitigation import filter_inputs, prune, unlearn
+        from neuralcleanse.mitigation import filter_inputs, prune, unlearn
 
         types = [mitigation_types] if isinstance(mitigation_types, str) else \
             list(mitigation_types)
@@ -803,7 +803,7 @@ def _epoch_batches(generator: Any, steps: int | None) -> Iterator[Any]:
 
 
 def _versions() -> dict[str, str]:
-    from .api import versions
+    from neuralcleanse.frontends.api import versions
 
     return versions()
 
@@ -899,7 +899,7 @@ class KerasNeuralCleanse(NeuralCleanseEstimator):
 
     def _make_backend(self, params: dict[str, Any],
                       clip: tuple[float, float]) -> DifferentiableClassifier:
-        from .backends.tensorflow import KerasClassifier
+        from neuralcleanse.backends.tensorflow.classifier import KerasClassifier
 
         for name in ("use_logits", "channels_first"):
             if not isinstance(params[name], (bool, np.bool_)):
@@ -978,7 +978,7 @@ class PyTorchNeuralCleanse(NeuralCleanseEstimator):
 
     def _make_backend(self, params: dict[str, Any],
                       clip: tuple[float, float]) -> DifferentiableClassifier:
-        from .backends.pytorch_differentiable import TorchDifferentiableClassifier
+        from neuralcleanse.backends.torch.differentiable import TorchDifferentiableClassifier
 
         if not isinstance(params["channels_first"], (bool, np.bool_)):
             raise InputError(f"channels_first must be True or False (got "

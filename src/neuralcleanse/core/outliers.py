@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError
+from neuralcleanse.core.errors import InputError
 
 #: Makes the MAD a consistent estimator of the standard deviation for normal data.
 MAD_CONSISTENCY = 1.4826

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from .outliers import anomaly_indices
-from .results import LabelResult
+from neuralcleanse.core.outliers import anomaly_indices
+from neuralcleanse.core.results import LabelResult
 
 
 def combine_restarts(runs: list[list[LabelResult]], seeds: list[int],

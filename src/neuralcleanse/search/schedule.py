@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import ScanConfig
+from neuralcleanse.core.config import ScanConfig
 
 #: Highest cost the schedule reaches. A label whose trigger keeps succeeding at any cost (a model
 #: that predicts the label for every input) would otherwise double its cost until it overflows to

@@ -2,7 +2,7 @@
 
 The labels are independent optimisation problems. Their trigger parameters are stacked and one
 forward/backward pass evaluates a mini-batch for every active label. Each label keeps its own
-cost schedule, best trigger and early stop (:class:`~neuralcleanse.schedule.CostSchedule`); a
+cost schedule, best trigger and early stop (:class:`~neuralcleanse.search.schedule.CostSchedule`); a
 label that stops leaves the stack and, while labels are waiting, the next one takes its place.
 ``label_batch=1`` runs the same code with a stack of one: the classic one-label loop.
 """
@@ -16,13 +16,13 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .backends.base import Classifier, StepStats, to_raw
-from .config import ScanConfig
-from .data import BatchPlan
-from .errors import InputError
-from .progress import ScanProgress
-from .results import LabelResult
-from .schedule import CostSchedule
+from neuralcleanse.backends.base import Classifier, StepStats, to_raw
+from neuralcleanse.core.config import ScanConfig
+from neuralcleanse.core.errors import InputError
+from neuralcleanse.core.results import LabelResult
+from neuralcleanse.search.batch_plan import BatchPlan
+from neuralcleanse.search.progress import ScanProgress
+from neuralcleanse.search.schedule import CostSchedule
 
 LabelCallback = Callable[[LabelResult], None]
 

@@ -1,7 +1,7 @@
 """Reference PyTorch architectures used by the demo, tests and benchmarks.
 
-They can also be named on the command line (``--arch neuralcleanse.architectures:mnist_badnet``)
-to load a matching state dict.
+They can also be named on the command line
+(``--arch neuralcleanse.backends.torch.architectures:mnist_badnet``) to load a matching state dict.
 """
 
 from __future__ import annotations

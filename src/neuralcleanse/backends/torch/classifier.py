@@ -11,9 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import ScanConfig
-from ..errors import InputError, InputTypeError
-from .base import (
+from neuralcleanse.backends.base import (
     TANH_EPSILON,
     Classifier,
     Preprocessing,
@@ -26,7 +24,11 @@ from .base import (
     keras_output_kind,
     rows_are_probabilities,
 )
-from .differentiable import preprocessing_description, split_preprocessing
+from neuralcleanse.backends.differentiable import preprocessing_description, split_preprocessing
+from neuralcleanse.core.checks import check_clip_values
+from neuralcleanse.core.config import ScanConfig
+from neuralcleanse.core.errors import InputError, InputTypeError
+from neuralcleanse.core.layout import mask_axes
 
 ADAM_BETAS = (0.5, 0.9)
 ADAM_EPSILON = 1e-8
@@ -92,10 +94,7 @@ class TorchClassifier(Classifier):
             self.channels_first = keras_channels_first(model, channels_first)
         else:
             self.channels_first = True if channels_first is None else bool(channels_first)
-        lo, hi = float(clip_values[0]), float(clip_values[1])
-        if not lo < hi:
-            raise InputError(f"clip_values must be (min, max) with min < max (got {clip_values})")
-        self.clip_values = (lo, hi)
+        self.clip_values = check_clip_values(clip_values)
         first = next(iter(model.parameters()), None)
         home = first.device if first is not None else torch.device("cpu")
         self.device = home if device is None else torch.device(device)
@@ -423,12 +422,8 @@ class _TorchTriggerSession(TriggerSession):
         self.lr = config.learning_rate
         self.norm = config.norm
         self.lo, self.hi = clf.clip_values
-        if len(self.shape) == 2:
-            self._mask_view: tuple[int, ...] = (-1, 1, *self.hw)
-        elif clf.channels_first:
-            self._mask_view = (-1, 1, 1, *self.hw)
-        else:
-            self._mask_view = (-1, 1, *self.hw, 1)
+        # (labels, H*W) masks against (labels, batch, *input_shape) images
+        self._mask_view = (-1, 1, *mask_axes(tuple(self.shape), clf.channels_first))
         self.theta = torch.zeros((0, self.n_params), device=dev)
         self.m = torch.zeros_like(self.theta)
         self.v = torch.zeros_like(self.theta)

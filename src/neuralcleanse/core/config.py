@@ -13,7 +13,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import InputError
+from neuralcleanse.core.errors import InputError
 
 VALID_NORMS = (1, 2, math.inf)
 
@@ -73,7 +73,7 @@ class ScanConfig:
 
     Every value is checked when the object is built: a value of the wrong type, a non-finite
     number or one outside its range (given below; see also :data:`INT_RANGES` and
-    :data:`FLOAT_RANGES`) raises :class:`~neuralcleanse.errors.InputError` naming the setting
+    :data:`FLOAT_RANGES`) raises :class:`~neuralcleanse.core.errors.InputError` naming the setting
     and the allowed range. Integer settings accept any integral type (e.g. numpy integers) and
     are stored as ``int``; number settings are stored as ``float``.
 

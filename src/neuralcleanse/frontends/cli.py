@@ -658,14 +658,14 @@ class PartialStore:
 
     def save(self, result: LabelResult) -> None:
         """Write one finished label (atomically: a killed process leaves no torn file)."""
-        from neuralcleanse.io.report import _atomic_write
+        from neuralcleanse.io.report import atomic_write
 
         self.folder.mkdir(parents=True, exist_ok=True)
         target = self.path(result.label)
         if target.exists() and self._own(target) is None:  # appeared during the scan
             raise CliError(f"{target} was not written by neuralcleanse; move it away and "
                            "rerun with --resume")
-        _atomic_write(target, dumps({"kind": self.MARKER, "fingerprint": self.key,
+        atomic_write(target, dumps({"kind": self.MARKER, "fingerprint": self.key,
                                      "result": result.to_dict()}, indent=None))
 
     def _own(self, path: Path) -> dict[str, Any] | None:
@@ -1042,7 +1042,7 @@ def mitigate(
     from neuralcleanse.io.report import (
         MITIGATION_JSON,
         REPORT_JSON,
-        _atomic_write,
+        atomic_write,
         render_directory,
     )
 
@@ -1120,9 +1120,9 @@ def mitigate(
         saved = _save_model(result, save_path)
         mitigation_dict["saved_model"] = saved
         _say(console, f"repaired model: {saved}")
-    _atomic_write(target / MITIGATION_JSON, dumps(mitigation_dict))
+    atomic_write(target / MITIGATION_JSON, dumps(mitigation_dict))
     if not _same_file(report_json, target / REPORT_JSON):
-        _atomic_write(target / REPORT_JSON, report_json.read_bytes())
+        atomic_write(target / REPORT_JSON, report_json.read_bytes())
     paths = render_directory(target)
     _say(console, result.summary())
     _say(console, f"report: {paths.html}  (JSON: {target / MITIGATION_JSON})")

@@ -440,7 +440,7 @@ def write_images(result: ScanResult, directory: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for r in result.labels:
         for kind, array in trigger_arrays(result, r).items():
-            _atomic_write(folder / f"label_{r.label}_{kind}.png", _png(array, PNG_MIN_SIDE))
+            atomic_write(folder / f"label_{r.label}_{kind}.png", _png(array, PNG_MIN_SIDE))
     return folder
 
 
@@ -481,11 +481,11 @@ def write_report(result: ScanResult, out_dir: str | Path, *,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / REPORT_JSON
-    _atomic_write(json_path, result.to_json())
+    atomic_write(json_path, result.to_json())
     if mitigation is not None:
-        _atomic_write(out / MITIGATION_JSON, dumps(mitigation))
+        atomic_write(out / MITIGATION_JSON, dumps(mitigation))
     if demo is not None:
-        _atomic_write(out / DEMO_JSON, dumps(demo))
+        atomic_write(out / DEMO_JSON, dumps(demo))
     return render_directory(out, result=result)
 
 
@@ -505,12 +505,12 @@ def render_directory(out_dir: str | Path, *, result: ScanResult | None = None) -
     html = render_html(result, mitigation=_read_optional(out / MITIGATION_JSON),
                        demo=_read_optional(out / DEMO_JSON))
     html_path = out / REPORT_HTML
-    _atomic_write(html_path, html)
+    atomic_write(html_path, html)
     images = write_images(result, out / IMAGE_DIR)
     return ReportPaths(json=json_path, html=html_path, images=images)
 
 
-def _atomic_write(path: Path, content: str | bytes) -> None:
+def atomic_write(path: Path, content: str | bytes) -> None:
     """Write through a temporary file renamed over ``path``.
 
     A link at ``path`` is replaced, never followed (a report never writes into a file

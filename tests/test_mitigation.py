@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
 from torch import nn
 
 import neuralcleanse as nc
 from neuralcleanse.core.results import LabelResult, ScanResult
 from neuralcleanse.frontends.api import prepare
+from neuralcleanse.io.digits import digits_images
 from neuralcleanse.mitigation import (
     filter_inputs,
     prune,
@@ -78,9 +78,7 @@ def hook_count(model: nn.Module) -> int:
 def backdoored() -> dict[str, object]:
     """Digits split into training (poisoned 10 %), the user's clean data and a final test set."""
     torch.manual_seed(0)
-    digits = load_digits()
-    x = (digits.images / 16.0).astype(np.float32)[:, None]
-    y = digits.target.astype(np.int64)
+    x, y = digits_images()
     rng = np.random.default_rng(0)
     order = rng.permutation(len(x))
     x, y = x[order], y[order]

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
 
 pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
@@ -19,6 +18,7 @@ keras = pytest.importorskip("keras")
 import neuralcleanse as nc  # noqa: E402
 from neuralcleanse.core.results import LabelResult  # noqa: E402
 from neuralcleanse.frontends.api import prepare  # noqa: E402
+from neuralcleanse.io.digits import digits_images  # noqa: E402
 from neuralcleanse.mitigation import prune  # noqa: E402
 
 TARGET = 3
@@ -59,9 +59,7 @@ def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
 @pytest.fixture(scope="module")
 def backdoored() -> dict[str, object]:
     keras.utils.set_random_seed(0)
-    digits = load_digits()
-    x = (digits.images / 16.0).astype(np.float32)[..., None]
-    y = digits.target.astype(np.int64)
+    x, y = digits_images(channels_first=False)
     rng = np.random.default_rng(0)
     order = rng.permutation(len(x))
     x, y = x[order], y[order]

@@ -23,6 +23,7 @@ import numpy as np
 from rich.console import Console
 
 from neuralcleanse.core.config import ScanConfig
+from neuralcleanse.io.digits import digits_images, stamp_square
 from neuralcleanse.io.report import ReportPaths, summary_table, write_report
 
 #: The planted backdoor: images stamped with the trigger are classified as this label.
@@ -55,13 +56,9 @@ class DemoData:
 
 def load_digits_splits(seed: int = 0) -> DemoData:
     """Digits upsampled to 16x16 and split into training, clean (scan) and test sets."""
-    from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    digits = load_digits()
-    images = (digits.images / 16.0).astype(np.float32)
-    images = images.repeat(2, axis=1).repeat(2, axis=2)[:, None]
-    labels = digits.target.astype(np.int64)
+    images, labels = digits_images(upsample=IMAGE_SIZE // 8)
     x_train, x_rest, y_train, y_rest = train_test_split(
         images, labels, test_size=0.4, random_state=seed, stratify=labels)
     x_clean, x_test, y_clean, y_test = train_test_split(
@@ -71,10 +68,7 @@ def load_digits_splits(seed: int = 0) -> DemoData:
 
 def stamp_trigger(x: np.ndarray) -> np.ndarray:
     """Copy of ``x`` (``(N, 1, H, W)``) with the white square planted near the corner."""
-    out = x.copy()
-    end = IMAGE_SIZE - 1
-    out[:, :, end - TRIGGER_SIZE:end, end - TRIGGER_SIZE:end] = 1.0
-    return out
+    return stamp_square(x, TRIGGER_SIZE, margin=1)
 
 
 def poison(x: np.ndarray, y: np.ndarray, seed: int, fraction: float = POISON_FRACTION
@@ -94,27 +88,13 @@ def train_backdoored_model(data: DemoData, seed: int, epochs: int = 30,
 
     ``poison_fraction=0`` trains a clean model on the same data.
     """
-    import torch
-
     from neuralcleanse.backends.torch.architectures import small_cnn
+    from neuralcleanse.backends.torch.training import seeded, train_classifier
 
-    torch.manual_seed(seed)
+    seeded(seed)
     model = small_cnn(in_channels=1, nb_classes=10, image_size=IMAGE_SIZE)
     x, y = poison(data.x_train, data.y_train, seed, poison_fraction)
-    xs, ys = torch.from_numpy(x), torch.from_numpy(y)
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(xs), generator=generator)
-        for start in range(0, len(xs), 64):
-            idx = order[start:start + 64]
-            loss = torch.nn.functional.cross_entropy(model(xs[idx]), ys[idx])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-    model.eval()
-    return model
+    return train_classifier(model, x, y, seed=seed, epochs=epochs)
 
 
 def _rates(predict: Any, data: DemoData) -> tuple[float, float]:
@@ -137,26 +117,20 @@ def run_demo(out: str | Path, seed: int = 0, console: Console | None = None) -> 
     Returns:
         The paths of the report files.
     """
-    import torch
+    from neuralcleanse.backends.torch.training import torch_threads
 
     console = console or Console()
     started = time.perf_counter()
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
     # The demo's network is tiny: one thread is as fast as several and does not slow down
     # badly when other programs share the cores.
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return _run(out_dir, seed, console, started)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(out_dir: Path, seed: int, console: Console, started: float) -> ReportPaths:
-    import torch
-
-    from neuralcleanse.backends.torch.classifier import TorchClassifier
+    from neuralcleanse.backends import wrap_model
     from neuralcleanse.frontends.api import mitigate, scan
 
     console.print(f"[bold]1/4[/] planting a backdoor: {POISON_FRACTION:.0%} of the training "
@@ -164,12 +138,12 @@ def _run(out_dir: Path, seed: int, console: Console, started: float) -> ReportPa
                   f"{TARGET_LABEL}; training a small CNN")
     data = load_digits_splits(seed)
     model = train_backdoored_model(data, seed)
-    clf = TorchClassifier(model, data.x_clean.shape[1:])
+    clf = wrap_model(model, input_shape=data.x_clean.shape[1:])
     acc_before, asr_before = _rates(clf.predict, data)
     console.print(f"    clean test accuracy {acc_before:.1%}, the planted trigger sends "
                   f"{asr_before:.1%} of other digits to label {TARGET_LABEL}")
     model_path = out_dir / "backdoored_model.pt"
-    torch.save(model.state_dict(), model_path)
+    clf.save(str(model_path))
     np.savez_compressed(out_dir / "clean_digits.npz", x=data.x_clean, y=data.y_clean)
 
     console.print(f"[bold]2/4[/] scanning all 10 labels with Neural Cleanse on "

@@ -24,8 +24,10 @@ import pytest
 import torch
 
 from neuralcleanse.backends import loading as model_files
-from neuralcleanse.backends.loading import load_model, pickle_globals_problem
+from neuralcleanse.backends.loading import load_model
+from neuralcleanse.backends.tensorflow import loading as keras_files
 from neuralcleanse.backends.torch.architectures import small_cnn
+from neuralcleanse.backends.torch.export_check import pickle_globals_problem
 from neuralcleanse.core.errors import LoadError
 from neuralcleanse.frontends import cli
 
@@ -346,7 +348,7 @@ def test_safetensors_with_arch_gives_the_state_dict_model(
         loaded = load_model(path, arch=ARCH, arch_kwargs=ARCH_KWARGS)
         assert loaded.format == "safetensors" and loaded.info["arch"] == ARCH
         torch.testing.assert_close(loaded.model(batch), expected, rtol=0, atol=0)
-    assert "--arch" in _refusal(weights, opt_in=False)
+    assert "arch=" in _refusal(weights, opt_in=False)
     message = _refusal(weights, opt_in=False, arch=ARCH,
                        arch_kwargs={"image_size": 16, "nb_classes": 5})
     assert "do not fit" in message and "size mismatch" in message
@@ -443,7 +445,7 @@ def test_keras_safe_mode_is_not_bypassed_by_the_tf_keras_fallback(
     if "tf_keras.h5" not in keras_lambda_files:
         pytest.skip("tf_keras is not installed")
     path, marker = keras_lambda_files["tf_keras.h5"]
-    monkeypatch.setattr(model_files, "_keras_code_in", lambda config: None)
+    monkeypatch.setattr(keras_files, "_keras_code_in", lambda config: None)
     assert "safe mode" in _refusal(path)
     assert not marker.exists()
 

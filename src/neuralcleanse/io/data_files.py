@@ -102,7 +102,7 @@ def load_data(path: str | Path, *, x_key: str | None = None, y_key: str | None =
         raise LoadError(f"data path {str(p)!r} does not exist")
     if p.is_dir():
         if x_key is not None or y_key is not None:
-            raise LoadError("--x-key / --y-key apply to .npz files, not to image folders")
+            raise LoadError("x_key= / y_key= apply to .npz files, not to image folders")
         return _load_image_folder(p, image_size=image_size, channels=channels)
     if p.suffix.lower() == ".npz":
         return _load_npz(p, x_key=x_key, y_key=y_key)
@@ -111,17 +111,17 @@ def load_data(path: str | Path, *, x_key: str | None = None, y_key: str | None =
 
 
 def _pick(keys: list[str], given: str | None, candidates: tuple[str, ...], what: str,
-          flag: str, path: Path) -> str:
+          param: str, path: Path) -> str:
     if given is not None:
         if given not in keys:
-            raise LoadError(f"{path.name} has no key {given!r} ({flag}); its keys are: "
+            raise LoadError(f"{path.name} has no key {given!r} ({param}); its keys are: "
                             f"{', '.join(keys)}")
         return given
     for key in candidates:
         if key in keys:
             return key
     raise LoadError(f"cannot tell which key of {path.name} holds the {what} (keys: "
-                    f"{', '.join(keys)}); give {flag}")
+                    f"{', '.join(keys)}); give {param}")
 
 
 def _load_npz(path: Path, *, x_key: str | None, y_key: str | None) -> LoadedData:
@@ -136,11 +136,11 @@ def _load_npz(path: Path, *, x_key: str | None, y_key: str | None) -> LoadedData
         raise LoadError(f"could not read {str(path)!r} as .npz: {one_line(exc)}") from None
     with archive:
         keys = list(archive.files)
-        xk = _pick(keys, x_key, IMAGE_KEYS, "images", "--x-key", path)
+        xk = _pick(keys, x_key, IMAGE_KEYS, "images", "x_key=", path)
         if y_key is None and xk.startswith(("x_", "X_")):
             paired = "y_" + xk[2:]
             y_key = paired if paired in keys else None
-        yk = _pick(keys, y_key, LABEL_KEYS, "labels", "--y-key", path)
+        yk = _pick(keys, y_key, LABEL_KEYS, "labels", "y_key=", path)
         declared = {key: _declared_bytes(archive.zip, key, path) for key in {xk, yk}}
         _check_size(sum(declared.values()), path)
         try:
@@ -372,7 +372,7 @@ def _load_image_folder(path: Path, *, image_size: tuple[int, int] | None,
         sizes = {im.size for im in images}
         if len(sizes) > 1:
             raise LoadError(f"the images under {str(path)!r} have {len(sizes)} different sizes; "
-                            "give --input-shape to resize them")
+                            "give image_size= to resize them")
         w, h = sizes.pop()
         image_size = (h, w)
     h, w = (int(v) for v in image_size)

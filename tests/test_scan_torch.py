@@ -228,7 +228,8 @@ class _ViewFlatten(torch.nn.Module):
 
 
 def test_channels_last_is_used_only_where_the_model_accepts_it():
-    from neuralcleanse.backends.torch.classifier import TorchClassifier, _channels_last_helps
+    from neuralcleanse.backends.torch.classifier import TorchClassifier
+    from neuralcleanse.backends.torch.session import channels_last_helps as _channels_last_helps
 
     torch.manual_seed(0)
     x = torch.rand(2, 3, 8, 8)

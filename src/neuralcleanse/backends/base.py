@@ -21,6 +21,11 @@ from neuralcleanse.core.errors import InputError
 
 #: Keeps ``tanh`` away from exactly +-1 so that the inverse stays finite (the authors' epsilon).
 TANH_EPSILON = 1e-7
+#: Adam's ``(beta1, beta2)`` and epsilon in the trigger step (the authors' settings).
+ADAM_BETAS = (0.5, 0.9)
+ADAM_EPSILON = 1e-8
+#: Probabilities are floored here before their log is taken (a model that outputs a hard 0).
+PROBABILITY_FLOOR = 1e-12
 
 Preprocessing = tuple[Any, Any] | Callable[[Any], Any] | None
 
@@ -104,6 +109,35 @@ def keras_input_shape(model: Any, input_index: int = 0) -> tuple[int | None, ...
     return tuple(None if d is None else int(d) for d in list(inputs[input_index].shape)[1:])
 
 
+def checked_input_shape(given: tuple[int, ...] | None, keras_model: Any = None,
+                        input_index: int = 0) -> tuple[int, ...]:
+    """The shape of one input: ``given``, checked against what a Keras model declares.
+
+    Args:
+        given: The shape the caller gave, or None to read it from ``keras_model``.
+        keras_model: A Keras model (on any framework) whose declared input shape ``given``
+            must agree with; None for other models.
+        input_index: Which input of a multi-input Keras model.
+
+    Raises:
+        InputError: If no shape is given and the model declares none, or the given shape
+            contradicts the declared one.
+    """
+    declared = keras_input_shape(keras_model, input_index) if keras_model is not None else None
+    if given is None:
+        if declared is None or any(d is None for d in declared):
+            raise InputError("input_shape is required: the model does not declare the shape "
+                             "of its input")
+        return tuple(int(d) for d in declared)  # type: ignore[arg-type]
+    shape = tuple(int(d) for d in given)
+    if declared is not None and (len(declared) != len(shape) or any(
+            d is not None and d != s for d, s in zip(declared, shape))):
+        raise InputError(f"the input shape {shape} does not match the Keras model's input shape "
+                         f"{declared} ({keras_data_format(keras_model)[0]}): give images in the "
+                         "model's layout")
+    return shape
+
+
 def _keras_layers(model: Any) -> Iterator[Any]:
     """The model's layers in order, nested models' layers in their place."""
     for layer in getattr(model, "layers", None) or ():
@@ -151,7 +185,10 @@ def keras_channels_first(model: Any, given: bool | None) -> bool:
 
 @dataclass
 class StepStats:
-    """What one optimisation step measured for each stacked label (host arrays)."""
+    """What one optimisation step measured for each stacked label (host arrays, one per slot).
+
+    See :class:`TriggerSession` for how each is computed.
+    """
 
     attack_success_rate: np.ndarray
     reg: np.ndarray
@@ -161,7 +198,41 @@ class StepStats:
 class TriggerSession(abc.ABC):
     """Stacked trigger parameters of several labels, optimised together on one model.
 
-    Slots are the positions of the labels in the stack; :meth:`remove` compacts them.
+    Slots are the positions of the labels in the stack; :meth:`remove` compacts them. The math
+    of a step is stated here, once; every backend's session follows it (same inputs, same
+    numbers up to float32 round-off, which the shared conformance tests check).
+
+    **Parameters.** A slot holds its target label ``t`` and unconstrained raw parameters:
+    ``mask_raw`` of shape ``(H, W)`` (one mask for all colour channels) and ``pattern_raw`` of
+    the input shape, kept as one float32 vector ``theta = [mask_raw, pattern_raw]``. With
+    ``eps`` = :data:`TANH_EPSILON` and ``(lo, hi)`` the classifier's ``clip_values``:
+
+    1. *Decode*: ``mask = tanh(mask_raw) / (2 - eps) + 0.5`` (in [0, 1]) and
+       ``pattern = lo + (tanh(pattern_raw) / (2 - eps) + 0.5) * (hi - lo)`` (in [lo, hi]).
+    2. *Stamp* each clean raw image ``x`` of the slot's mini-batch:
+       ``x' = (1 - mask) * x + mask * pattern``, computed as ``x + mask * (pattern - x)``, the
+       ``(H, W)`` mask broadcast over the channel axis as :func:`core.layout.mask_axes` places
+       it. The classifier's preprocessing is applied after stamping, then the model runs in
+       inference mode with its weights frozen.
+    3. *Loss*: ``ce = mean_b(-log p(t | x'_b))`` where ``log p`` is the log-softmax of the
+       outputs, or ``log(max(outputs, PROBABILITY_FLOOR))`` when the model outputs
+       probabilities; ``reg`` is the L1 norm (sum), L2 norm (root of the sum of squares) or
+       L-infinity norm (max) of the ``(H, W)`` mask, as ``config.norm`` says; the slot's loss
+       is ``ce + cost_t * reg``. The gradient of the sum of the slots' losses gives each slot
+       the gradient of its own loss (slots share no parameters).
+    4. *Adam*, per slot, on ``theta`` with ``lr = config.learning_rate``, ``(b1, b2)`` =
+       :data:`ADAM_BETAS` and ``e`` = :data:`ADAM_EPSILON`; each slot has its own moments
+       ``m, v`` and update count ``n`` (all zero when the slot is added), so bias correction is
+       per slot: ``n += 1; m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g**2;
+       theta -= lr / (1 - b1**n) * m / (sqrt(v / (1 - b2**n)) + e)``.
+    5. *Success*: among the mini-batch's images whose true label is not ``t``, those whose
+       stamped version the model (in the forward pass of 3, before the update) classifies as
+       ``t``.
+
+    A :meth:`step` runs ``M`` mini-batches, each one forward/backward pass over all slots and
+    one Adam update, and returns :class:`StepStats` per slot: ``attack_success_rate`` = the
+    step's successes over its images of other labels (0 when there are none), and ``reg`` and
+    ``loss`` averaged over the ``M`` mini-batches (each taken before that mini-batch's update).
     """
 
     @abc.abstractmethod

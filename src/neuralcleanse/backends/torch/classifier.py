@@ -1,4 +1,9 @@
-"""PyTorch backend: any ``torch.nn.Module`` classifier (and Keras 3 models on the torch backend)."""
+"""PyTorch backend: any ``torch.nn.Module`` classifier (and Keras 3 models on the torch backend).
+
+The classifier itself: prediction, the model's facts, layers and activations, pruning (through
+:mod:`.pruning`), copying, fine-tuning and saving. The trigger search runs in :mod:`.session`,
+the ART gradient surface in :mod:`.differentiable`.
+"""
 
 from __future__ import annotations
 
@@ -12,26 +17,21 @@ import numpy as np
 import torch
 
 from neuralcleanse.backends.base import (
-    TANH_EPSILON,
+    PROBABILITY_FLOOR,
     Classifier,
     Preprocessing,
-    StepStats,
     TriggerSession,
+    checked_input_shape,
     keras_channels_first,
-    keras_data_format,
-    keras_input_shape,
     keras_module,
     keras_output_kind,
-    rows_are_probabilities,
 )
 from neuralcleanse.backends.differentiable import preprocessing_description, split_preprocessing
-from neuralcleanse.core.checks import check_clip_values
+from neuralcleanse.backends.torch.pruning import pruned_state_dict, pruning_hooks, set_pruned
+from neuralcleanse.backends.torch.session import TorchTriggerSession
+from neuralcleanse.core.checks import check_clip_values, rows_are_probabilities
 from neuralcleanse.core.config import ScanConfig
 from neuralcleanse.core.errors import InputError, InputTypeError
-from neuralcleanse.core.layout import mask_axes
-
-ADAM_BETAS = (0.5, 0.9)
-ADAM_EPSILON = 1e-8
 
 
 def _as_tensor_preprocessing(preprocessing: Preprocessing, device: torch.device,
@@ -86,7 +86,8 @@ class TorchClassifier(Classifier):
         self.model = model
         #: The Keras package when ``model`` is a Keras 3 model on the torch backend, else None.
         self.keras = keras_module(model)
-        self.input_shape = self._resolve_input_shape(input_shape)
+        self.input_shape = checked_input_shape(input_shape,
+                                               model if self.keras is not None else None)
         if len(self.input_shape) not in (2, 3):
             raise InputError(f"input_shape must be (C, H, W), (H, W, C) or (H, W); got "
                              f"{self.input_shape}")
@@ -114,22 +115,6 @@ class TorchClassifier(Classifier):
         self.nb_classes = int(nb_classes) if nb_classes else self._count_outputs()
         if output is None and self.keras is not None:
             self.output = keras_output_kind(model) or self._probe_output_kind()
-
-    def _resolve_input_shape(self, given: tuple[int, ...] | None) -> tuple[int, ...]:
-        """``given``, checked against what a Keras model declares, or the declared shape."""
-        declared = keras_input_shape(self.model) if self.keras is not None else None
-        if given is None:
-            if declared is None or any(d is None for d in declared):
-                raise InputError("input_shape is required: the model does not declare the shape "
-                                 "of its input")
-            return tuple(int(d) for d in declared)  # type: ignore[arg-type]
-        shape = tuple(int(d) for d in given)
-        if declared is not None and (len(declared) != len(shape) or any(
-                d is not None and d != s for d, s in zip(declared, shape))):
-            raise InputError(f"inputs of shape {shape} do not match the Keras model's input "
-                             f"shape {declared} ({keras_data_format(self.model)[0]}): give images "
-                             "in the model's layout")
-        return shape
 
     def _probe_output_kind(self) -> str:
         """Probabilities when a probe batch's outputs are probability rows, else logits."""
@@ -279,31 +264,14 @@ class TorchClassifier(Classifier):
             handle.remove()
         return torch.cat(captured).numpy() if captured else np.zeros((0, 0), np.float32)
 
-    def _pruning_hooks(self) -> dict[str, _NeuronMask]:
-        found = {}
-        for name, module in self.model.named_modules():
-            for hook in [*module._forward_pre_hooks.values(), *module._forward_hooks.values()]:
-                if isinstance(hook, _NeuronMask):
-                    found[name] = hook
-        return found
-
     def set_pruned_neurons(self, layer: str | int | None, neurons: np.ndarray) -> None:
         """Zero some neurons of a layer through a hook; the weights stay as they are."""
         name, side = self.resolve_layer(layer)
-        hooks = self._pruning_hooks()
-        hook = hooks.get(name)
-        if hook is None:
-            module = dict(self.model.named_modules())[name]
-            hook = _NeuronMask(side)
-            if side == "input":
-                module.register_forward_pre_hook(hook)
-            else:
-                module.register_forward_hook(hook)
-        hook.pruned = np.asarray(neurons, dtype=np.int64).ravel().copy()
+        set_pruned(self.model, name, side, neurons)
 
     def pruned_neurons(self) -> dict[str, np.ndarray]:
         """The pruned neurons of every layer that has some, by module name."""
-        return {name: h.pruned for name, h in self._pruning_hooks().items() if h.pruned.size}
+        return {name: h.pruned for name, h in pruning_hooks(self.model).items() if h.pruned.size}
 
     def copy(self) -> TorchClassifier:
         """An independent copy of the model (pruning hooks included) with the same settings."""
@@ -330,7 +298,8 @@ class TorchClassifier(Classifier):
                 for start in range(0, len(xs), batch_size):
                     idx = order[start:start + batch_size]
                     out = self.forward(xs[idx].to(self.device))
-                    log_p = (out.clamp_min(1e-12).log() if self.output == "probabilities"
+                    log_p = (out.clamp_min(PROBABILITY_FLOOR).log()
+                             if self.output == "probabilities"
                              else torch.log_softmax(out, dim=1))
                     loss = torch.nn.functional.nll_loss(log_p, ys[idx].to(self.device))
                     optimiser.zero_grad(set_to_none=True)
@@ -355,23 +324,7 @@ class TorchClassifier(Classifier):
             keras_out.parent.mkdir(parents=True, exist_ok=True)
             self.model.save(str(keras_out))
             return str(keras_out)
-        state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        modules = dict(self.model.named_modules())
-        for name, hook in self._pruning_hooks().items():
-            if not hook.pruned.size:
-                continue
-            idx = torch.as_tensor(hook.pruned)
-            prefix = f"{name}." if name else ""
-            weight = state.get(f"{prefix}weight")
-            if weight is None:
-                raise InputError(f"cannot write the pruning of layer {name!r} into weights: "
-                                 f"{type(modules[name]).__name__} has no weight")
-            if hook.side == "input":
-                weight[:, idx] = 0
-            else:
-                weight[idx] = 0
-                if f"{prefix}bias" in state:
-                    state[f"{prefix}bias"][idx] = 0
+        state = pruned_state_dict(self.model)
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
         torch.save(state, out)
@@ -382,171 +335,7 @@ class TorchClassifier(Classifier):
                         ) -> Iterator[TriggerSession]:
         """Open a stacked trigger search over ``x, y`` with the model frozen."""
         with self.frozen():
-            yield _TorchTriggerSession(self, x, y, config)
-
-
-class _NeuronMask:
-    """Forward (pre-)hook that zeroes chosen neurons along the channel axis (axis 1)."""
-
-    def __init__(self, side: str) -> None:
-        self.side = side
-        self.pruned = np.zeros(0, dtype=np.int64)
-
-    def _apply(self, t: torch.Tensor) -> torch.Tensor:
-        if not self.pruned.size:
-            return t
-        keep = torch.ones(t.shape[1], device=t.device, dtype=t.dtype)
-        keep[torch.as_tensor(self.pruned, device=t.device)] = 0
-        return t * keep.view(1, -1, *([1] * (t.ndim - 2)))
-
-    def __call__(self, _module: torch.nn.Module, *args: Any) -> Any:
-        if self.side == "input":
-            (inputs,) = args
-            return (self._apply(inputs[0]), *inputs[1:])
-        return self._apply(args[1])
-
-
-class _TorchTriggerSession(TriggerSession):
-    """Trigger parameters of a stack of labels as one ``(labels, P)`` tensor with Adam state."""
-
-    def __init__(self, clf: TorchClassifier, x: np.ndarray, y: np.ndarray,
-                 config: ScanConfig) -> None:
-        self.clf = clf
-        dev = clf.device
-        self.x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev)
-        self.y = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(dev)
-        self.shape = clf.input_shape
-        self.hw = clf.image_shape
-        self.n_mask = self.hw[0] * self.hw[1]
-        self.n_params = self.n_mask + int(np.prod(self.shape))
-        self.lr = config.learning_rate
-        self.norm = config.norm
-        self.lo, self.hi = clf.clip_values
-        # (labels, H*W) masks against (labels, batch, *input_shape) images
-        self._mask_view = (-1, 1, *mask_axes(tuple(self.shape), clf.channels_first))
-        self.theta = torch.zeros((0, self.n_params), device=dev)
-        self.m = torch.zeros_like(self.theta)
-        self.v = torch.zeros_like(self.theta)
-        self.t = torch.zeros(0, device=dev)
-        self.targets = torch.zeros(0, dtype=torch.int64, device=dev)
-        self.channels_last = _channels_last_helps(clf, self.x[:2])
-
-    @property
-    def size(self) -> int:
-        return int(self.theta.shape[0])
-
-    def add(self, targets: np.ndarray, mask_raw: np.ndarray, pattern_raw: np.ndarray) -> None:
-        k = len(targets)
-        new = np.concatenate([mask_raw.reshape(k, -1), pattern_raw.reshape(k, -1)], axis=1)
-        dev = self.clf.device
-        new_t = torch.from_numpy(new.astype(np.float32)).to(dev)
-        self.theta = torch.cat([self.theta, new_t])
-        self.m = torch.cat([self.m, torch.zeros_like(new_t)])
-        self.v = torch.cat([self.v, torch.zeros_like(new_t)])
-        self.t = torch.cat([self.t, torch.zeros(k, device=dev)])
-        self.targets = torch.cat([self.targets,
-                                  torch.as_tensor(np.asarray(targets), dtype=torch.int64,
-                                                  device=dev)])
-
-    def remove(self, slots: np.ndarray) -> None:
-        keep = np.setdiff1d(np.arange(self.size), np.asarray(slots))
-        index = torch.as_tensor(keep, dtype=torch.int64, device=self.clf.device)
-        for name in ("theta", "m", "v", "t", "targets"):
-            setattr(self, name, getattr(self, name).index_select(0, index))
-
-    def _decode(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        scale = 1.0 / (2.0 - TANH_EPSILON)
-        mask = torch.tanh(theta[:, :self.n_mask]) * scale + 0.5
-        pattern = torch.tanh(theta[:, self.n_mask:]) * scale + 0.5
-        pattern = self.lo + pattern * (self.hi - self.lo)
-        return mask.view(-1, *self.hw), pattern.view(-1, *self.shape)
-
-    def _reg(self, mask: torch.Tensor) -> torch.Tensor:
-        if self.norm == 1:
-            return mask.sum(dim=(1, 2))
-        if self.norm == 2:
-            return mask.square().sum(dim=(1, 2)).sqrt()
-        return mask.amax(dim=(1, 2))
-
-    def step(self, batch_indices: np.ndarray, costs: np.ndarray) -> StepStats:
-        clf = self.clf
-        dev = clf.device
-        n_mb, n_labels, batch = batch_indices.shape
-        index = torch.from_numpy(batch_indices.reshape(n_mb, n_labels * batch)).to(dev)
-        cost = torch.as_tensor(costs, dtype=torch.float32, device=dev)
-        targets = self.targets.view(n_labels, 1)
-        gather_t = self.targets.view(n_labels, 1, 1).expand(n_labels, batch, 1)
-        hits = torch.zeros(n_labels, device=dev)
-        counted = torch.zeros(n_labels, device=dev)
-        reg_sum = torch.zeros(n_labels, device=dev)
-        loss_sum = torch.zeros(n_labels, device=dev)
-        beta1, beta2 = ADAM_BETAS
-        probabilities = clf.output == "probabilities"
-        for j in range(n_mb):
-            flat = index[j]
-            xb = self.x.index_select(0, flat).view(n_labels, batch, *self.shape)
-            yb = self.y.index_select(0, flat).view(n_labels, batch)
-            theta = self.theta.detach().requires_grad_(True)
-            mask, pattern = self._decode(theta)
-            stamped = xb + mask.view(self._mask_view) * (pattern.unsqueeze(1) - xb)
-            stamped = stamped.view(n_labels * batch, *self.shape)
-            if self.channels_last:
-                stamped = stamped.contiguous(memory_format=torch.channels_last)
-            out = clf.forward(stamped).view(n_labels, batch, -1)
-            if probabilities:
-                log_p = out.clamp_min(1e-12).log()
-            else:
-                log_p = torch.log_softmax(out, dim=-1)
-            ce = -log_p.gather(2, gather_t).squeeze(2).mean(dim=1)
-            reg = self._reg(mask)
-            per_label = ce + cost * reg
-            (grad,) = torch.autograd.grad(per_label.sum(), theta)
-            with torch.no_grad():
-                self.t += 1
-                self.m.mul_(beta1).add_(grad, alpha=1 - beta1)
-                self.v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                bias1 = (1 - beta1 ** self.t).unsqueeze(1)
-                bias2 = (1 - beta2 ** self.t).unsqueeze(1)
-                denom = (self.v / bias2).sqrt_().add_(ADAM_EPSILON)
-                self.theta = self.theta - (self.lr / bias1) * self.m / denom
-                other = yb != targets
-                hit = (out.argmax(dim=2) == targets) & other
-                hits += hit.sum(dim=1)
-                counted += other.sum(dim=1)
-                reg_sum += reg
-                loss_sum += per_label
-        summary = torch.stack([hits / counted.clamp_min(1), reg_sum / n_mb, loss_sum / n_mb])
-        host = summary.cpu().numpy().astype(np.float64)
-        return StepStats(attack_success_rate=host[0], reg=host[1], loss=host[2])
-
-    def triggers(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        index = torch.as_tensor(np.asarray(slots), dtype=torch.int64, device=self.clf.device)
-        with torch.no_grad():
-            mask, pattern = self._decode(self.theta.index_select(0, index))
-        return mask.cpu().numpy(), pattern.cpu().numpy()
-
-
-def _channels_last_helps(clf: TorchClassifier, sample: torch.Tensor) -> bool:
-    """Whether to feed the trigger search channels-last images (CPU, NCHW models only).
-
-    oneDNN's CPU convolutions were faster on channels-last inputs in our measurements (a forward
-    and backward pass of the GTSRB benchmark network took 20-35 % less time). The switch is only
-    made where the model accepts such inputs and gives the same outputs on a two-image probe: a
-    model that reshapes with ``view`` or otherwise depends on the memory layout keeps the
-    default.
-    """
-    if clf.device.type != "cpu" or len(clf.input_shape) != 3 or not clf.channels_first \
-            or not any(isinstance(m, torch.nn.Conv2d) for m in clf.model.modules()):
-        return False
-    try:
-        with torch.no_grad():
-            plain = clf.forward(sample)
-            other = clf.forward(sample.contiguous(memory_format=torch.channels_last))
-    except Exception:  # noqa: BLE001 - any failure means "keep the default layout"
-        return False
-    return bool(plain.shape == other.shape
-                and torch.allclose(plain, other, rtol=1e-4, atol=1e-5 * float(
-                    plain.abs().max().clamp_min(1.0))))
+            yield TorchTriggerSession(self, x, y, config)
 
 
 def is_torch_module(model: Any) -> bool:

@@ -27,6 +27,7 @@ from neuralcleanse.core.config import ScanConfig
 from neuralcleanse.core.errors import InputError
 from neuralcleanse.core.results import LabelResult, ScanResult
 from neuralcleanse.frontends import cli
+from neuralcleanse.frontends.cli import options as cli_options
 from neuralcleanse.io.report import write_report
 
 PROPERTY = settings(deadline=None, database=None,
@@ -209,7 +210,7 @@ def test_config_files_are_read_exactly_or_refused(table: dict[str, Any], toml: b
         written = table
         path.write_text(json.dumps({"scan": table} if nested else table), encoding="utf-8")
     try:
-        read = cli.read_config_file(path)
+        read = cli_options.read_config_file(path)
     except Exception as exc:  # noqa: BLE001
         refused(exc)
         return
@@ -228,7 +229,7 @@ def test_config_files_are_read_exactly_or_refused(table: dict[str, Any], toml: b
         if not toml:
             assert not (isinstance(value, float) and not math.isfinite(value))
     try:
-        cfg = cli.build_config(cli.Preset.paper, path, {})
+        cfg = cli_options.build_config(cli_options.Preset.paper, path, {})
     except Exception as exc:  # noqa: BLE001
         refused(exc)
         assert not all(expected_ok(k, v) for k, v in read.items())
@@ -248,7 +249,7 @@ def test_random_config_text_is_read_or_refused(text: str, toml: bool, tmp_path: 
     path = tmp_path / ("c.toml" if toml else "c.json")
     path.write_bytes(text.encode("utf-8", "surrogatepass"))
     try:
-        read = cli.read_config_file(path)
+        read = cli_options.read_config_file(path)
     except Exception as exc:  # noqa: BLE001
         refused(exc)
         return
@@ -257,7 +258,8 @@ def test_random_config_text_is_read_or_refused(text: str, toml: bool, tmp_path: 
 
 # -- small parsers -----------------------------------------------------------------------------
 LABEL = st.one_of(st.integers(0, 30), st.integers(0, 30), st.integers(0, 30),
-                  st.integers(-5, 5), st.sampled_from([cli.MAX_LABEL, cli.MAX_LABEL + 1,
+                  st.integers(-5, 5), st.sampled_from([cli_options.MAX_LABEL,
+                                                       cli_options.MAX_LABEL + 1,
                                                        10**12, 10**30]))
 
 
@@ -278,10 +280,10 @@ def test_int_list_matches_the_ranges_written(parts: list[tuple[int, int | None]]
     text = (", " if spaces else ",").join(f"{lo}" if hi is None else f"{lo}-{hi}"
                                           for lo, hi in parts)
     valid = bool(parts) and all(
-        lo >= 0 and (hi is None or hi >= lo) and max(lo, hi or 0) <= cli.MAX_LABEL
+        lo >= 0 and (hi is None or hi >= lo) and max(lo, hi or 0) <= cli_options.MAX_LABEL
         for lo, hi in parts)
     try:
-        got = cli._int_list(text, "--labels")
+        got = cli_options.parse_int_list(text, "--labels")
     except Exception as exc:  # noqa: BLE001
         refused(exc, "--labels")
         assert not valid, text
@@ -298,12 +300,12 @@ def test_int_list_matches_the_ranges_written(parts: list[tuple[int, int | None]]
 @given(text=st.text(alphabet="0123456789-, x\t+_٣", max_size=20) | st.text(max_size=10))
 def test_int_list_of_any_text(text: str) -> None:
     try:
-        got = cli._int_list(text, "--labels")
+        got = cli_options.parse_int_list(text, "--labels")
     except Exception as exc:  # noqa: BLE001
         refused(exc, "--labels")
         return
     assert got and got == sorted(set(got))
-    assert all(type(t) is int and 0 <= t <= cli.MAX_LABEL for t in got)
+    assert all(type(t) is int and 0 <= t <= cli_options.MAX_LABEL for t in got)
 
 
 @settings(PROPERTY, max_examples=EXAMPLES["numbers"])
@@ -314,7 +316,7 @@ def test_numbers_are_parsed_exactly_or_refused(values: list[float], count: int |
                                                junk: str | None) -> None:
     text = ",".join(repr(float(v)) for v in values) + (junk or "")
     try:
-        got = cli._numbers(text, "--clip-values", count)
+        got = cli_options.parse_numbers(text, "--clip-values", count)
     except Exception as exc:  # noqa: BLE001
         refused(exc, "--clip-values")
         if junk is None:
@@ -343,7 +345,7 @@ def test_input_shape_is_parsed_exactly_or_refused(dims: list[int], sep: str,
     valid = len(dims) in (2, 3) and min(dims) >= 1 and max(dims) <= 65_536 \
         and math.prod(dims) <= 2**26
     try:
-        got = cli._shape(text)
+        got = cli_options.parse_shape(text)
     except Exception as exc:  # noqa: BLE001
         refused(exc, "--input-shape")
         assert not valid, text

@@ -18,6 +18,8 @@ import torch
 
 from neuralcleanse.backends.torch.architectures import small_cnn
 from neuralcleanse.frontends import api, cli
+from neuralcleanse.frontends.cli import cmd_mitigate, cmd_scan
+from neuralcleanse.frontends.cli import inputs as cli_inputs
 
 ARCH = ["--arch", "neuralcleanse.backends.torch.architectures:small_cnn", "--arch-kwargs",
         '{"image_size": 8, "width": 4}']
@@ -253,8 +255,9 @@ def no_loading(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
         calls.append(args)
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(cli, "load_inputs", record)
-    monkeypatch.setattr(cli, "load_model", record)
+    monkeypatch.setattr(cmd_scan, "load_inputs", record)
+    monkeypatch.setattr(cmd_mitigate, "load_inputs", record)
+    monkeypatch.setattr(cli_inputs, "load_model", record)
     return calls
 
 
@@ -365,7 +368,7 @@ def test_bad_scan_settings_exit_2_before_loading(files: dict[str, Path], tmp_pat
                                                  extra: list[str], expected: str,
                                                  capsys: pytest.CaptureFixture[str],
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(cli_inputs, "load_model", lambda *a, **k: pytest.fail("model loaded"))
     code = cli.run(["scan", str(files["model"]), "--data", str(files["data"]), "--out",
                     str(tmp_path / "out"), *ARCH, *extra])
     assert code == cli.EXIT_USAGE

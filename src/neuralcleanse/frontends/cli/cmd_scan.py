@@ -1,0 +1,296 @@
+"""``neuralcleanse scan``: search every label's smallest trigger, write the reports, exit 0/1.
+
+Finished labels are saved one by one in ``OUT/partial`` (the resume store,
+:mod:`neuralcleanse.io.resume`) so that ``--resume`` continues an interrupted scan.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.console import Console
+
+from neuralcleanse.core.config import FAST_PRESET, MAX_SEED, ScanConfig
+from neuralcleanse.core.errors import InputError
+from neuralcleanse.core.results import LabelResult, ScanResult
+from neuralcleanse.frontends.cli.folders import (
+    PARTIAL_DIR,
+    SCAN_OUTPUTS,
+    prepare_folder,
+    remove_if_empty,
+)
+from neuralcleanse.frontends.cli.inputs import Inputs, load_inputs
+from neuralcleanse.frontends.cli.messages import (
+    EXIT_CLEAN,
+    EXIT_FLAGGED,
+    CliError,
+    Interrupted,
+    say,
+)
+from neuralcleanse.frontends.cli.options import (
+    OUT_PANEL,
+    SEARCH_PANEL,
+    UNSET,
+    ArchKwargsOpt,
+    ArchOpt,
+    ChannelsOpt,
+    ClipOpt,
+    DataLayout,
+    DataOpt,
+    DeviceOpt,
+    DivideOpt,
+    InputShapeOpt,
+    LayoutOpt,
+    MaxSamplesOpt,
+    ModelArg,
+    OutputKind,
+    OutputOpt,
+    Preset,
+    SubtractOpt,
+    TrustPickleOpt,
+    XKeyOpt,
+    YKeyOpt,
+    build_config,
+    parse_auto_int,
+    parse_int_list,
+)
+from neuralcleanse.io.data_files import fingerprint
+from neuralcleanse.io.resume import PartialStore
+
+DEFAULT_OUT = "neuralcleanse-report"
+#: Most ``--restarts``.
+MAX_RESTARTS = 1000
+#: The defaults the help shows are the library's.
+_D = ScanConfig()
+
+
+def scan(
+    model: ModelArg,
+    data: DataOpt,
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", rich_help_panel=OUT_PANEL,
+        help="Folder for report.json, report.html, the trigger images (triggers/) and the "
+             "finished labels of a running scan (partial/); created if needed and checked "
+             "before the scan starts. Those names are replaced; nothing else in the folder is "
+             "touched.")] = Path(DEFAULT_OUT),
+    resume: Annotated[bool, typer.Option(
+        "--resume", rich_help_panel=OUT_PANEL,
+        help="Continue an interrupted scan from the labels saved in OUT/partial. Without it, "
+             "the label files an earlier scan left there are removed (other files stay).")
+    ] = False,
+    labels: Annotated[str | None, typer.Option(
+        "--labels", metavar="LIST", rich_help_panel=OUT_PANEL,
+        help="Scan only these labels, e.g. 0,3,5-7 (default: all).")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", metavar="FILE", rich_help_panel=SEARCH_PANEL,
+        help="JSON or TOML file of search settings (ScanConfig field names); flags given on "
+             "the command line win.")] = None,
+    preset: Annotated[Preset, typer.Option(
+        "--preset", rich_help_panel=SEARCH_PANEL, case_sensitive=False,
+        help=f"Defaults to start from: the paper's; 'fast' ({FAST_PRESET['mini_batches']} "
+             "mini-batches per step, early-stop patience "
+             f"{FAST_PRESET['early_stop_patience']}: 3.5-9.5x fewer images, a quick first pass "
+             "whose flags should be confirmed with the paper's settings); or ART's "
+             "KerasNeuralCleanse.")
+    ] = Preset.paper,
+    steps: Annotated[int | None, typer.Option(
+        "--steps", rich_help_panel=SEARCH_PANEL,
+        help=f"Maximum optimisation steps per label (default {_D.steps}).")] = None,
+    mini_batches: Annotated[str | None, typer.Option(
+        "--mini-batches", metavar="N|all", rich_help_panel=SEARCH_PANEL,
+        help="Mini-batches per step; 'all' = one pass over the data (default "
+             f"{_D.mini_batches}).")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        "--batch-size", rich_help_panel=SEARCH_PANEL,
+        help=f"Images per mini-batch (default {_D.batch_size}).")] = None,
+    learning_rate: Annotated[float | None, typer.Option(
+        "--learning-rate", rich_help_panel=SEARCH_PANEL,
+        help=f"Adam learning rate (default {_D.learning_rate:g}).")] = None,
+    init_cost: Annotated[float | None, typer.Option(
+        "--init-cost", rich_help_panel=SEARCH_PANEL,
+        help=f"Norm cost once it is switched on (default {_D.init_cost:g}).")] = None,
+    norm: Annotated[str | None, typer.Option(
+        "--norm", metavar="1|2|inf", rich_help_panel=SEARCH_PANEL,
+        help=f"Norm of the mask that is penalised (default {_D.to_dict()['norm']}).")] = None,
+    attack_success_threshold: Annotated[float | None, typer.Option(
+        "--attack-success-threshold", rich_help_panel=SEARCH_PANEL,
+        help="Attack success rate a trigger must reach (default "
+             f"{_D.attack_success_threshold:g}).")] = None,
+    patience: Annotated[int | None, typer.Option(
+        "--patience", rich_help_panel=SEARCH_PANEL,
+        help=f"Steps in a row before the cost changes (default {_D.patience}).")] = None,
+    cost_multiplier: Annotated[float | None, typer.Option(
+        "--cost-multiplier", rich_help_panel=SEARCH_PANEL,
+        help="Cost up: times m; down: divided by m**1.5 (default "
+             f"{_D.cost_multiplier:g}).")] = None,
+    early_stop: Annotated[bool | None, typer.Option(
+        "--early-stop/--no-early-stop", rich_help_panel=SEARCH_PANEL, show_default=False,
+        help="Let a label stop before --steps (default "
+             f"{'on' if _D.early_stop else 'off'}).")] = None,
+    early_stop_threshold: Annotated[float | None, typer.Option(
+        "--early-stop-threshold", rich_help_panel=SEARCH_PANEL,
+        help="Best norm >= this x previous best counts as no improvement (default "
+             f"{_D.early_stop_threshold:g}).")] = None,
+    early_stop_patience: Annotated[int | None, typer.Option(
+        "--early-stop-patience", rich_help_panel=SEARCH_PANEL,
+        help="Steps without improvement before a label stops (default "
+             f"{_D.early_stop_patience}).")] = None,
+    anomaly_threshold: Annotated[float | None, typer.Option(
+        "--anomaly-threshold", rich_help_panel=SEARCH_PANEL,
+        help="Flag labels whose anomaly index exceeds this (default "
+             f"{_D.anomaly_threshold:g}).")] = None,
+    seed: Annotated[int | None, typer.Option(
+        "--seed", rich_help_panel=SEARCH_PANEL,
+        help="Seed of the trigger initialisation, mini-batches and --max-samples "
+             f"(default {_D.seed}).")] = None,
+    label_batch: Annotated[str | None, typer.Option(
+        "--label-batch", metavar="N|auto", rich_help_panel=SEARCH_PANEL,
+        help="Labels optimised together; 1 = one label at a time; auto = as many as "
+             "--memory-budget-mb allows (default auto).")] = None,
+    memory_budget_mb: Annotated[float | None, typer.Option(
+        "--memory-budget-mb", rich_help_panel=SEARCH_PANEL,
+        help=f"Memory the stacked labels may use (default {_D.memory_budget_mb:g}).")] = None,
+    progress: Annotated[bool | None, typer.Option(
+        "--progress/--no-progress", rich_help_panel=SEARCH_PANEL, show_default=False,
+        help="Live progress (labels done, active, step, ETA) (default on in a terminal).")] = None,
+    restarts: Annotated[int, typer.Option(
+        "--restarts", min=1, max=MAX_RESTARTS, rich_help_panel=SEARCH_PANEL,
+        help="Run the search with this many seeds (--seed, --seed+1, ...); norms are medians "
+             "and the report says in how many runs each label was flagged.")] = 1,
+    arch: ArchOpt = None,
+    arch_kwargs: ArchKwargsOpt = None,
+    trust_pickle: TrustPickleOpt = False,
+    input_shape: InputShapeOpt = None,
+    channels_first: ChannelsOpt = None,
+    clip_values: ClipOpt = None,
+    subtract: SubtractOpt = None,
+    divide: DivideOpt = None,
+    output: OutputOpt = OutputKind.auto,
+    device: DeviceOpt = None,
+    x_key: XKeyOpt = None,
+    y_key: YKeyOpt = None,
+    max_samples: MaxSamplesOpt = None,
+    data_layout: LayoutOpt = DataLayout.auto,
+) -> None:
+    """Scan MODEL for backdoors on clean labelled images; write the JSON and HTML reports.
+
+    Exit code 0 when no label is flagged, 1 when a backdoor is flagged, 2 on usage or input
+    errors, 130 when interrupted (a partial report is written; --resume continues).
+    """
+    flags: dict[str, Any] = dict(
+        steps=steps, batch_size=batch_size, learning_rate=learning_rate, init_cost=init_cost,
+        attack_success_threshold=attack_success_threshold, patience=patience,
+        cost_multiplier=cost_multiplier, early_stop=early_stop,
+        early_stop_threshold=early_stop_threshold, early_stop_patience=early_stop_patience,
+        anomaly_threshold=anomaly_threshold, seed=seed, memory_budget_mb=memory_budget_mb,
+        progress=progress, norm=norm)
+    flags = {k: (UNSET if v is None else v) for k, v in flags.items()}
+    flags["mini_batches"] = parse_auto_int(mini_batches, "--mini-batches", "all")
+    flags["label_batch"] = parse_auto_int(label_batch, "--label-batch", "auto")
+    cfg = build_config(preset, config, flags)
+    wanted = parse_int_list(labels, "--labels") if labels is not None else None
+    if restarts > 1 and resume:
+        raise CliError("--resume works only for a single run; drop --restarts or --resume")
+    if cfg.seed + restarts - 1 > MAX_SEED:  # the library's rule, checked before loading
+        raise CliError(f"--restarts {restarts} from seed {cfg.seed} needs seeds up to "
+                       f"{cfg.seed + restarts - 1}, but seeds go up to {MAX_SEED}")
+
+    created = prepare_folder(out, "--out", SCAN_OUTPUTS)  # before any work, even loading
+    try:
+        inputs = load_inputs(model, data, arch=arch, arch_kwargs=arch_kwargs,
+                             trust_pickle=trust_pickle, input_shape=input_shape,
+                             channels_first=channels_first, clip_values=clip_values,
+                             subtract=subtract, divide=divide, output=output, device=device,
+                             x_key=x_key, y_key=y_key, max_samples=max_samples,
+                             data_layout=data_layout, seed=cfg.seed)
+        result = run_scan(inputs, cfg, out, resume=resume, labels=wanted, restarts=restarts)
+    except BaseException:
+        remove_if_empty(created)  # only folders this run made, and only while still empty
+        raise
+    raise typer.Exit(EXIT_FLAGGED if result.flagged_labels else EXIT_CLEAN)
+
+
+def run_scan(inputs: Inputs, cfg: ScanConfig, out: Path, *, resume: bool = False,
+             labels: list[int] | None = None, console: Console | None = None,
+             restarts: int = 1) -> ScanResult:
+    """Scan with label-by-label saving, write the reports and print the summary.
+
+    Labels are saved as they finish (for ``--resume``) only when ``restarts`` is 1.
+
+    Raises:
+        Interrupted: On ``KeyboardInterrupt``, after writing a partial report.
+    """
+    from neuralcleanse.frontends import api
+    from neuralcleanse.io.report import summary_table, write_report
+
+    console = console or Console()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # prepare warns again below, in scan(), if needed
+        clf, images, targets = api.prepare(inputs.model.model, inputs.x, inputs.y,
+                                           **inputs.wrap_options())
+    assert targets is not None
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in ("progress",
+                                                                    "anomaly_threshold")}
+    key = fingerprint(inputs.model.path, images, targets, settings,
+                      {k: _jsonable(v) for k, v in inputs.wrap_options().items()
+                       if k != "device"})
+    store = PartialStore(out / PARTIAL_DIR, key)
+    if restarts == 1:
+        wanted = labels if labels is not None else list(range(clf.nb_classes))
+        in_the_way = store.foreign([t for t in wanted if 0 <= t < clf.nb_classes])
+        if in_the_way:
+            raise CliError(f"{in_the_way[0]} was not written by neuralcleanse, but the scan "
+                           f"saves its finished labels under these names in {store.folder}: "
+                           "move the file(s) away or choose another --out")
+    done: list[LabelResult] = []
+    if resume:
+        try:
+            done = store.load()
+        except InputError as exc:
+            raise CliError(f"{exc}; drop --resume to start over") from None
+        if done:
+            say(console, f"resuming: {len(done)} label(s) already done in {store.folder}")
+    else:
+        store.clear()
+    model_info = inputs.model_info(clf.describe())
+    data_info = {"n_images": int(len(images)),
+                 "class_counts": np.bincount(targets, minlength=clf.nb_classes).tolist(),
+                 **inputs.data.info}
+    try:
+        result = api.scan(clf, images, targets, config=cfg, labels=labels,
+                          on_label_done=store.save if restarts == 1 else None, done=done,
+                          restarts=restarts)
+    except KeyboardInterrupt:
+        finished = store.load()
+        partial = ScanResult.from_labels(
+            finished, nb_classes=clf.nb_classes, anomaly_threshold=cfg.anomaly_threshold,
+            config=cfg.to_dict(), model_info=model_info, data_info=data_info,
+            versions=api.versions(), partial=True)
+        paths = write_report(partial, out)
+        total = len(labels) if labels is not None else clf.nb_classes
+        raise Interrupted(f"interrupted: {len(finished)} of {total} labels done; partial "
+                          f"report in {paths.html}; rerun with --resume to continue") from None
+    result.model_info = model_info
+    result.data_info = data_info
+    result.partial = False
+    paths = write_report(result, out)
+    store.clear()
+    console.print(summary_table(result))
+    say(console, f"median norm {result.median_norm:.3f}, MAD {result.mad:.3f}, "
+                 f"wall time {result.wall_seconds:.1f} s")
+    style = "bold red" if result.flagged_labels else "bold green"
+    say(console, result.summary(), style=style)
+    say(console, f"report: {paths.html}  (JSON: {paths.json})")
+    return result
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    return value

@@ -64,6 +64,24 @@ class DifferentiableClassifier(Classifier):
                              name: str = "default") -> np.ndarray:
         """Gradient of ``nn_function`` with respect to its first input, at ``input_values``."""
 
+    def adopt_state(self, previous: DifferentiableClassifier) -> None:
+        """Take over the model state ``previous``, an earlier wrapper, keeps outside the model.
+
+        An estimator builds a new wrapper of the same model when one of its settings changes
+        (``clip_values``, ``preprocessing``, ...). What a wrapper keeps beside the model's own
+        weights belongs to the model, not to the settings, and must carry over: the record of
+        pruned neurons (the weights kept aside, so that pruning can be undone and is applied
+        again after each training step) and the optimiser that trains the model (with its
+        moments). Nothing carries over between wrappers of different models.
+
+        This default keeps nothing outside the model, as for PyTorch, where pruning lives in
+        hooks on the model and the optimiser is the user's; a backend that keeps such state
+        overrides it.
+
+        Args:
+            previous: The wrapper this one replaces.
+        """
+
 
 def split_preprocessing(preprocessing: Preprocessing, input_shape: tuple[int, ...]
                         ) -> tuple[np.ndarray, np.ndarray] | Any:

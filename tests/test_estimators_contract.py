@@ -18,7 +18,8 @@ pytest.importorskip("tensorflow")
 torch = pytest.importorskip("torch")
 
 import estimator_models as em  # noqa: E402
-from neuralcleanse import KerasNeuralCleanse, PyTorchNeuralCleanse  # noqa: E402
+from neuralcleanse import KerasNeuralCleanse, PyTorchNeuralCleanse, ScanConfig  # noqa: E402
+from neuralcleanse.core.errors import InputError  # noqa: E402
 from neuralcleanse.frontends.art import DATA_PATH_ENV  # noqa: E402
 
 #: Search settings of the outlier tests: short, L1 like the paper, quick early stop.
@@ -213,6 +214,97 @@ def test_constructor_rejects_bad_search_settings(case):
         case.estimator(batch_size=0)
     with pytest.raises(TypeError, match="preprocessing_defences"):
         case.estimator(preprocessing_defences=[42])
+
+
+def estimator_class(case):
+    return KerasNeuralCleanse if case.framework == "keras" else PyTorchNeuralCleanse
+
+
+def test_params_are_exactly_the_constructor_arguments(case):
+    est = case.estimator()
+    names = [n for n in inspect.signature(estimator_class(case).__init__).parameters
+             if n != "self"]
+    assert list(est.get_params()) == names
+    assert sorted(type(est.parameters).names()) == sorted(names)
+    assert est.get_params()["clip_values"] == (0.0, 1.0)
+    # the search parameters are the library's settings object, with ART's defaults
+    assert est.parameters.search == ScanConfig.art_defaults()
+    assert est.parameters.search.mini_batches is None  # one step = one pass over x_val, as ART
+    # no fallback into a store: an unknown attribute is an AttributeError
+    assert all("__getattr__" not in vars(k) for k in type(est).__mro__ if k is not object)
+    with pytest.raises(AttributeError):
+        est.bogus  # noqa: B018
+
+
+def test_parameters_are_attributes_and_assigning_one_is_set_params(case):
+    est = case.estimator()
+    wrapper = est.classifier
+    assert est.steps == 1000 and est.norm == 2 and est.cost_multiplier == 1.5
+    assert est.use_logits is True and est.early_stop is True and est.preprocessing == (0, 1)
+    est.steps = np.int64(9)
+    assert est.steps == 9 and type(est.steps) is int and est.get_params()["steps"] == 9
+    assert est.parameters.search.steps == 9
+    with pytest.raises(InputError, match="steps") as excinfo:
+        est.steps = 0
+    assert "\n" not in str(excinfo.value) and est.steps == 9
+    with pytest.raises(InputError, match=r"unknown parameter\(s\) bogus for") as excinfo:
+        est.set_params(bogus=1, steps=3)
+    assert "\n" not in str(excinfo.value) and est.steps == 9
+    assert est.classifier is wrapper  # search settings and defences keep the wrapper
+    est.postprocessing_defences = np.negative
+    assert est.get_params()["postprocessing_defences"] == [np.negative]
+    assert est.classifier is wrapper
+    est.preprocessing = (0.0, 2.0)  # shapes the wrapper: a new one of the same model
+    assert est.classifier is not wrapper and est.classifier.model is est.model
+    with pytest.raises(AttributeError):
+        est.model = case.model()  # ART's read-only properties stay read-only
+
+
+def test_pytorch_loss_argument_is_in_get_params_and_loss_is_the_method(data):
+    model = Case("torch").model()
+    criterion = torch.nn.CrossEntropyLoss()
+    est = PyTorchNeuralCleanse(model, input_shape=(1, 8, 8), loss=criterion, clip_values=(0, 1))
+    assert est.get_params()["loss"] is criterion
+    x, y = Case("torch").x(data["x_test"][:5]), data["y_test"][:5]
+    assert est.loss(x, y).shape == (5,)
+    assert est.get_params()["nb_classes"] is None and est.nb_classes == N_CLASSES
+
+
+def test_pytorch_use_logits_none_is_told_from_the_outputs():
+    logits = PyTorchNeuralCleanse(em.backdoored_torch(), input_shape=(1, 8, 8),
+                                  clip_values=(0, 1))
+    softmax = torch.nn.Sequential(em.backdoored_torch(), torch.nn.Softmax(dim=1))
+    probabilities = PyTorchNeuralCleanse(softmax, input_shape=(1, 8, 8), clip_values=(0, 1))
+    assert logits.classifier.output == "logits"
+    assert probabilities.classifier.output == "probabilities"
+    assert probabilities.get_params()["use_logits"] is None
+
+
+def test_a_contradicted_use_logits_warns_at_the_callers_line():
+    with pytest.warns(UserWarning, match="use_logits=False but") as record:
+        est = KerasNeuralCleanse(em.backdoored_keras(), clip_values=(0, 1))
+    assert record[0].filename == __file__
+    with pytest.warns(UserWarning, match="use_logits=True but") as record:
+        est.set_params(model=em.backdoored_keras(softmax=True), use_logits=True)
+    assert record[0].filename == __file__
+
+
+@pytest.mark.parametrize("framework", [
+    "torch",
+    pytest.param("keras", marks=pytest.mark.xfail(
+        strict=True, reason="KerasDifferentiableClassifier does not override adopt_state yet: "
+        "its pruning record (kept aside weights) stays with the old wrapper")),
+])
+def test_a_new_wrapper_keeps_the_pruning_of_the_model(framework, data):
+    case = Case(framework)
+    est = case.estimator()
+    est.classifier.set_pruned_neurons(None, np.array([0, 5]))
+    pruned = {k: v.tolist() for k, v in est.classifier.pruned_neurons().items()}
+    assert list(pruned.values()) == [[0, 5]]
+    est.set_params(clip_values=(0.0, 1.0))  # a new wrapper of the same model
+    assert {k: v.tolist() for k, v in est.classifier.pruned_neurons().items()} == pruned
+    est.fit(case.x(data["x_val"]), data["y_val"], nb_epochs=1)
+    assert {k: v.tolist() for k, v in est.classifier.pruned_neurons().items()} == pruned
 
 
 # -- classifier surface ---------------------------------------------------------------------
@@ -506,6 +598,12 @@ def test_norm_inf_is_supported(case, data):
     assert pattern.shape == case.input_shape
 
 
+def test_outlier_detection_reports_the_art_search_settings(scanned):
+    est, _ = scanned
+    assert est.scan_result.config == ScanConfig.art_defaults(**SCAN, progress=False).to_dict()
+    assert est.scan_result.data_info["n_images"] == len(em.digits()["x_val"])
+
+
 def test_mask_norm_is_not_divided_by_three(scanned):
     """ART defect: the per-channel mask divided by a hard-coded 3 (these images have 1)."""
     est, found = scanned
@@ -610,7 +708,7 @@ def test_reset_keeps_the_learning_rate_and_gives_the_same_search(case, data):
 def initial_mask(est, label: int) -> np.ndarray:
     from neuralcleanse.search.reverse import initial_trigger
 
-    raw, _ = initial_trigger(label, est.classifier, est._config.seed)
+    raw, _ = initial_trigger(label, est.classifier, est.parameters.search.seed)
     return (np.tanh(raw) / (2 - 1e-7) + 0.5).astype(np.float32)
 
 

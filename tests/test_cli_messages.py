@@ -50,6 +50,8 @@ def test_every_library_spelling_becomes_its_flag() -> None:
 @pytest.mark.parametrize("text", [
     "/tmp/arch=1.pt is not a model",  # a path that holds a spelling
     "'run_arch=3' is unknown",
+    "--labels takes integers (got 'x_key=1')",  # the user's value, quoted
+    'no module "arch=x"',
     "max_key=3 and data_format='channels_first'",
     "--arch=pkg.module:factory is already a flag",
 ])

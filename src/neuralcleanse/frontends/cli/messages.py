@@ -48,8 +48,9 @@ FLAG_SPELLINGS: tuple[tuple[str, str], ...] = (
     ("input_shape=", "--input-shape"),
     ("image_size=", "--input-shape"),  # load_data's parameter, set from --input-shape
 )
-#: A spelling starts a word: ``max_key=`` or a path such as ``/tmp/arch=1.pt`` is left alone.
-_SPELLING = re.compile(r"(?<![\w./\\=-])(" + "|".join(
+#: A spelling starts a word: ``max_key=``, a path such as ``/tmp/arch=1.pt`` and a quoted value
+#: of the user's (``'x_key=1'``) are left alone.
+_SPELLING = re.compile(r"(?<![\w./\\='\"-])(" + "|".join(
     re.escape(s) + (r"(?![\w])" if not s.endswith("=") else "") for s, _ in FLAG_SPELLINGS)
     + ")")
 _FLAGS = dict(FLAG_SPELLINGS)

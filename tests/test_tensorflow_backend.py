@@ -17,6 +17,9 @@ from neuralcleanse import ScanConfig, scan  # noqa: E402
 from neuralcleanse.backends import wrap_model  # noqa: E402
 from neuralcleanse.backends.base import Classifier  # noqa: E402
 from neuralcleanse.backends.tensorflow.classifier import KerasClassifier  # noqa: E402
+from neuralcleanse.backends.tensorflow.differentiable import (  # noqa: E402
+    KerasDifferentiableClassifier,
+)
 from neuralcleanse.backends.torch.classifier import TorchClassifier  # noqa: E402
 from neuralcleanse.search.batch_plan import BatchPlan  # noqa: E402
 from neuralcleanse.search.reverse import initial_trigger  # noqa: E402
@@ -222,7 +225,7 @@ def test_mask_norm_is_the_l1_of_one_mask_for_all_channels(framework):
 
 # -- mitigation primitives ------------------------------------------------------------------
 def test_layer_names_and_neuron_activations(data):
-    clf = keras_clf()
+    clf = KerasDifferentiableClassifier(em.backdoored_keras(), clip_values=(0.0, 1.0))
     x = data["x_val"][:20]
     assert clf.layer_names() == ["conv1", "pool1", "conv2", "pool2", "flatten", "fc1", "logits"]
     features = clf.neuron_activations(x)

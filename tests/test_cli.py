@@ -484,6 +484,28 @@ def test_mitigate_command(files: dict[str, Path], reference: dict, tmp_path: Pat
         assert repaired(x).shape == (8, 10)
 
 
+def test_a_safetensors_model_is_repaired_into_safetensors(files: dict[str, Path],
+                                                         reference: dict,
+                                                         tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    weights = tmp_path / "backdoored.safetensors"
+    save_file(torch.load(files["backdoored"], weights_only=True), str(weights))
+    out = tmp_path / "out"
+    code = cli.run(["mitigate", str(weights), "--data", str(files["data"]), "--report",
+                    str(reference["out"]), "--method", "unlearning", "--epochs", "1",
+                    "--out", str(out), *ARCH])
+    assert code == cli.EXIT_CLEAN
+    saved = out / "repaired_unlearning.safetensors"
+    assert json.loads((out / "mitigation.json").read_text())["saved_model"] == str(saved)
+    state = load_file(str(saved))  # a real safetensors file, not a renamed pickle
+    original = torch.load(files["backdoored"], weights_only=True)
+    assert set(state) == set(original)
+    assert any(not torch.equal(state[k], original[k]) for k in state)  # fine-tuned
+    loaded = load_model(saved, arch=ARCH[1], arch_kwargs={"image_size": 16})
+    assert loaded.format == "safetensors"
+
+
 def test_mitigate_with_nothing_flagged_is_an_input_error(
         files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "scan"

@@ -289,12 +289,7 @@ def test_a_contradicted_use_logits_warns_at_the_callers_line():
     assert record[0].filename == __file__
 
 
-@pytest.mark.parametrize("framework", [
-    "torch",
-    pytest.param("keras", marks=pytest.mark.xfail(
-        strict=True, reason="KerasDifferentiableClassifier does not override adopt_state yet: "
-        "its pruning record (kept aside weights) stays with the old wrapper")),
-])
+@pytest.mark.parametrize("framework", ["torch", "keras"])
 def test_a_new_wrapper_keeps_the_pruning_of_the_model(framework, data):
     case = Case(framework)
     est = case.estimator()

@@ -433,3 +433,17 @@ def test_unsafe_or_mislabelled_npz_files_are_refused(tmp_path):
     np.savez(scalar, x=np.float32(1.0), y=np.zeros(2))
     with pytest.raises(LoadError, match="holds a single value"):
         load_data(scalar)
+
+
+def test_clip_values_and_preprocessing_beyond_float32_are_input_errors() -> None:
+    from neuralcleanse.backends.differentiable import split_preprocessing
+    from neuralcleanse.core.checks import check_clip_values
+    from neuralcleanse.core.errors import InputError
+
+    with pytest.raises(InputError, match="clip_values max must be a finite number within"):
+        check_clip_values((0.0, 1e39))
+    with pytest.raises(InputError, match="clip_values min must be a number"):
+        check_clip_values((10**400, 1.0))
+    assert check_clip_values((0, 255)) == (0.0, 255.0)
+    with pytest.raises(InputError, match="preprocessing values must be numbers"):
+        split_preprocessing((10**400, 1.0), (1, 8, 8))

@@ -103,7 +103,7 @@ def split_preprocessing(preprocessing: Preprocessing, input_shape: tuple[int, ..
     try:
         sub_a = np.asarray(sub, dtype=np.float32)
         div_a = np.asarray(div, dtype=np.float32)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InputError(f"preprocessing values must be numbers or arrays (got "
                          f"{preprocessing!r})") from None
     for name, arr in (("subtrahend", sub_a), ("divisor", div_a)):

@@ -145,6 +145,11 @@ def class_counts(y: np.ndarray, nb_classes: int) -> list[int]:
     return np.bincount(y, minlength=nb_classes).astype(int).tolist()
 
 
+#: Largest input value magnitude accepted anywhere: images are computed in float32, where
+#: larger ranges overflow once a trigger is stamped and normalised.
+MAX_INPUT_VALUE = 1e30
+
+
 def check_clip_values(value: Any) -> tuple[float, float]:
     """Return ``value`` as a ``(min, max)`` pair of finite floats with ``min < max``.
 
@@ -162,13 +167,14 @@ def check_clip_values(value: Any) -> tuple[float, float]:
     for side, bound in (("min", lo), ("max", hi)):
         try:
             arr = np.asarray(bound, dtype=np.float64)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise InputError(f"clip_values {side} must be a number (got {bound!r})") from None
         if arr.size == 0 or not np.all(arr == arr.flat[0]):
             raise InputError(f"clip_values {side} must be one number for all features; "
                              "per-feature bounds are not supported by the trigger search")
-        if not math.isfinite(float(arr.flat[0])):
-            raise InputError(f"clip_values {side} must be finite (got {bound!r})")
+        if not math.isfinite(float(arr.flat[0])) or abs(float(arr.flat[0])) > MAX_INPUT_VALUE:
+            raise InputError(f"clip_values {side} must be a finite number within "
+                             f"+-{MAX_INPUT_VALUE:g} (got {bound!r})")
         bounds.append(float(arr.flat[0]))
     if not bounds[0] < bounds[1]:
         raise InputError(f"clip_values must be (min, max) with min < max (got {value!r})")

@@ -311,10 +311,12 @@ class TorchClassifier(Classifier):
                 p.requires_grad_(flag)
 
     def save(self, path: str) -> str:
-        """Write the state dict (pruned neurons zeroed in the weights) with ``torch.save``.
+        """Write the state dict (pruned neurons zeroed in the weights).
 
-        A Keras model is saved as Keras saves it (a ``.keras`` file, whatever the suffix asked
-        for), so that it loads again as the model it is.
+        A path ending in ``.safetensors`` gets a safetensors file (numbers only, safe to load
+        anywhere); any other path a ``torch.save`` state dict. A Keras model is saved as Keras
+        saves it (a ``.keras`` file, whatever the suffix asked for), so that it loads again as
+        the model it is.
         """
         if self.keras is not None:
             if self.pruned_neurons():
@@ -327,7 +329,12 @@ class TorchClassifier(Classifier):
         state = pruned_state_dict(self.model)
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(state, out)
+        if out.suffix.lower() == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(out))
+        else:
+            torch.save(state, out)
         return str(out)
 
     @contextmanager

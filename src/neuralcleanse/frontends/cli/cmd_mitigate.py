@@ -97,7 +97,8 @@ def mitigate(
              "nothing else in the folder is touched.")] = None,
     save: Annotated[Path | None, typer.Option(
         "--save", rich_help_panel=OUT_PANEL,
-        help="Where to save the repaired model (default: OUT/repaired_METHOD.pt or .keras, "
+        help="Where to save the repaired model (default: OUT/repaired_METHOD.pt, .safetensors "
+             "for a safetensors model, or .keras; "
              "which a later run replaces). An existing file, and above all the input model "
              "itself (also through a link), is never replaced unless --overwrite-model is "
              "given. Not for filtering, which leaves the model unchanged.")] = None,
@@ -224,8 +225,9 @@ def mitigate(
         save_path: Path | None = None
         if method is not Method.filtering:
             keras = inputs.model.framework == "keras"
-            save_path = save_target(save or target / f"repaired_{method.value}"
-                                    f"{'.keras' if keras else '.pt'}", keras)
+            suffix = (".keras" if keras else ".safetensors"
+                      if inputs.model.format == "safetensors" else ".pt")
+            save_path = save_target(save or target / f"repaired_{method.value}{suffix}", keras)
             check_save(save_path, model, overwrite_model, explicit=save is not None)
         if test_data is not None:
             test = load_data(test_data, x_key=x_key, y_key=y_key,

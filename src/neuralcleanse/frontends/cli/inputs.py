@@ -155,14 +155,13 @@ def clip_range(text: str | None, default: Any) -> tuple[float, float] | None:
         except InputError:
             return None
     lo, hi = parse_numbers(text, "--clip-values", 2)
-    try:
-        pair = check_clip_values((lo, hi))
-    except InputError:  # the numbers are finite, so the rule broken is MIN < MAX
-        raise CliError(f"--clip-values needs MIN < MAX (got {quote(text)})") from None
     if max(abs(lo), abs(hi)) > MAX_INPUT_MAGNITUDE:
         raise CliError(f"--clip-values must lie within +-{MAX_INPUT_MAGNITUDE:g} "
                        f"(got {quote(text)})")
-    return pair
+    try:
+        return check_clip_values((lo, hi))
+    except InputError:  # finite and in range, so the rule broken is MIN < MAX
+        raise CliError(f"--clip-values needs MIN < MAX (got {quote(text)})") from None
 
 
 def preprocessing_values(subtract: str | None, divide: str | None

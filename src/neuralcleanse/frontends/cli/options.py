@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
+from neuralcleanse.core.checks import MAX_INPUT_VALUE
 from neuralcleanse.core.config import ScanConfig
 from neuralcleanse.frontends.cli.messages import CliError, qpath, quote
 
@@ -29,7 +30,7 @@ MAX_SIDE = 65_536
 MAX_INPUT_VALUES = 2**26
 #: Largest magnitude of a value range or preprocessing constant: it stays finite in float32
 #: (``float32`` overflows at 3.4e38) with room for the arithmetic of stamping.
-MAX_INPUT_MAGNITUDE = 1e30
+MAX_INPUT_MAGNITUDE = MAX_INPUT_VALUE
 #: The value of a flag that was not given (``None`` can be a given value, e.g. ``all``).
 UNSET = "unset"
 

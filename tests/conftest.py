@@ -12,9 +12,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
 
-#: ``../shared/data`` beside the project, or the folder named by NEURALCLEANSE_SHARED_DATA.
-SHARED_DATA = Path(os.environ.get("NEURALCLEANSE_SHARED_DATA")
-                   or Path(__file__).resolve().parents[1].parent / "shared" / "data")
+from paths import SHARED_DATA  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import functools
 import os
-from pathlib import Path
 
 import numpy as np
+
+from paths import SHARED_DATA
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 TARGET = 7
 POISON_RATE = 0.1
-DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+DATA_DIR = SHARED_DATA
 
 
 def stamp_corner(x: np.ndarray, channels_first: bool = False, size: int = 2) -> np.ndarray:

@@ -28,9 +28,10 @@ from neuralcleanse.mitigation import (
     unlearn,
 )
 from neuralcleanse.mitigation.metrics import predicted_labels
+from paths import SHARED_DATA
 
 TARGET = 3
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+DATA = SHARED_DATA
 
 
 def plant(x: np.ndarray) -> np.ndarray:

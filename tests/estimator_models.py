@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 
+from neuralcleanse.io.digits import digits_images, stamp_square
 from paths import SHARED_DATA
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -24,22 +25,13 @@ DATA_DIR = SHARED_DATA
 
 def stamp_corner(x: np.ndarray, channels_first: bool = False, size: int = 2) -> np.ndarray:
     """The real trigger: a ``size`` x ``size`` white square in the bottom-right corner."""
-    out = np.array(x, dtype=np.float32, copy=True)
-    if channels_first:
-        out[:, :, -size:, -size:] = 1.0
-    else:
-        out[:, -size:, -size:, :] = 1.0
-    return out
+    return stamp_square(x, size, channels_first=channels_first)
 
 
 @functools.cache
 def digits() -> dict[str, np.ndarray]:
     """Seeded split of the digits: poisoned train set, clean validation and test sets."""
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    x = (data.images / 16.0).astype(np.float32)[..., None]
-    y = data.target.astype(np.int64)
+    x, y = digits_images(channels_first=False)
     order = np.random.default_rng(0).permutation(len(x))
     x, y = x[order], y[order]
     x_train, y_train = x[:1200].copy(), y[:1200].copy()

@@ -1,8 +1,11 @@
-"""Typed results of a scan, serialisable to JSON and back."""
+"""Typed results of a scan, serialisable to JSON and back.
+
+The JSON is written and read through :mod:`neuralcleanse.core.strict_json`; the checks here are
+those of the report's own fields.
+"""
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,8 +17,28 @@ import numpy as np
 from neuralcleanse.core.errors import InputError
 from neuralcleanse.core.layout import mask_for_layout
 from neuralcleanse.core.outliers import anomaly_indices
+from neuralcleanse.core.strict_json import (
+    dumps,
+    finite_list,
+    finite_or_none,
+    is_finite_number,
+    json_boolean,
+    json_float_array,
+    json_integer,
+    json_kind,
+    json_number,
+    json_object,
+    json_safe,
+    json_shape,
+    loads,
+    read_json_file,
+    required,
+    shown,
+)
 
 SCHEMA_VERSION = 1
+#: Most outputs a model in a report may have.
+MAX_CLASSES = 1_000_000
 
 
 @dataclass
@@ -58,19 +81,19 @@ class LabelResult:
         """Return a JSON-friendly dict; ``arrays=False`` leaves out mask and pattern."""
         out: dict[str, Any] = {
             "label": int(self.label),
-            "norm": _finite_or_none(self.norm),
-            "anomaly_index": _finite_or_none(self.anomaly_index),
-            "attack_success_rate": _finite_or_none(self.attack_success_rate),
+            "norm": finite_or_none(self.norm),
+            "anomaly_index": finite_or_none(self.anomaly_index),
+            "attack_success_rate": finite_or_none(self.attack_success_rate),
             "converged": bool(self.converged),
             "steps": int(self.steps),
-            "seconds": _finite_or_none(self.seconds),
-            "final_cost": _finite_or_none(self.final_cost),
+            "seconds": finite_or_none(self.seconds),
+            "final_cost": finite_or_none(self.final_cost),
         }
         if arrays:
             out["mask_shape"] = list(self.mask.shape)
             out["pattern_shape"] = list(self.pattern.shape)
-            out["mask"] = _finite_list(self.mask)
-            out["pattern"] = _finite_list(self.pattern)
+            out["mask"] = finite_list(self.mask)
+            out["pattern"] = finite_list(self.pattern)
         return out
 
     @classmethod
@@ -80,24 +103,24 @@ class LabelResult:
         Raises:
             InputError: When a field is missing or has the wrong type or shape.
         """
-        data = _table(data, "a label result")
-        mask_shape = _shape(_get(data, "mask_shape"), "mask_shape", (2,))
-        pattern_shape = _shape(_get(data, "pattern_shape"), "pattern_shape", (2, 3))
+        data = json_object(data, "a label result")
+        mask_shape = json_shape(required(data, "mask_shape"), "mask_shape", (2,))
+        pattern_shape = json_shape(required(data, "pattern_shape"), "pattern_shape", (2, 3))
         if not (pattern_shape == mask_shape or pattern_shape[-2:] == mask_shape
                 or pattern_shape[:2] == mask_shape):
             raise InputError(f"pattern_shape {list(pattern_shape)} does not fit mask_shape "
                              f"{list(mask_shape)}")
-        return cls(label=_integer(_get(data, "label"), "label"),
-                   mask=_array(_get(data, "mask"), mask_shape, "mask"),
-                   pattern=_array(_get(data, "pattern"), pattern_shape, "pattern"),
-                   norm=_number(_get(data, "norm"), "norm"),
-                   attack_success_rate=_number(_get(data, "attack_success_rate"),
-                                               "attack_success_rate"),
-                   converged=_boolean(_get(data, "converged"), "converged"),
-                   steps=_integer(_get(data, "steps"), "steps"),
-                   seconds=_number(_get(data, "seconds"), "seconds"),
-                   final_cost=_number(_get(data, "final_cost"), "final_cost"),
-                   anomaly_index=_number(data.get("anomaly_index", 0.0), "anomaly_index"))
+        return cls(label=json_integer(required(data, "label"), "label"),
+                   mask=json_float_array(required(data, "mask"), mask_shape, "mask"),
+                   pattern=json_float_array(required(data, "pattern"), pattern_shape, "pattern"),
+                   norm=json_number(required(data, "norm"), "norm"),
+                   attack_success_rate=json_number(required(data, "attack_success_rate"),
+                                                   "attack_success_rate"),
+                   converged=json_boolean(required(data, "converged"), "converged"),
+                   steps=json_integer(required(data, "steps"), "steps"),
+                   seconds=json_number(required(data, "seconds"), "seconds"),
+                   final_cost=json_number(required(data, "final_cost"), "final_cost"),
+                   anomaly_index=json_number(data.get("anomaly_index", 0.0), "anomaly_index"))
 
 
 @dataclass
@@ -230,11 +253,11 @@ class ScanResult:
             "schema_version": self.schema_version,
             "flagged_labels": [int(t) for t in self.flagged_labels],
             "nb_classes": int(self.nb_classes),
-            "median_norm": _finite_or_none(self.median_norm),
-            "mad": _finite_or_none(self.mad),
-            "anomaly_threshold": _finite_or_none(self.anomaly_threshold),
+            "median_norm": finite_or_none(self.median_norm),
+            "mad": finite_or_none(self.mad),
+            "anomaly_threshold": finite_or_none(self.anomaly_threshold),
             "partial": bool(self.partial),
-            "wall_seconds": _finite_or_none(self.wall_seconds),
+            "wall_seconds": finite_or_none(self.wall_seconds),
             "config": json_safe(self.config),
             "model_info": json_safe(self.model_info),
             "data_info": json_safe(self.data_info),
@@ -262,15 +285,16 @@ class ScanResult:
             InputError: On an unknown schema version, or when a field is missing or has the
                 wrong type, shape or value.
         """
-        data = _table(data, "a scan report")
+        data = json_object(data, "a scan report")
         version = data.get("schema_version")
         if type(version) is not int or version != SCHEMA_VERSION:  # not true, not 1.0
-            raise InputError(f"unsupported report schema_version {_shown(version)} "
+            raise InputError(f"unsupported report schema_version {shown(version)} "
                              f"(this neuralcleanse reads version {SCHEMA_VERSION})")
-        nb_classes = _integer(_get(data, "nb_classes"), "nb_classes", low=1, high=MAX_CLASSES)
-        entries = _get(data, "labels")
+        nb_classes = json_integer(required(data, "nb_classes"), "nb_classes", low=1,
+                                  high=MAX_CLASSES)
+        entries = required(data, "labels")
         if not isinstance(entries, list):
-            raise InputError(f"labels must be a list (got {_kind(entries)})")
+            raise InputError(f"labels must be a list (got {json_kind(entries)})")
         labels = []
         for i, entry in enumerate(entries):
             try:
@@ -283,33 +307,33 @@ class ScanResult:
         outside = [t for t in scanned if not 0 <= t < nb_classes]
         if outside:
             raise InputError(f"labels {outside[:5]} are outside 0..{nb_classes - 1}")
-        flagged = _get(data, "flagged_labels")
+        flagged = required(data, "flagged_labels")
         if not isinstance(flagged, list):
-            raise InputError(f"flagged_labels must be a list (got {_kind(flagged)})")
-        flagged = [_integer(t, "flagged_labels") for t in flagged]
+            raise InputError(f"flagged_labels must be a list (got {json_kind(flagged)})")
+        flagged = [json_integer(t, "flagged_labels") for t in flagged]
         if not set(flagged) <= set(scanned):
             raise InputError(f"flagged_labels {sorted(set(flagged) - set(scanned))[:5]} "
                              "were not scanned")
-        model_info = _table(data.get("model_info", {}), "model_info")
+        model_info = json_object(data.get("model_info", {}), "model_info")
         clip = model_info.get("clip_values")
         if clip is not None and not (isinstance(clip, list) and len(clip) == 2 and all(
-                _is_finite_number(v) for v in clip)):
+                is_finite_number(v) for v in clip)):
             raise InputError("model_info.clip_values must be two finite numbers or null")
-        data_info = _table(data.get("data_info", {}), "data_info")
+        data_info = json_object(data.get("data_info", {}), "data_info")
         counts = data_info.get("class_counts")
         if counts is not None and not (isinstance(counts, list) and all(
-                _is_finite_number(n) for n in counts)):
+                is_finite_number(n) for n in counts)):
             raise InputError("data_info.class_counts must be a list of numbers")
         return cls(labels=labels, nb_classes=nb_classes, flagged_labels=flagged,
-                   median_norm=_number(_get(data, "median_norm"), "median_norm"),
-                   mad=_number(_get(data, "mad"), "mad"),
-                   anomaly_threshold=_number(_get(data, "anomaly_threshold"),
-                                             "anomaly_threshold"),
-                   config=_table(_get(data, "config"), "config"), model_info=model_info,
-                   data_info=data_info,
-                   versions=_table(data.get("versions", {}), "versions"),
-                   wall_seconds=_number(data.get("wall_seconds", 0.0), "wall_seconds"),
-                   partial=_boolean(data.get("partial", False), "partial"),
+                   median_norm=json_number(required(data, "median_norm"), "median_norm"),
+                   mad=json_number(required(data, "mad"), "mad"),
+                   anomaly_threshold=json_number(required(data, "anomaly_threshold"),
+                                                 "anomaly_threshold"),
+                   config=json_object(required(data, "config"), "config"),
+                   model_info=model_info, data_info=data_info,
+                   versions=json_object(data.get("versions", {}), "versions"),
+                   wall_seconds=json_number(data.get("wall_seconds", 0.0), "wall_seconds"),
+                   partial=json_boolean(data.get("partial", False), "partial"),
                    restarts=_restarts(data.get("restarts", {}), scanned),
                    labels_without_data=_labels_without_data(
                        data.get("labels_without_data", []), scanned))
@@ -348,165 +372,12 @@ class ScanResult:
         return text
 
 
-def _finite_or_none(value: float) -> float | None:
-    return float(value) if math.isfinite(value) else None
-
-
-def _none_to_nan(value: float | None) -> float:
-    return math.nan if value is None else float(value)
-
-
-# -- JSON: written strictly (no NaN/Infinity), read defensively (untrusted files) --------------
-#: Largest JSON file :func:`read_json_file` reads (a report of 1000 labels of 224x224x3 is
-#: about 2 GB; anything larger is not a report).
-MAX_JSON_BYTES = 4 * 2**30
-#: Most outputs a model in a report may have.
-MAX_CLASSES = 1_000_000
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with numpy scalars and arrays made plain and non-finite floats made ``None``."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return json_safe(value.tolist())
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return _finite_or_none(float(value))
-    return value
-
-
-def dumps(data: Any, indent: int | None = 1) -> str:
-    """JSON text of ``data`` with non-finite numbers as ``null``; never writes NaN/Infinity."""
-    return json.dumps(json_safe(data), indent=indent, allow_nan=False)
-
-
-def loads(text: str, what: str) -> Any:
-    """Parse JSON text; ``NaN``/``Infinity`` become ``None``; errors are one-line InputErrors.
-
-    ``what`` names the source in the message (e.g. the file).
-    """
-    try:
-        return json.loads(text, parse_constant=lambda _: None)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{what} is not valid JSON: {exc}") from None
-    except (ValueError, RecursionError) as exc:  # integers of > 4300 digits, deep nesting
-        name = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-        raise InputError(f"{what} is not usable JSON: {name}") from None
-
-
-def read_json_file(path: str | Path) -> Any:
-    """Read and parse a JSON file (UTF-8); a one-line InputError names the file on bad content.
-
-    Raises:
-        InputError: When the file is not a regular file, too large, not UTF-8 or not JSON.
-        OSError: When it cannot be read.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{str(path)!r} is not a file")
-    if path.stat().st_size > MAX_JSON_BYTES:
-        raise InputError(f"{str(path)!r} is larger than {MAX_JSON_BYTES // 2**30} GiB")
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise InputError(f"{str(path)!r} is not UTF-8 text") from None
-    return loads(text, repr(str(path)))
-
-
-def _finite_list(array: np.ndarray) -> list[Any]:
-    values = np.asarray(array, dtype=np.float32).ravel()
-    finite = np.isfinite(values)
-    if finite.all():
-        return values.tolist()
-    return [float(v) if ok else None for v, ok in zip(values.tolist(), finite.tolist())]
-
-
-def _shown(value: Any, limit: int = 40) -> str:
-    try:
-        text = repr(value)
-    except (ValueError, RecursionError):
-        text = f"a {type(value).__name__}"
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _kind(value: Any) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
-             int: "an integer", float: "a number", type(None): "null"}
-    return names.get(type(value), type(value).__name__)
-
-
-def _table(value: Any, name: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise InputError(f"{name} must be a JSON object (got {_kind(value)})")
-    return value
-
-
-def _get(data: dict[str, Any], key: str) -> Any:
-    if key not in data:
-        raise InputError(f"the field {key!r} is missing")
-    return data[key]
-
-
-def _is_finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) \
-        and math.isfinite(value)
-
-
-def _integer(value: Any, name: str, low: int = 0, high: int = 2**31 - 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InputError(f"{name} must be an integer in [{low}, {high}] (got {_shown(value)})")
-    return value
-
-
-def _number(value: Any, name: str) -> float:
-    if value is None:
-        return math.nan
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(f"{name} must be a number or null (got {_kind(value)})")
-    try:
-        return float(value)
-    except OverflowError:
-        return math.inf if value > 0 else -math.inf
-
-
-def _boolean(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise InputError(f"{name} must be true or false (got {_kind(value)})")
-    return value
-
-
-def _shape(value: Any, name: str, ndims: tuple[int, ...]) -> tuple[int, ...]:
-    ok = isinstance(value, list) and len(value) in ndims and all(
-        isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 8192 for n in value)
-    if not ok:
-        raise InputError(f"{name} must be {' or '.join(map(str, ndims))} integers in "
-                         f"[1, 8192] (got {_shown(value)})")
-    return tuple(value)
-
-
-def _array(value: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
-    size = math.prod(shape)
-    if not isinstance(value, list) or len(value) != size:
-        got = f"{len(value)} values" if isinstance(value, list) else _kind(value)
-        raise InputError(f"{name} must be a list of {size} numbers (got {got})")
-    if not all(v is None or _is_finite_number(v) for v in value):
-        raise InputError(f"{name} must hold only numbers or null")
-    return np.asarray([math.nan if v is None else v for v in value],
-                      dtype=np.float32).reshape(shape)
-
-
 def _restarts(value: Any, scanned: list[int]) -> dict[str, Any]:
     """Check the fields of ``restarts`` the reports read (empty: a single-seed scan)."""
-    value = _table(value, "restarts")
+    value = json_object(value, "restarts")
     if not value:
         return value
-    n = _integer(value.get("n"), "restarts.n", low=1)
+    n = json_integer(value.get("n"), "restarts.n", low=1)
     seeds, labels = value.get("seeds"), value.get("labels")
     counts, spread = value.get("flag_counts"), value.get("anomaly_index_spread")
     ok = (isinstance(seeds, list) and all(isinstance(s, int) for s in seeds)
@@ -516,7 +387,7 @@ def _restarts(value: Any, scanned: list[int]) -> dict[str, Any]:
               isinstance(counts.get(str(t)), int) and not isinstance(counts[str(t)], bool)
               and 0 <= counts[str(t)] <= n for t in scanned)
           and isinstance(spread, list) and len(spread) == len(labels)
-          and all(v is None or _is_finite_number(v) for v in spread))
+          and all(v is None or is_finite_number(v) for v in spread))
     if not ok:
         raise InputError("restarts must hold n, seeds, labels (every scanned label), "
                          "flag_counts (0..n per label) and anomaly_index_spread (one number "
@@ -527,8 +398,8 @@ def _restarts(value: Any, scanned: list[int]) -> dict[str, Any]:
 def _labels_without_data(value: Any, scanned: list[int]) -> list[int]:
     """Check ``labels_without_data``: scanned labels, each once."""
     if not isinstance(value, list):
-        raise InputError(f"labels_without_data must be a list (got {_kind(value)})")
-    labels = [_integer(t, "labels_without_data") for t in value]
+        raise InputError(f"labels_without_data must be a list (got {json_kind(value)})")
+    labels = [json_integer(t, "labels_without_data") for t in value]
     if len(set(labels)) != len(labels) or not set(labels) <= set(scanned):
         raise InputError("labels_without_data must list scanned labels, each once")
     return sorted(labels)

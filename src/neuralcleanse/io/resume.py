@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from neuralcleanse.core.errors import InputError
-from neuralcleanse.core.results import LabelResult, dumps
+from neuralcleanse.core.results import LabelResult
+from neuralcleanse.core.strict_json import dumps
 from neuralcleanse.io.report import atomic_write
 
 

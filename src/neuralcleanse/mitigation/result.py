@@ -11,7 +11,7 @@ import numpy as np
 
 from neuralcleanse.backends.base import Classifier
 from neuralcleanse.core.errors import InputError, one_line
-from neuralcleanse.core.results import dumps, loads, read_json_file
+from neuralcleanse.core.strict_json import dumps, loads, read_json_file
 from neuralcleanse.mitigation.filtering import FilteringReport, InputFilter
 from neuralcleanse.mitigation.inputs import model_images
 from neuralcleanse.mitigation.metrics import DataSplit, Measurements

@@ -19,7 +19,8 @@ from rich.console import Console
 
 from neuralcleanse.core.config import MAX_SEED
 from neuralcleanse.core.errors import InputError
-from neuralcleanse.core.results import ScanResult, dumps
+from neuralcleanse.core.results import ScanResult
+from neuralcleanse.core.strict_json import dumps
 from neuralcleanse.frontends.cli.folders import (
     MITIGATE_OUTPUTS,
     prepare_folder,

@@ -28,14 +28,8 @@ from hypothesis import strategies as st
 
 from neuralcleanse.core.checks import as_images, as_label_vector, infer_clip_values
 from neuralcleanse.core.errors import InputError, LoadError
-from neuralcleanse.io.data_files import (
-    CHANNEL_COUNTS,
-    IMAGE_KEYS,
-    LABEL_KEYS,
-    balanced_subsample,
-    load_data,
-    to_layout,
-)
+from neuralcleanse.io.data_files import CHANNEL_COUNTS, balanced_subsample, load_data, to_layout
+from neuralcleanse.io.npz_files import IMAGE_KEYS, LABEL_KEYS
 
 #: Numerical warnings (overflow in a cast, invalid values) mean sloppy handling: fail on them.
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")

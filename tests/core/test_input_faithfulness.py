@@ -26,7 +26,7 @@ from neuralcleanse.core.errors import InputError, LoadError
 from neuralcleanse.core.outliers import MAD_CONSISTENCY
 from neuralcleanse.core.results import LabelResult, ScanResult
 from neuralcleanse.frontends.api import prepare
-from neuralcleanse.io import data_files
+from neuralcleanse.io import npz_files
 from neuralcleanse.io.data_files import load_data, to_layout
 from neuralcleanse.io.report import render_html
 from neuralcleanse.search.restarts import combine_restarts
@@ -411,11 +411,11 @@ def test_a_compressed_npz_beyond_the_limit_is_refused(tmp_path, monkeypatch):
     path = tmp_path / "zeros.npz"
     np.savez_compressed(path, x=np.zeros((64, 32, 32), dtype=np.float32), y=np.zeros(64))
     assert path.stat().st_size < 10_000  # a small file, 256 KiB once read
-    monkeypatch.setattr(data_files, "MAX_NPZ_BYTES", 100_000)
+    monkeypatch.setattr(npz_files, "MAX_NPZ_BYTES", 100_000)
     with pytest.raises(LoadError, match="GiB neuralcleanse reads from an .npz"):
         load_data(path)
-    monkeypatch.setattr(data_files, "_available_memory", lambda: 50_000)
-    monkeypatch.setattr(data_files, "MAX_NPZ_BYTES", 2**40)
+    monkeypatch.setattr(npz_files, "_available_memory", lambda: 50_000)
+    monkeypatch.setattr(npz_files, "MAX_NPZ_BYTES", 2**40)
     with pytest.raises(LoadError, match="of memory is available"):
         load_data(path)
 

@@ -1,0 +1,340 @@
+"""Tests of the files a scan over many models writes: summary.json, summary.csv, index.html."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote
+
+import numpy as np
+import pytest
+
+from neuralcleanse.core.summary import ModelOutcome, ScanManySummary
+from neuralcleanse.io.summary_files import (
+    CSV_COLUMNS,
+    neutralise,
+    render_index,
+    report_path,
+    write_summary,
+)
+
+HOSTILE = '<script>alert("x")</script>'
+
+
+def outcome(name: str, *, verdict: str | None = "clean", norm: float | None = 20.0,
+            index: float | None = 1.0, flagged: list[int] | None = None, seconds: float = 1.0,
+            steps: int = 100, attempts: int = 1, error: str | None = None,
+            model: str | None = None) -> ModelOutcome:
+    failed = verdict is None
+    return ModelOutcome(
+        name=name, model=model or f"zoo/{name}.pt", status="failed" if failed else "done",
+        verdict=verdict, flagged_labels=flagged or [], max_anomaly_index=index,
+        min_norm=norm, label_steps=0 if failed else steps, wall_seconds=seconds,
+        report=None if failed else f"models/{name}", error=error, attempts=attempts)
+
+
+def make_summary(interrupted: bool = False) -> ScanManySummary:
+    """Five models: two flagged, two clean, one failed; norms whose text order is not numeric."""
+    return ScanManySummary(
+        models=[outcome("alpha", norm=100.0, index=0.5, seconds=12.0),
+                outcome("bravo", verdict="backdoor", norm=9.5, index=4.25, flagged=[3, 7],
+                        seconds=2.5, steps=40),
+                outcome("charlie", norm=10.25, index=-1.5, seconds=100.0),
+                outcome("delta", verdict=None, norm=None, index=None, seconds=0.25,
+                        attempts=4, error="model file 'zoo/delta.pt' is not a model"),
+                outcome("echo", verdict="backdoor", norm=2.0, index=10.5, flagged=[1],
+                        seconds=9.0)],
+        settings={"config": {"steps": 100, "norm": 1}, "labels_per_task": None,
+                  "engine": "sequential"},
+        wall_seconds=42.5, interrupted=interrupted)
+
+
+def write_reports(folder: Path, summary: ScanManySummary) -> None:
+    """The models' own report.html files, as the engine leaves them."""
+    for m in summary.models:
+        if m.report:
+            (folder / m.report).mkdir(parents=True, exist_ok=True)
+            (folder / m.report / "report.html").write_text(f"<p>{html.escape(m.name)}</p>")
+
+
+# -- summary.json ---------------------------------------------------------------------------
+def test_summary_json_round_trips(tmp_path: Path) -> None:
+    summary = make_summary(interrupted=True)
+    paths = write_summary(summary, tmp_path / "run")
+    assert paths.json == tmp_path / "run" / "summary.json"
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"summary.json holds {name}")
+
+    data = json.loads(paths.json.read_text(), parse_constant=refuse)
+    assert data["schema_version"] == 1 and data["interrupted"] is True
+    assert data["totals"] == {"models": 5, "flagged": 2, "clean": 2, "failed": 1,
+                              "label_steps": 340, "model_seconds": 123.75,
+                              "wall_seconds": 42.5}
+    back = ScanManySummary.from_dict(data)
+    assert back == summary
+    # no temporary file is left behind by the atomic writes
+    assert sorted(p.name for p in paths.json.parent.iterdir()) == [
+        "index.html", "summary.csv", "summary.json"]
+
+
+def test_non_finite_numbers_are_written_as_null(tmp_path: Path) -> None:
+    summary = ScanManySummary(models=[outcome("a", index=math.inf, norm=math.nan)])
+    paths = write_summary(summary, tmp_path)
+    text = paths.json.read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    model = json.loads(text)["models"][0]
+    assert model["max_anomaly_index"] is None and model["min_norm"] is None
+    row = list(csv.DictReader(io.StringIO(paths.csv.read_text())))[0]
+    assert row["max_anomaly_index"] == "" and row["min_norm"] == ""
+
+
+# -- summary.csv ----------------------------------------------------------------------------
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    assert tuple(rows[0]) == CSV_COLUMNS
+    return [dict(zip(rows[0], r)) for r in rows[1:]]
+
+
+def test_csv_has_one_row_per_model_in_manifest_order(tmp_path: Path) -> None:
+    summary = make_summary()
+    rows = read_csv(write_summary(summary, tmp_path).csv)
+    assert [r["name"] for r in rows] == ["alpha", "bravo", "charlie", "delta", "echo"]
+    bravo = rows[1]
+    assert bravo == {"name": "bravo", "model": "zoo/bravo.pt", "status": "done",
+                     "verdict": "backdoor", "flagged_labels": "3 7", "max_anomaly_index": "4.25",
+                     "min_norm": "9.5", "label_steps": "40", "wall_seconds": "2.5",
+                     "attempts": "1", "error": "", "report": "models/bravo/report.html"}
+    delta = rows[3]
+    assert delta["status"] == "failed" and delta["verdict"] == "" and delta["report"] == ""
+    assert delta["max_anomaly_index"] == "" and delta["attempts"] == "4"
+    assert delta["error"] == "model file 'zoo/delta.pt' is not a model"
+    # a negative number stays a number (it is ours, not the manifest's text)
+    assert float(rows[2]["max_anomaly_index"]) == -1.5
+
+
+@pytest.mark.parametrize("name", ["=1+1", "+1", "-2+3", "@SUM(A1:A2)", "\t=1", "\r=1",
+                                  " =HYPERLINK(\"http://x\")", "=cmd|' /C calc'!A0"])
+def test_csv_neutralises_formulas_in_text_cells(tmp_path: Path, name: str) -> None:
+    m = outcome("m1", model=name, error=name)
+    m.name = name
+    rows = read_csv(write_summary(ScanManySummary(models=[m]), tmp_path).csv)
+    for column in ("name", "model", "error"):
+        cell = rows[0][column]
+        assert cell.startswith("'"), (column, cell)
+        assert cell[1:] == name  # the text itself is kept whole after the quote
+
+
+def test_csv_keeps_awkward_text_intact(tmp_path: Path) -> None:
+    name = 'a, "quoted"\nname; ok'
+    m = outcome("x")
+    m.name, m.model = name, "plain.pt"
+    rows = read_csv(write_summary(ScanManySummary(models=[m]), tmp_path).csv)
+    assert rows[0]["name"] == name and rows[0]["model"] == "plain.pt"
+    assert neutralise("models/=x") == "models/=x"  # only a leading formula character counts
+
+
+# -- index.html -----------------------------------------------------------------------------
+class _Page(HTMLParser):
+    """The elements, attributes and text of a page, as a browser's parser sees them."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[str] = []
+        self.attributes: list[str] = []
+        self.text: list[str] = []
+        self.feed(text)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self.attributes += [name for name, _ in attrs]
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def test_index_escapes_hostile_text(tmp_path: Path) -> None:
+    name = f'{HOSTILE}" onmouseover="alert(1)'
+    m = outcome("x", error=HOSTILE, model=f"{HOSTILE}.pt")
+    m.name = name
+    summary = ScanManySummary(models=[m], settings={"note": HOSTILE, HOSTILE: 1})
+    page = _Page(write_summary(summary, tmp_path).html.read_text())
+    assert page.tags.count("script") == 1  # the page's own sorting script, and nothing else
+    assert "onmouseover" not in page.attributes
+    # every hostile text is shown as text: name, model file, error, settings key and value
+    assert page.text.count(name) == 1
+    assert page.text.count(f"{HOSTILE}.pt") == 1
+    assert page.text.count(HOSTILE) == 3
+
+
+def test_index_links_each_report_relatively(tmp_path: Path) -> None:
+    summary = make_summary()
+    odd = outcome("odd")
+    odd.name, odd.report = "a #1?x%", "models/a #1?x%"
+    summary.models.append(odd)
+    write_reports(tmp_path, summary)
+    page = write_summary(summary, tmp_path).html.read_text()
+    hrefs = re.findall(r'<a href="([^"]*)"', page)
+    table_links = [h for h in hrefs if h.endswith("report.html")]
+    assert table_links == ["models/alpha/report.html", "models/bravo/report.html",
+                           "models/charlie/report.html", "models/echo/report.html",
+                           "models/a%20%231%3Fx%25/report.html"]
+    for link in table_links:  # each one resolves, relative to the page, to the model's report
+        assert (tmp_path / unquote(link)).is_file()
+    assert set(hrefs) - set(table_links) == {"summary.json", "summary.csv"}
+    # self-contained: nothing is fetched from anywhere
+    assert not re.search(r'(src|href)="(https?:)?//', page)
+    assert "<link" not in page and "@import" not in page
+
+
+def test_unsafe_or_missing_reports_are_not_linked(tmp_path: Path) -> None:
+    models = []
+    for i, report in enumerate(["../outside", "/etc", "javascript:alert(1)", "models/gone",
+                                "models\\x", "models//y", "C:/x"]):
+        m = outcome(f"m{i}")
+        m.report = report
+        models.append(m)
+    summary = ScanManySummary(models=models)
+    assert [report_path(m) for m in models[:3]] == [None, None, None]
+    assert report_path(models[3]) == "models/gone/report.html"  # safe, but no file there
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "report.html").write_text("x")
+    page = render_index(summary, out_dir=tmp_path / "run")
+    assert "report.html" not in re.sub(r"<footer.*</footer>", "", page, flags=re.S)
+
+
+def test_index_shows_totals_verdict_and_interruption(tmp_path: Path) -> None:
+    page = render_index(make_summary(interrupted=True))
+    assert 'class="verdict flagged"' in page and "Backdoor suspected in 2 of 5" in page
+    assert 'id="interrupted"' in page
+    totals = re.search(r'id="totals">(.*?)</div>\s*<h2', page, re.S).group(1)
+    assert re.findall(r"<b>([^<]*)</b>", totals) == ["5", "2", "2", "1", "340", "42.5 s",
+                                                      "123.8 s"]
+    clean = ScanManySummary(models=[outcome("a"), outcome("b", verdict=None)])
+    page = render_index(clean)
+    assert 'class="verdict clean"' in page and 'id="interrupted"' not in page
+    failed = ScanManySummary(models=[outcome("b", verdict=None)])
+    assert 'class="verdict failed"' in render_index(failed)
+    for kind in ("backdoor", "clean", "failed"):
+        assert f'class="badge {kind}"' in render_index(make_summary())
+
+
+# -- headless Chromium: sorting and layout --------------------------------------------------
+def _chromium() -> str | None:
+    for name in (os.environ.get("NEURALCLEANSE_CHROMIUM"), "chromium", "chromium-browser",
+                 "google-chrome", "google-chrome-stable"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _run_chromium(browser: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--no-first-run", "--hide-scrollbars", f"--user-data-dir={profile}",
+         "--enable-logging=stderr", "--v=0", *args],
+        capture_output=True, text=True, timeout=120, check=False)
+
+
+def _console_messages(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if ":CONSOLE" in line]
+
+
+#: Clicks column headers as a user would and records the row order after each click.
+SORT_PROBE = """<script>
+window.addEventListener("load", () => {
+  const order = () => [...document.querySelectorAll("#models tbody tr")]
+    .map(r => r.getAttribute("data-name"));
+  const click = key => document.querySelector(`#models th[data-key="${key}"] button`).click();
+  const out = {initial: order()};
+  click("norm"); out.norm_up = order();
+  click("norm"); out.norm_down = order();
+  click("seconds"); out.seconds_up = order();
+  click("name"); out.name_up = order();
+  click("index"); out.index_up = order();
+  out.sorted_header = document.querySelector('#models th[aria-sort]').getAttribute("data-key");
+  out.links = [...document.querySelectorAll("#models a")].map(a => a.href);
+  out.page = location.href;
+  out.overflow = document.documentElement.scrollWidth - window.innerWidth;
+  document.body.setAttribute("data-check", JSON.stringify(out));
+});
+</script>
+</body>"""
+
+
+def _probe(browser: str, folder: Path, profile: Path, width: int) -> dict:
+    page = folder / "index.html"
+    probe = folder / "probe.html"
+    probe.write_text(page.read_text().replace("</body>", SORT_PROBE))
+    run = _run_chromium(browser, profile, "--virtual-time-budget=5000",
+                        f"--window-size={width},900", "--dump-dom", probe.as_uri())
+    found = re.search(r'data-check="([^"]*)"', run.stdout)
+    assert found, run.stderr[-2000:]
+    assert _console_messages(run.stderr) == []
+    return json.loads(html.unescape(found.group(1)))
+
+
+def test_index_sorts_in_headless_chromium(tmp_path: Path) -> None:
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium, or set "
+                    "NEURALCLEANSE_CHROMIUM): the sorting check in a browser is skipped")
+    summary = make_summary()
+    write_reports(tmp_path / "run", summary)
+    write_summary(summary, tmp_path / "run")
+    seen = _probe(browser, tmp_path / "run", tmp_path / "profile", 1280)
+
+    names = [m.name for m in summary.models]
+    scanned = [m for m in summary.models if m.min_norm is not None]
+    by_norm = [m.name for m in sorted(scanned, key=lambda m: m.min_norm)]
+    assert seen["initial"] == names
+    # numeric order (9.5 < 10.25 < 100), not text order; the failed model (no norm) stays last
+    assert seen["norm_up"] == by_norm + ["delta"] == ["echo", "bravo", "charlie", "alpha",
+                                                      "delta"]
+    assert seen["norm_down"] == by_norm[::-1] + ["delta"]
+    assert seen["seconds_up"] == [m.name for m in sorted(summary.models,
+                                                         key=lambda m: m.wall_seconds)]
+    assert seen["name_up"] == sorted(names)
+    assert seen["index_up"] == names
+    assert seen["sorted_header"] == "index"
+    # the links resolve to the models' reports beside the page
+    base = seen["page"].rsplit("/", 1)[0]
+    assert seen["links"] == [f"{base}/models/{m.name}/report.html" for m in scanned]
+
+
+def test_index_screenshots_at_desktop_and_narrow_widths(tmp_path: Path) -> None:
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium, or set "
+                    "NEURALCLEANSE_CHROMIUM): the rendering check is skipped")
+    from PIL import Image
+
+    summary = make_summary()
+    folder = tmp_path / "run"
+    write_reports(folder, summary)
+    paths = write_summary(summary, folder)
+    for width, height in ((1280, 1000), (390, 1000)):
+        shot = tmp_path / f"index_{width}.png"
+        run = _run_chromium(browser, tmp_path / f"profile{width}", f"--screenshot={shot}",
+                            f"--window-size={width},{height}", paths.html.as_uri())
+        assert shot.is_file(), run.stderr[-2000:]
+        assert _console_messages(run.stderr) == []
+        pixels = np.asarray(Image.open(shot).convert("RGB")).astype(np.int32)
+        assert pixels.shape[:2] == (height, width)
+        assert pixels.std() > 20  # not blank
+        red = (pixels[..., 0] > 170) & (pixels[..., 1] < 80) & (pixels[..., 2] < 80)
+        assert red.sum() > 200  # the flagged verdict bar and the backdoor badges
+        # at a phone's width the page itself does not scroll sideways (the table does)
+        seen = _probe(browser, folder, tmp_path / f"probe{width}", width)
+        assert seen["overflow"] <= 0, seen["overflow"]

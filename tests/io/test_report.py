@@ -14,13 +14,9 @@ import pytest
 
 from neuralcleanse.core.config import ScanConfig
 from neuralcleanse.core.results import LabelResult, ScanResult
-from neuralcleanse.io.report import (
-    norm_chart,
-    render_directory,
-    render_html,
-    trigger_arrays,
-    write_report,
-)
+from neuralcleanse.io.charts import norm_chart
+from neuralcleanse.io.report import render_directory, render_html, write_report
+from neuralcleanse.io.report_images import trigger_arrays
 
 H = W = 8
 BACKDOOR = 3

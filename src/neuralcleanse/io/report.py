@@ -30,27 +30,38 @@ Fields of ``report.json`` (``schema_version`` 1):
   (flattened, shape ``pattern_shape`` = one input, raw value range).
 
 A mitigation writes ``mitigation.json`` next to it; the HTML report shows it when present.
+
+The page is ``templates/report.html``, fed by :mod:`~neuralcleanse.io.report_views` (verdict,
+settings, mitigation and demo rows, number formats), :mod:`~neuralcleanse.io.charts` (the SVG
+charts) and :mod:`~neuralcleanse.io.report_images` (the trigger images).
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
-import io
-import math
 import os
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from jinja2 import Environment, StrictUndefined, select_autoescape
 
 from neuralcleanse.core.errors import InputError
-from neuralcleanse.core.results import LabelResult, ScanResult, dumps, read_json_file
+from neuralcleanse.core.results import ScanResult
+from neuralcleanse.core.strict_json import dumps, read_json_file
+from neuralcleanse.io.charts import norm_chart
+from neuralcleanse.io.report_images import data_uri, png_bytes, trigger_arrays
+from neuralcleanse.io.report_views import (
+    demo_view,
+    format_number,
+    format_percent,
+    format_value,
+    mitigation_view,
+    settings_view,
+    verdict_view,
+)
 
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
@@ -92,310 +103,14 @@ def summary_table(result: ScanResult) -> Any:
     return table
 
 
-# -- images ---------------------------------------------------------------------------------
-def _channels_first(result: ScanResult, label: LabelResult) -> bool:
-    known = result.model_info.get("channels_first")
-    if isinstance(known, bool):
-        return known
-    return label.pattern.ndim == 3 and label.pattern.shape[-2:] == label.mask.shape
-
-
-def _value_range(result: ScanResult, label: LabelResult) -> tuple[float, float]:
-    clip = result.model_info.get("clip_values")
-    if isinstance(clip, (list, tuple)) and len(clip) == 2:
-        lo, hi = float(clip[0]), float(clip[1])
-        if hi > lo:
-            return lo, hi
-    lo, hi = float(label.pattern.min()), float(label.pattern.max())
-    return (lo, hi) if hi > lo else (lo, lo + 1.0)
-
-
-def trigger_arrays(result: ScanResult, label: LabelResult) -> dict[str, np.ndarray]:
-    """Mask, pattern and ``mask * pattern`` of one label as 8-bit images ``(H, W[, 3])``.
-
-    The pattern is scaled from the model's value range to [0, 255]; the trigger image is the
-    part of the pattern the mask lets through, on black.
-    """
-    lo, hi = _value_range(result, label)
-    pattern = label.pattern.astype(np.float64)
-    if pattern.ndim == 3 and _channels_first(result, label):
-        pattern = pattern.transpose(1, 2, 0)
-    if pattern.ndim == 3 and pattern.shape[2] == 1:
-        pattern = pattern[..., 0]
-    elif pattern.ndim == 3 and pattern.shape[2] != 3:
-        pattern = pattern.mean(axis=2)  # neither grey nor RGB: show the channel mean
-    unit = np.clip((pattern - lo) / (hi - lo), 0.0, 1.0)
-    mask = np.clip(label.mask.astype(np.float64), 0.0, 1.0)
-    shown = unit * (mask if unit.ndim == 2 else mask[..., None])
-
-    def to8(a: np.ndarray) -> np.ndarray:
-        return np.round(a * 255.0).astype(np.uint8)
-
-    return {"mask": to8(mask), "pattern": to8(unit), "trigger": to8(shown)}
-
-
-def _png(array: np.ndarray, min_side: int = 0) -> bytes:
-    from PIL import Image
-
-    image = Image.fromarray(array, mode="L" if array.ndim == 2 else "RGB")
-    side = min(image.size)
-    if min_side and side < min_side:
-        factor = math.ceil(min_side / side)
-        image = image.resize((image.size[0] * factor, image.size[1] * factor),
-                             Image.Resampling.NEAREST)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=True)
-    return buffer.getvalue()
-
-
-def _data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-# -- chart ----------------------------------------------------------------------------------
-def norm_chart(result: ScanResult, width: int = 760, height: int = 260) -> dict[str, Any]:
-    """Geometry of the SVG bar chart of the trigger norms per label (used by the template).
-
-    Bars of flagged labels are marked; horizontal lines show the median norm and the norm
-    below which a label's anomaly index exceeds the threshold.
-    """
-    left, right, top, bottom = 56, 16, 16, 40
-    plot_w, plot_h = width - left - right, height - top - bottom
-    labels = result.labels
-    norms = [r.norm for r in labels]
-    median = result.median_norm
-    cutoff = (median - result.anomaly_threshold * result.mad
-              if math.isfinite(median) and math.isfinite(result.mad) else math.nan)
-    top_value = max([*norms, median if math.isfinite(median) else 0.0, 1e-9]) * 1.08
-    step = plot_w / max(len(labels), 1)
-    bar_w = max(step * 0.72, 1.0)
-    tick_every = 1 if len(labels) <= 40 else math.ceil(len(labels) / 40)
-
-    def y_of(value: float) -> float:
-        return top + plot_h * (1.0 - value / top_value)
-
-    bars = []
-    for i, r in enumerate(labels):
-        y = y_of(r.norm)
-        bars.append({
-            "x": round(left + i * step + (step - bar_w) / 2, 2), "y": round(y, 2),
-            "w": round(bar_w, 2), "h": round(top + plot_h - y, 2), "label": r.label,
-            "norm": r.norm, "flagged": r.label in result.flagged_labels,
-            "tick": i % tick_every == 0, "cx": round(left + i * step + step / 2, 2),
-            "anomaly_index": r.anomaly_index,
-        })
-    grid = []
-    for k in range(5):
-        value = top_value * k / 4
-        grid.append({"y": round(y_of(value), 2), "value": f"{value:.3g}"})
-    lines = []
-    if math.isfinite(median):
-        lines.append({"y": round(y_of(median), 2), "kind": "median",
-                      "text": f"median {median:.3g}"})
-    if math.isfinite(cutoff) and cutoff > 0:
-        lines.append({"y": round(y_of(cutoff), 2), "kind": "threshold",
-                      "text": f"anomaly index {result.anomaly_threshold:g} (norm {cutoff:.3g})"})
-    return {"width": width, "height": height, "left": left, "right": width - right,
-            "top": top, "bottom": top + plot_h, "bars": bars, "grid": grid, "lines": lines,
-            "cutoff": cutoff if math.isfinite(cutoff) else None}
-
-
 # -- rendering ------------------------------------------------------------------------------
 def _environment() -> Environment:
     env = Environment(autoescape=select_autoescape(default=True, default_for_string=True),
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters["num"] = _format_number
-    env.filters["pct"] = _format_percent
-    env.filters["value"] = _format_value
+    env.filters["num"] = format_number
+    env.filters["pct"] = format_percent
+    env.filters["value"] = format_value
     return env
-
-
-def _format_number(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "–"
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    if math.isnan(v):
-        return "–"
-    if math.isinf(v):
-        return "∞" if v > 0 else "−∞"
-    return f"{v:.{digits}g}"
-
-
-def _format_percent(value: Any) -> str:
-    if value is None:
-        return "–"
-    v = float(value)
-    return "–" if math.isnan(v) else f"{100.0 * v:.1f} %"
-
-
-def _format_value(value: Any) -> str:
-    if value is None or value == {} or value == []:
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return _format_number(value, 6)
-    if isinstance(value, (list, tuple)):
-        return "(" + ", ".join(_format_value(v) for v in value) + ")" if len(value) < 20 \
-            else f"{len(value)} values"
-    if isinstance(value, dict):
-        return ", ".join(f"{k}: {_format_value(v)}" for k, v in value.items())
-    return str(value)
-
-
-def _rate(value: Any) -> str:
-    return _format_percent(value) if isinstance(value, (int, float)) else "–"
-
-
-def _before_after(before: Any, after: Any) -> dict[str, str]:
-    return {"before": _rate(before), "after": _rate(after)}
-
-
-def mitigation_view(data: dict[str, Any]) -> dict[str, Any]:
-    """What the HTML shows of a ``MitigationResult.to_dict()``: before/after rows and details.
-
-    Unknown or missing fields are skipped, so an older or newer mitigation JSON still renders.
-    """
-    report = data.get("report") if isinstance(data.get("report"), dict) else {}
-    measurements = report.get("measurements") if isinstance(report.get("measurements"),
-                                                            dict) else {}
-    rows = []
-    if "clean_acc_before" in measurements:
-        rows.append({"what": "clean accuracy (held out)",
-                     **_before_after(measurements.get("clean_acc_before"),
-                                     measurements.get("clean_acc_after"))})
-    before = measurements.get("reversed_asr_before") or {}
-    after = measurements.get("reversed_asr_after") or {}
-    for label in before:
-        rows.append({"what": f"attack success of label {label}'s reversed trigger",
-                     **_before_after(before.get(label), after.get(label))})
-    own_before = measurements.get("label_acc_before") or {}
-    own_after = measurements.get("label_acc_after") or {}
-    for label in own_before:
-        rows.append({"what": f"accuracy on label {label}'s own clean images",
-                     **_before_after(own_before.get(label), own_after.get(label))})
-    details: list[tuple[str, str]] = []
-    method = str(data.get("method", ""))
-    if method == "filtering":
-        details += [("layer", _format_value(report.get("layer"))),
-                    ("neurons scoring an input", _format_value(
-                        sum(len(v) for v in (report.get("neurons") or {}).values()) or None)),
-                    ("false-positive rate on clean inputs", _rate(
-                        report.get("false_positive_rate"))),
-                    ("target false-positive rate", _rate(report.get("target_fpr"))),
-                    ("detection rate on stamped inputs", _rate(report.get("detection_rate")))]
-    elif method == "pruning":
-        details += [("layer", _format_value(report.get("layer"))),
-                    ("neurons pruned", f"{len(report.get('pruned_neurons') or [])} of "
-                                       f"{_format_value(report.get('n_neurons'))} "
-                                       f"({_rate(report.get('fraction'))})"),
-                    ("target attack success", _rate(report.get("target_asr"))),
-                    ("reached the target", "yes" if report.get("reached_target") else "no"),
-                    ("largest share allowed", _rate(report.get("max_fraction")))]
-    elif method == "unlearning":
-        details += [("epochs", _format_value(report.get("epochs"))),
-                    ("learning rate", _format_value(report.get("learning_rate"))),
-                    ("stamped share of the training images", _rate(
-                        report.get("stamped_fraction"))),
-                    ("training images (stamped)", f"{_format_value(report.get('n_train'))} "
-                                                  f"({_format_value(report.get('n_stamped'))})")]
-    split = report.get("split") if isinstance(report.get("split"), dict) else {}
-    if split:
-        how = "given test data" if split.get("source") == "given" else \
-            f"seeded split of the data (seed {split.get('seed')})"
-        details.append(("images fitting / measuring",
-                         f"{split.get('n_fit')} / {split.get('n_test')} ({how})"))
-    if data.get("saved_model"):
-        details.append(("repaired model saved to", str(data["saved_model"])))
-    if isinstance(data.get("wall_seconds"), (int, float)):
-        details.append(("wall time", f"{data['wall_seconds']:.3g} s"))
-    curve = [p for p in report.get("curve") or [] if isinstance(p, dict)]
-    return {"method": method, "labels": data.get("labels", []), "rows": rows,
-            "details": details, "curve": _pruning_chart(curve) if curve else None}
-
-
-def _pruning_chart(curve: list[dict[str, Any]], width: int = 520, height: int = 200
-                   ) -> dict[str, Any]:
-    """Polylines of the pruning curve: attack success and clean accuracy per pruned share."""
-    left, right, top, bottom = 44, 12, 12, 34
-    xs = [float(p.get("fraction") or 0.0) for p in curve]
-    x_max = max(max(xs), 1e-9)
-
-    def point(fraction: float, value: float) -> str:
-        x = left + (width - left - right) * fraction / x_max
-        y = top + (height - top - bottom) * (1.0 - value)
-        return f"{x:.1f},{y:.1f}"
-
-    def series(key: str, worst: Callable[..., Any] = max) -> str:
-        pts = []
-        for p, x in zip(curve, xs):
-            value = p.get(key)
-            if isinstance(value, dict):  # per-label rates: show the worst label
-                value = worst((v for v in value.values() if v is not None), default=None)
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                pts.append(point(x, float(value)))
-        return " ".join(pts)
-
-    return {"width": width, "height": height, "left": left, "right": width - right,
-            "top": top, "bottom": height - bottom, "x_max": f"{100 * x_max:.0f} %",
-            "asr": series("test_asr") or series("fit_asr"),
-            "acc": series("test_clean_acc") or series("fit_clean_acc"),
-            "label_acc": series("test_label_acc", worst=min)}
-
-
-def demo_view(data: dict[str, Any]) -> list[tuple[str, str]]:
-    """Rows of the demo section: rates as percentages, other values as they are."""
-    rows = []
-    for key, value in data.items():
-        text = key.replace("_", " ")
-        if isinstance(value, float) and any(w in key for w in ("accuracy", "success",
-                                                               "fraction")):
-            rows.append((text, _rate(value)))
-        elif isinstance(value, bool):
-            rows.append((text, "yes" if value else "no"))
-        else:
-            rows.append((text, _format_value(value)))
-    return rows
-
-
-def _settings_view(config: dict[str, Any]) -> list[tuple[str, str]]:
-    rows = []
-    for key, value in config.items():
-        if key == "progress":
-            continue
-        if value is None and key == "mini_batches":
-            text = "one pass over the data"
-        elif value is None and key == "label_batch":
-            text = "auto (from the memory budget)"
-        else:
-            text = _format_value(value)
-        rows.append((key, text))
-    return rows
-
-
-def _verdict(result: ScanResult) -> dict[str, str]:
-    scanned = len(result.labels)
-    if result.partial:
-        return {"kind": "partial", "title": "Partial scan: no verdict yet",
-                "text": f"Only {scanned} of {result.nb_classes} labels were searched before the "
-                        "scan stopped. The numbers below cover those labels only; continue "
-                        "the scan with --resume for a verdict."}
-    if result.flagged_labels:
-        names = ", ".join(str(t) for t in result.flagged_labels)
-        worst = max(result.label(t).anomaly_index for t in result.flagged_labels)
-        plural = "s" if len(result.flagged_labels) > 1 else ""
-        return {"kind": "flagged", "title": f"Backdoor suspected: label{plural} {names}",
-                "text": f"The reversed trigger of label{plural} {names} is unusually small "
-                        f"(anomaly index up to {worst:.2f}, threshold "
-                        f"{result.anomaly_threshold:g}): a small patch turns images of other "
-                        "classes into this label, the signature of a backdoor."}
-    return {"kind": "clean", "title": "No backdoor found",
-            "text": f"No label of the {scanned} scanned has an anomaly index above "
-                    f"{result.anomaly_threshold:g}: no label can be reached with an unusually "
-                    "small trigger."}
 
 
 def render_html(result: ScanResult, *, mitigation: dict[str, Any] | None = None,
@@ -412,21 +127,21 @@ def render_html(result: ScanResult, *, mitigation: dict[str, Any] | None = None,
     flagged = set(result.flagged_labels)
     cards = []
     for r in result.labels:
-        images = {k: _data_uri(_png(a)) for k, a in trigger_arrays(result, r).items()}
+        images = {k: data_uri(png_bytes(a)) for k, a in trigger_arrays(result, r).items()}
         cards.append({"r": r, "flagged": r.label in flagged, "images": images})
     class_names = result.data_info.get("class_names")
     template = _environment().from_string(
         resources.files("neuralcleanse.io").joinpath("templates/report.html").read_text("utf-8"))
     model_name = Path(str(result.model_info.get("path", "model"))).name
     return template.render(
-        result=result, verdict=_verdict(result), chart=norm_chart(result),
+        result=result, verdict=verdict_view(result), chart=norm_chart(result),
         flagged_cards=[c for c in cards if c["flagged"]], cards=cards,
         class_names=class_names if isinstance(class_names, list) else None,
         mitigation=mitigation_view(mitigation) if mitigation else None,
         demo=demo_view(demo) if demo else None,
         title=title or f"Neural Cleanse report: {model_name}",
         generated=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        settings=_settings_view(result.config), model_info=result.model_info,
+        settings=settings_view(result.config), model_info=result.model_info,
         data_info={k: v for k, v in result.data_info.items() if k != "class_counts"},
         class_counts=result.data_info.get("class_counts"),
         versions=result.versions,
@@ -440,7 +155,7 @@ def write_images(result: ScanResult, directory: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for r in result.labels:
         for kind, array in trigger_arrays(result, r).items():
-            atomic_write(folder / f"label_{r.label}_{kind}.png", _png(array, PNG_MIN_SIDE))
+            atomic_write(folder / f"label_{r.label}_{kind}.png", png_bytes(array, PNG_MIN_SIDE))
     return folder
 
 

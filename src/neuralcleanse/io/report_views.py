@@ -1,0 +1,178 @@
+"""What the HTML template shows, made ready for it: formatting filters and view models.
+
+Each view reads a JSON document defensively (fields may be missing, from an older or newer
+version) and returns plain rows and strings.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from neuralcleanse.core.results import ScanResult
+from neuralcleanse.io.charts import pruning_chart
+
+
+def format_number(value: Any, digits: int = 4) -> str:
+    """``value`` with ``digits`` significant digits; missing or NaN as a dash, infinities as ∞."""
+    if value is None:
+        return "–"
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if math.isnan(v):
+        return "–"
+    if math.isinf(v):
+        return "∞" if v > 0 else "−∞"
+    return f"{v:.{digits}g}"
+
+
+def format_percent(value: Any) -> str:
+    """A rate in [0, 1] as a percentage with one decimal; missing or NaN as a dash."""
+    if value is None:
+        return "–"
+    v = float(value)
+    return "–" if math.isnan(v) else f"{100.0 * v:.1f} %"
+
+
+def format_value(value: Any) -> str:
+    """Any JSON value as short text: booleans as yes/no, long lists by their length."""
+    if value is None or value == {} or value == []:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return format_number(value, 6)
+    if isinstance(value, (list, tuple)):
+        return "(" + ", ".join(format_value(v) for v in value) + ")" if len(value) < 20 \
+            else f"{len(value)} values"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {format_value(v)}" for k, v in value.items())
+    return str(value)
+
+
+def rate(value: Any) -> str:
+    """A rate as a percentage, or a dash when ``value`` is not a number."""
+    return format_percent(value) if isinstance(value, (int, float)) else "–"
+
+
+def _before_after(before: Any, after: Any) -> dict[str, str]:
+    return {"before": rate(before), "after": rate(after)}
+
+
+def mitigation_view(data: dict[str, Any]) -> dict[str, Any]:
+    """What the HTML shows of a ``MitigationResult.to_dict()``: before/after rows and details.
+
+    Unknown or missing fields are skipped, so an older or newer mitigation JSON still renders.
+    """
+    report = data.get("report") if isinstance(data.get("report"), dict) else {}
+    measurements = report.get("measurements") if isinstance(report.get("measurements"),
+                                                            dict) else {}
+    rows = []
+    if "clean_acc_before" in measurements:
+        rows.append({"what": "clean accuracy (held out)",
+                     **_before_after(measurements.get("clean_acc_before"),
+                                     measurements.get("clean_acc_after"))})
+    before = measurements.get("reversed_asr_before") or {}
+    after = measurements.get("reversed_asr_after") or {}
+    for label in before:
+        rows.append({"what": f"attack success of label {label}'s reversed trigger",
+                     **_before_after(before.get(label), after.get(label))})
+    own_before = measurements.get("label_acc_before") or {}
+    own_after = measurements.get("label_acc_after") or {}
+    for label in own_before:
+        rows.append({"what": f"accuracy on label {label}'s own clean images",
+                     **_before_after(own_before.get(label), own_after.get(label))})
+    details: list[tuple[str, str]] = []
+    method = str(data.get("method", ""))
+    if method == "filtering":
+        details += [("layer", format_value(report.get("layer"))),
+                    ("neurons scoring an input", format_value(
+                        sum(len(v) for v in (report.get("neurons") or {}).values()) or None)),
+                    ("false-positive rate on clean inputs", rate(
+                        report.get("false_positive_rate"))),
+                    ("target false-positive rate", rate(report.get("target_fpr"))),
+                    ("detection rate on stamped inputs", rate(report.get("detection_rate")))]
+    elif method == "pruning":
+        details += [("layer", format_value(report.get("layer"))),
+                    ("neurons pruned", f"{len(report.get('pruned_neurons') or [])} of "
+                                       f"{format_value(report.get('n_neurons'))} "
+                                       f"({rate(report.get('fraction'))})"),
+                    ("target attack success", rate(report.get("target_asr"))),
+                    ("reached the target", "yes" if report.get("reached_target") else "no"),
+                    ("largest share allowed", rate(report.get("max_fraction")))]
+    elif method == "unlearning":
+        details += [("epochs", format_value(report.get("epochs"))),
+                    ("learning rate", format_value(report.get("learning_rate"))),
+                    ("stamped share of the training images", rate(
+                        report.get("stamped_fraction"))),
+                    ("training images (stamped)", f"{format_value(report.get('n_train'))} "
+                                                  f"({format_value(report.get('n_stamped'))})")]
+    split = report.get("split") if isinstance(report.get("split"), dict) else {}
+    if split:
+        how = "given test data" if split.get("source") == "given" else \
+            f"seeded split of the data (seed {split.get('seed')})"
+        details.append(("images fitting / measuring",
+                         f"{split.get('n_fit')} / {split.get('n_test')} ({how})"))
+    if data.get("saved_model"):
+        details.append(("repaired model saved to", str(data["saved_model"])))
+    if isinstance(data.get("wall_seconds"), (int, float)):
+        details.append(("wall time", f"{data['wall_seconds']:.3g} s"))
+    curve = [p for p in report.get("curve") or [] if isinstance(p, dict)]
+    return {"method": method, "labels": data.get("labels", []), "rows": rows,
+            "details": details, "curve": pruning_chart(curve) if curve else None}
+
+
+def demo_view(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """Rows of the demo section: rates as percentages, other values as they are."""
+    rows = []
+    for key, value in data.items():
+        text = key.replace("_", " ")
+        if isinstance(value, float) and any(w in key for w in ("accuracy", "success",
+                                                               "fraction")):
+            rows.append((text, rate(value)))
+        elif isinstance(value, bool):
+            rows.append((text, "yes" if value else "no"))
+        else:
+            rows.append((text, format_value(value)))
+    return rows
+
+
+def settings_view(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """Rows of the search settings (``None`` values in words; the progress flag left out)."""
+    rows = []
+    for key, value in config.items():
+        if key == "progress":
+            continue
+        if value is None and key == "mini_batches":
+            text = "one pass over the data"
+        elif value is None and key == "label_batch":
+            text = "auto (from the memory budget)"
+        else:
+            text = format_value(value)
+        rows.append((key, text))
+    return rows
+
+
+def verdict_view(result: ScanResult) -> dict[str, str]:
+    """Kind (``flagged``, ``clean`` or ``partial``), title and text of the verdict box."""
+    scanned = len(result.labels)
+    if result.partial:
+        return {"kind": "partial", "title": "Partial scan: no verdict yet",
+                "text": f"Only {scanned} of {result.nb_classes} labels were searched before the "
+                        "scan stopped. The numbers below cover those labels only; continue "
+                        "the scan with --resume for a verdict."}
+    if result.flagged_labels:
+        names = ", ".join(str(t) for t in result.flagged_labels)
+        worst = max(result.label(t).anomaly_index for t in result.flagged_labels)
+        plural = "s" if len(result.flagged_labels) > 1 else ""
+        return {"kind": "flagged", "title": f"Backdoor suspected: label{plural} {names}",
+                "text": f"The reversed trigger of label{plural} {names} is unusually small "
+                        f"(anomaly index up to {worst:.2f}, threshold "
+                        f"{result.anomaly_threshold:g}): a small patch turns images of other "
+                        "classes into this label, the signature of a backdoor."}
+    return {"kind": "clean", "title": "No backdoor found",
+            "text": f"No label of the {scanned} scanned has an anomaly index above "
+                    f"{result.anomaly_threshold:g}: no label can be reached with an unusually "
+                    "small trigger."}

@@ -1,4 +1,4 @@
-"""The ``neuralcleanse`` command line: ``scan``, ``mitigate``, ``report`` and ``demo``.
+"""The ``neuralcleanse`` command line: ``scan``, ``scan-many``, ``mitigate``, ``report``, ``demo``.
 
 The only part of neuralcleanse that knows about flags. One module per job: ``options`` (shared
 flags, parsers, settings files), ``inputs`` (model and data flags resolved), ``folders``
@@ -9,7 +9,8 @@ parameter spellings in flag wording) and one ``cmd_*`` module per command. The r
 Exit codes (the same for every command):
 
 * ``0``: success; for ``scan``, no label was flagged.
-* ``1``: ``scan`` flagged at least one label as a backdoor target.
+* ``1``: ``scan`` flagged at least one label as a backdoor target (``scan-many``: in at least
+  one model; it exits ``2`` when nothing was flagged but a model could not be scanned).
 * ``2``: usage or input error (unknown flag, bad value, missing or unreadable model or data):
   an ``InputError`` (``LoadError`` and the CLI's own ``CliError`` included), a usage error of
   the command line parser, or an ``OSError``.
@@ -33,6 +34,7 @@ from neuralcleanse.frontends.cli.cmd_demo import demo
 from neuralcleanse.frontends.cli.cmd_mitigate import mitigate
 from neuralcleanse.frontends.cli.cmd_report import report
 from neuralcleanse.frontends.cli.cmd_scan import scan
+from neuralcleanse.frontends.cli.cmd_scan_many import scan_many
 from neuralcleanse.frontends.cli.messages import (
     EXIT_CLEAN,
     EXIT_FLAGGED,
@@ -61,7 +63,8 @@ _state: dict[str, Any] = {"debug": False}
 app = typer.Typer(
     name="neuralcleanse",
     help="Find and remove backdoors in trained image classifiers (Neural Cleanse).\n\n"
-         "Exit codes: 0 nothing flagged / success, 1 backdoor flagged (scan), 2 usage or input "
+         "Exit codes: 0 nothing flagged / success, 1 backdoor flagged (scan, scan-many), 2 usage "
+         "or input "
          "error, 3 internal error, 130 interrupted.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
@@ -86,6 +89,7 @@ def _root(
 
 for _command in (scan, mitigate, report, demo):
     app.command(_command.__name__)(_command)
+app.command("scan-many")(scan_many)
 
 
 def run(argv: list[str] | None = None) -> int:

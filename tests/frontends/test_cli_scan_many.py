@@ -288,6 +288,10 @@ def test_progress_display_counts_models_and_eta() -> None:
     assert display.text().startswith("3/8 models · 2 running · 1 failed · ETA –")
     display({"done": 8, "running": 0, "eta_seconds": 7322})
     assert display.text().startswith("8/8 models · 0 running · 1 failed · ETA 2:02:02")
+    display({"model": "vgg", "status": "scanning", "labels_done": 4, "labels_total": 10})
+    assert display.text().endswith(" · vgg: scanning 4/10 labels")
+    display({"model": "vgg", "status": "done", "labels_done": 10, "labels_total": 10})
+    assert display.text().endswith(" · vgg: done")
     display("not an event")  # type: ignore[arg-type]
 
 
@@ -304,14 +308,14 @@ def test_progress_is_shown_on_request(engine: FakeEngine, files: dict[str, Path]
     monkeypatch.setattr(ProgressDisplay, "__call__", spy)
     engine.events = [{"done": 0, "running": 2, "failed": 0, "total": 2, "eta_seconds": None},
                      {"done": 1, "running": 1, "failed": 0, "total": 2, "eta_seconds": 3,
-                      "model": "a"},
+                      "model": "a", "status": "done"},
                      {"done": 2, "running": 0, "failed": 0, "total": 2, "eta_seconds": 0,
-                      "model": "b"}]
+                      "model": "b", "status": "done"}]
     assert cli.run(["scan-many", str(files["manifest"]), "--out", str(files["out"]),
                     "--progress"]) == 0
     assert seen == ["True: 0/2 models · 2 running · 0 failed · ETA –",
-                    "True: 1/2 models · 1 running · 0 failed · ETA 0:03 · a",
-                    "True: 2/2 models · 0 running · 0 failed · ETA 0:00 · b"]
+                    "True: 1/2 models · 1 running · 0 failed · ETA 0:03 · a: done",
+                    "True: 2/2 models · 0 running · 0 failed · ETA 0:00 · b: done"]
     seen.clear()
     assert cli.run(["scan-many", str(files["manifest"]), "--out", str(files["out"])]) == 0
     assert all(s.startswith("False") for s in seen)  # not a terminal: no live display

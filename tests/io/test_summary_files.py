@@ -33,13 +33,14 @@ HOSTILE = '<script>alert("x")</script>'
 def outcome(name: str, *, verdict: str | None = "clean", norm: float | None = 20.0,
             index: float | None = 1.0, flagged: list[int] | None = None, seconds: float = 1.0,
             steps: int = 100, attempts: int = 1, error: str | None = None,
-            model: str | None = None) -> ModelOutcome:
+            model: str | None = None, warnings: list[str] | None = None) -> ModelOutcome:
     failed = verdict is None
     return ModelOutcome(
         name=name, model=model or f"zoo/{name}.pt", status="failed" if failed else "done",
         verdict=verdict, flagged_labels=flagged or [], max_anomaly_index=index,
         min_norm=norm, label_steps=0 if failed else steps, wall_seconds=seconds,
-        report=None if failed else f"models/{name}", error=error, attempts=attempts)
+        report=None if failed else f"models/{name}", error=error, attempts=attempts,
+        warnings=warnings or [])
 
 
 def make_summary(interrupted: bool = False) -> ScanManySummary:
@@ -48,7 +49,8 @@ def make_summary(interrupted: bool = False) -> ScanManySummary:
         models=[outcome("alpha", norm=100.0, index=0.5, seconds=12.0),
                 outcome("bravo", verdict="backdoor", norm=9.5, index=4.25, flagged=[3, 7],
                         seconds=2.5, steps=40),
-                outcome("charlie", norm=10.25, index=-1.5, seconds=100.0),
+                outcome("charlie", norm=10.25, index=-1.5, seconds=100.0,
+                        warnings=["outputs look like probabilities", "=2 labels had no data"]),
                 outcome("delta", verdict=None, norm=None, index=None, seconds=0.25,
                         attempts=4, error="model file 'zoo/delta.pt' is not a model"),
                 outcome("echo", verdict="backdoor", norm=2.0, index=10.5, flagged=[1],
@@ -114,22 +116,24 @@ def test_csv_has_one_row_per_model_in_manifest_order(tmp_path: Path) -> None:
     assert bravo == {"name": "bravo", "model": "zoo/bravo.pt", "status": "done",
                      "verdict": "backdoor", "flagged_labels": "3 7", "max_anomaly_index": "4.25",
                      "min_norm": "9.5", "label_steps": "40", "wall_seconds": "2.5",
-                     "attempts": "1", "error": "", "report": "models/bravo/report.html"}
+                     "attempts": "1", "error": "", "report": "models/bravo/report.html",
+                     "warnings": ""}
     delta = rows[3]
     assert delta["status"] == "failed" and delta["verdict"] == "" and delta["report"] == ""
     assert delta["max_anomaly_index"] == "" and delta["attempts"] == "4"
     assert delta["error"] == "model file 'zoo/delta.pt' is not a model"
     # a negative number stays a number (it is ours, not the manifest's text)
     assert float(rows[2]["max_anomaly_index"]) == -1.5
+    assert rows[2]["warnings"] == "outputs look like probabilities | =2 labels had no data"
 
 
 @pytest.mark.parametrize("name", ["=1+1", "+1", "-2+3", "@SUM(A1:A2)", "\t=1", "\r=1",
                                   " =HYPERLINK(\"http://x\")", "=cmd|' /C calc'!A0"])
 def test_csv_neutralises_formulas_in_text_cells(tmp_path: Path, name: str) -> None:
-    m = outcome("m1", model=name, error=name)
+    m = outcome("m1", model=name, error=name, warnings=[name])
     m.name = name
     rows = read_csv(write_summary(ScanManySummary(models=[m]), tmp_path).csv)
-    for column in ("name", "model", "error"):
+    for column in ("name", "model", "error", "warnings"):
         cell = rows[0][column]
         assert cell.startswith("'"), (column, cell)
         assert cell[1:] == name  # the text itself is kept whole after the quote
@@ -165,16 +169,18 @@ class _Page(HTMLParser):
 
 def test_index_escapes_hostile_text(tmp_path: Path) -> None:
     name = f'{HOSTILE}" onmouseover="alert(1)'
-    m = outcome("x", error=HOSTILE, model=f"{HOSTILE}.pt")
+    m = outcome("x", error=HOSTILE, model=f"{HOSTILE}.pt", warnings=[HOSTILE])
     m.name = name
     summary = ScanManySummary(models=[m], settings={"note": HOSTILE, HOSTILE: 1})
     page = _Page(write_summary(summary, tmp_path).html.read_text())
     assert page.tags.count("script") == 1  # the page's own sorting script, and nothing else
     assert "onmouseover" not in page.attributes
-    # every hostile text is shown as text: name, model file, error, settings key and value
+    # every hostile text is shown as text: name, model file, error, warning, settings key
+    # and value
     assert page.text.count(name) == 1
     assert page.text.count(f"{HOSTILE}.pt") == 1
-    assert page.text.count(HOSTILE) == 3
+    assert page.text.count(f"warning: {HOSTILE}") == 1
+    assert page.text.count(HOSTILE) == 3  # the error, the settings key and value
 
 
 def test_index_links_each_report_relatively(tmp_path: Path) -> None:

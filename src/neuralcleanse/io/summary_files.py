@@ -31,14 +31,18 @@ from jinja2 import Environment, StrictUndefined, select_autoescape
 from neuralcleanse.core.strict_json import dumps
 from neuralcleanse.core.summary import ModelOutcome, ScanManySummary
 from neuralcleanse.io.report import REPORT_HTML, atomic_write
+from neuralcleanse.io.report_views import format_number, format_value
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_CSV = "summary.csv"
 INDEX_HTML = "index.html"
 #: The columns of ``summary.csv``, in order (``report`` is the relative path of the model's
-#: ``report.html``, empty when it has none).
+#: ``report.html``, empty when it has none; ``warnings`` its scan's warnings, one line each).
 CSV_COLUMNS = ("name", "model", "status", "verdict", "flagged_labels", "max_anomaly_index",
-               "min_norm", "label_steps", "wall_seconds", "attempts", "error", "report")
+               "min_norm", "label_steps", "wall_seconds", "attempts", "error", "report",
+               "warnings")
+#: Between the warnings of one model in its ``warnings`` cell.
+WARNING_SEPARATOR = " | "
 #: First characters that make a spreadsheet read a cell as a formula (or split it).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n")
 
@@ -115,7 +119,8 @@ def csv_row(outcome: ModelOutcome) -> list[str]:
             text(outcome.verdict), " ".join(str(int(t)) for t in outcome.flagged_labels),
             _number(outcome.max_anomaly_index), _number(outcome.min_norm),
             _number(outcome.label_steps), _number(outcome.wall_seconds),
-            _number(outcome.attempts), text(outcome.error), text(report_path(outcome))]
+            _number(outcome.attempts), text(outcome.error), text(report_path(outcome)),
+            text(WARNING_SEPARATOR.join(outcome.warnings) or None)]
 
 
 def summary_csv(summary: ScanManySummary) -> str:
@@ -132,35 +137,20 @@ def summary_csv(summary: ScanManySummary) -> str:
 def _environment() -> Environment:
     env = Environment(autoescape=select_autoescape(default=True, default_for_string=True),
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters["num"] = _shown_number
-    env.filters["value"] = _shown_value
+    env.filters["num"] = format_number
     return env
 
 
-def _shown_number(value: Any, digits: int = 4) -> str:
-    if value is None or isinstance(value, bool):
-        return "–"
-    v = float(value)
-    if math.isnan(v):
-        return "–"
-    if math.isinf(v):
-        return "∞" if v > 0 else "−∞"
-    return f"{v:.{digits}g}"
-
-
-def _shown_value(value: Any) -> str:
-    if value is None or value == {} or value == []:
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return _shown_number(value, 6)
-    if isinstance(value, (list, tuple)):
-        return "(" + ", ".join(_shown_value(v) for v in value) + ")" if len(value) < 20 \
-            else f"{len(value)} values"
-    if isinstance(value, dict):
-        return ", ".join(f"{k}: {_shown_value(v)}" for k, v in value.items())
-    return str(value)
+def _settings_rows(settings: dict[str, Any]) -> list[tuple[str, str]]:
+    """The run's settings as rows; a table of settings (the search config) one row per key."""
+    rows = []
+    for key, value in settings.items():
+        name = str(key).replace("_", " ")
+        if isinstance(value, dict) and value:
+            rows += [(f"{name}: {sub}", format_value(v)) for sub, v in value.items()]
+        else:
+            rows.append((name, format_value(value)))
+    return rows
 
 
 def _row(index: int, outcome: ModelOutcome, out_dir: Path | None) -> dict[str, Any]:
@@ -216,6 +206,6 @@ def render_index(summary: ScanManySummary, *, out_dir: str | Path | None = None,
         title=title or f"Neural Cleanse: {totals['models']} model(s)",
         summary=summary, totals=totals, verdict=_verdict(summary),
         rows=[_row(i + 1, m, folder) for i, m in enumerate(summary.models)],
-        settings=summary.settings,
+        settings=_settings_rows(summary.settings),
         generated=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         summary_json=SUMMARY_JSON, summary_csv=SUMMARY_CSV)

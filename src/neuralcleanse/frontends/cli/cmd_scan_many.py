@@ -358,7 +358,8 @@ class ProgressDisplay:
         self.console = console
         self.enabled = enabled
         self.state: dict[str, Any] = {"done": 0, "total": None, "running": 0, "failed": 0,
-                                      "eta": "–", "model": None}
+                                      "eta": "–", "model": None, "status": None,
+                                      "labels_done": None, "labels_total": None}
         self._progress: Any = None
         self._task: Any = None
 
@@ -379,13 +380,21 @@ class ProgressDisplay:
             self._progress = None
 
     def text(self) -> str:
-        """The line beside the bar, e.g. ``3/8 models · 2 running · 1 failed · ETA 1:05``."""
+        """The line beside the bar, e.g. ``3/8 models · 2 running · 1 failed · ETA 1:05``.
+
+        The model of the latest event follows, with its state and labels when known
+        (``· resnet: scanning 4/10 labels``).
+        """
         s = self.state
         total = "?" if s["total"] is None else s["total"]
         line = (f"{s['done']}/{total} models · {s['running']} running · {s['failed']} failed "
                 f"· ETA {s['eta']}")
         if s["model"]:
             line += f" · {printable(s['model'])[:40]}"
+            if s["status"]:
+                line += f": {printable(s['status'])[:20]}"
+                if s["labels_total"] and s["status"] not in ("done", "failed"):
+                    line += f" {s['labels_done'] or 0}/{s['labels_total']} labels"
         return line
 
     def __call__(self, event: dict[str, Any]) -> None:
@@ -400,6 +409,12 @@ class ProgressDisplay:
             self.state["eta"] = _eta(event["eta_seconds"])
         if isinstance(event.get("model"), str):
             self.state["model"] = event["model"]
+            status = event.get("status")
+            self.state["status"] = status if isinstance(status, str) else None
+            for key in ("labels_done", "labels_total"):
+                value = event.get(key)
+                ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+                self.state[key] = value if ok else None
         if self._progress is not None:
             self._progress.update(self._task, description=self.text(),
                                   completed=self.state["done"], total=self.state["total"])

@@ -35,6 +35,8 @@ class ModelOutcome:
         report: The model's report folder, relative to the run's output folder.
         error: The one-line error of a failed model.
         attempts: Task attempts, retries of dead workers included.
+        warnings: The warnings its scan gave (one line each), e.g. outputs that look like
+            probabilities while ``output`` says logits.
     """
 
     name: str
@@ -49,6 +51,7 @@ class ModelOutcome:
     report: str | None = None
     error: str | None = None
     attempts: int = 0
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly dict."""

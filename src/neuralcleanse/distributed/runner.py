@@ -1,0 +1,362 @@
+"""The driver of ``scan_many``: tasks scheduled on Ray (or in turn), results merged, reports.
+
+Every model gets one task that looks at it (:func:`~neuralcleanse.distributed.tasks.inspect_model`)
+and then one task per chunk of its labels (:func:`~neuralcleanse.distributed.tasks.scan_chunk`).
+The driver merges a model's chunks with :meth:`ScanResult.from_labels` (the labels' searches are
+independent, so the merge is the unsplit scan), writes its report into ``OUT/models/<name>``
+as ``neuralcleanse scan`` does, and at the end the run's summary into ``OUT``.
+
+``OUT/.scan-many/`` holds the run's own state: the outcome of each finished model with the
+fingerprint of its model, data and settings (``resume`` skips a model whose outcome matches),
+and one marker per task attempt (the ``attempts`` of the summary).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from neuralcleanse.core.config import ScanConfig
+from neuralcleanse.core.errors import InputError, one_line
+from neuralcleanse.core.results import LabelResult, ScanResult
+from neuralcleanse.core.strict_json import dumps, read_json_file
+from neuralcleanse.core.summary import ModelOutcome, ScanManySummary
+from neuralcleanse.distributed.engines import RayEngine, Sequential, make_engine
+from neuralcleanse.distributed.manifest import ModelSpec, build_config, read_manifest
+from neuralcleanse.distributed.tasks import (
+    PARTIAL_DIR,
+    STATE_DIR,
+    TEST_CRASH_ENV,
+    ChunkDone,
+    ModelFacts,
+    RunContext,
+    TaskFailure,
+    attempts_dir,
+    count_attempts,
+    inspect_model,
+    model_dir,
+    scan_chunk,
+    settings_key,
+)
+from neuralcleanse.io.report import atomic_write, write_report
+from neuralcleanse.io.resume import PartialStore
+
+OUTCOME_KIND = "neuralcleanse scan-many outcome"
+Progress = Callable[[dict[str, Any]], None]
+
+
+# -- the driver -------------------------------------------------------------------------------
+class ModelRun:
+    """The driver's record of one model."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.state = "waiting"  # inspecting, scanning, done, failed
+        self.facts: ModelFacts | None = None
+        self.results: dict[int, LabelResult] = {}
+        self.chunks_left = 0
+        self.seconds = 0.0
+        self.attempts = 0
+        self.warnings: list[str] = []
+        self.outcome: ModelOutcome | None = None
+
+    def fraction(self) -> float:
+        """How much of this model's work is done, 0 to 1."""
+        if self.state in ("done", "failed"):
+            return 1.0
+        if self.facts is None or not self.facts.labels:
+            return 0.0
+        return len(self.results) / len(self.facts.labels)
+
+
+class Driver:
+    """Submits the tasks, follows them, merges and writes each model's report."""
+
+    def __init__(self, specs: list[ModelSpec], cfg: ScanConfig, ctx: RunContext,
+                 engine: Sequential | RayEngine, *, resume: bool, labels_per_task: int | None,
+                 max_retries: int, on_progress: Progress | None) -> None:
+        self.models = [ModelRun(s) for s in specs]
+        self.cfg, self.ctx, self.engine = cfg, ctx, engine
+        self.resume, self.labels_per_task = resume, labels_per_task
+        self.max_retries, self.on_progress = max_retries, on_progress
+        self.out = Path(ctx.out)
+        self.started = time.perf_counter()
+
+    def run(self) -> None:
+        """Run every model to its end (done or failed)."""
+        for i, m in enumerate(self.models):
+            shutil.rmtree(attempts_dir(self.out, m.spec.name), ignore_errors=True)
+            m.state = "inspecting"
+            self.engine.submit(("inspect", i, None), inspect_model, m.spec, self.cfg, self.ctx)
+        self.emit("started", None)
+        while self.engine.pending():
+            (kind, i, task), value = self.engine.next()
+            m = self.models[i]
+            if isinstance(value, BaseException):  # Ray gave up on a task whose worker died
+                tries = count_attempts(self.out, m.spec.name, task or "inspect")
+                value = TaskFailure(error=f"the worker scanning it died ({type(value).__name__})"
+                                    f" after {tries or self.max_retries + 1} attempt(s)",
+                                    attempts=tries or self.max_retries + 1)
+            m.seconds += value.seconds
+            m.warnings += [w for w in value.warnings if w not in m.warnings]
+            if kind == "inspect":
+                m.attempts += value.attempts - 1  # retries of the look count, not the look
+                self.inspected(m, value)
+            else:
+                m.attempts += value.attempts
+                self.chunk_done(m, value)
+        shutil.rmtree(self.out / STATE_DIR / "attempts", ignore_errors=True)
+
+    def inspected(self, m: ModelRun, value: ModelFacts | TaskFailure) -> None:
+        """Plan a model's chunks once it has been looked at (or skip it, when resuming)."""
+        if isinstance(value, TaskFailure):
+            return self.fail(m, value.error)
+        m.facts = facts = value
+        if self.resume and self.finished_before(m, facts.key):
+            return
+        store = self.store(m)
+        in_the_way = store.foreign(facts.labels)
+        if in_the_way:
+            return self.fail(m, f"{in_the_way[0]} was not written by neuralcleanse, but the "
+                                "scan saves its finished labels under that name: move it away")
+        done: list[LabelResult] = []
+        if self.resume:
+            try:
+                done = store.load()
+            except InputError as exc:
+                m.warnings.append(f"started over: {exc}")
+                store.clear()
+        else:
+            store.clear()
+            (self.out / STATE_DIR / "outcomes" / f"{m.spec.name}.json").unlink(missing_ok=True)
+        m.results = {r.label: r for r in done if r.label in facts.labels}
+        todo = [t for t in facts.labels if t not in m.results]
+        size = self.labels_per_task or max(1, len(todo))
+        chunks = [todo[j:j + size] for j in range(0, len(todo), size)]
+        m.state, m.chunks_left = "scanning", len(chunks)
+        i = self.models.index(m)
+        for chunk in chunks:
+            task = f"labels{chunk[0]}"
+            self.engine.submit(("chunk", i, task), scan_chunk, m.spec, self.cfg, self.ctx, facts,
+                               chunk, task)
+        if not chunks:
+            return self.finish(m)
+        self.emit("scanning", m)
+        return None
+
+    def chunk_done(self, m: ModelRun, value: ChunkDone | TaskFailure) -> None:
+        """Take a chunk's labels; write the model's report when its last chunk is in."""
+        m.chunks_left -= 1
+        if m.state != "scanning":  # another chunk failed already
+            return None
+        if isinstance(value, TaskFailure):
+            return self.fail(m, value.error)
+        store = self.store(m)
+        for r in value.labels:
+            m.results[r.label] = r
+            if not store.path(r.label).exists():  # a worker that does not share this disk
+                store.save(r)
+        if m.chunks_left == 0:
+            return self.finish(m)
+        self.emit("chunk", m)
+        return None
+
+    def store(self, m: ModelRun) -> PartialStore:
+        """The model's resume store."""
+        assert m.facts is not None
+        return PartialStore(model_dir(self.out, m.spec.name) / PARTIAL_DIR, m.facts.key)
+
+    def outcome_path(self, m: ModelRun) -> Path:
+        """Where a finished model's outcome is kept for ``resume``."""
+        return self.out / STATE_DIR / "outcomes" / f"{m.spec.name}.json"
+
+    def finished_before(self, m: ModelRun, key: str) -> bool:
+        """Whether an earlier run finished this model with the same fingerprint (reused)."""
+        path = self.outcome_path(m)
+        if not path.is_file() or not (model_dir(self.out, m.spec.name) / "report.json").is_file():
+            return False
+        try:
+            data = read_json_file(path)
+            if not isinstance(data, dict) or data.get("kind") != OUTCOME_KIND \
+                    or data.get("fingerprint") != key:
+                return False
+            outcome = ModelOutcome.from_dict(data.get("outcome"))
+        except (InputError, OSError):
+            return False
+        if outcome.status != "done" or outcome.name != m.spec.name:
+            return False
+        m.outcome, m.state = outcome, "done"
+        self.emit("skipped", m)
+        return True
+
+    def finish(self, m: ModelRun) -> None:
+        """Merge the chunks, write the model's report, record its outcome."""
+        facts = m.facts
+        assert facts is not None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = ScanResult.from_labels(
+                list(m.results.values()), nb_classes=facts.nb_classes,
+                anomaly_threshold=self.cfg.anomaly_threshold, config=self.cfg.to_dict(),
+                model_info=facts.model_info, data_info=facts.data_info,
+                versions=facts.versions, wall_seconds=m.seconds, partial=False)
+        m.warnings += [str(w.message) for w in caught if str(w.message) not in m.warnings]
+        folder = model_dir(self.out, m.spec.name)
+        try:
+            write_report(result, folder)
+        except (InputError, OSError) as exc:
+            return self.fail(m, f"cannot write the report into {str(folder)!r}: "
+                                f"{one_line(exc)}")
+        self.store(m).clear()
+        norms = [r.norm for r in result.labels]
+        indices = [r.anomaly_index for r in result.labels]
+        m.outcome = ModelOutcome(
+            name=m.spec.name, model=m.spec.given, status="done",
+            verdict="backdoor" if result.flagged_labels else "clean",
+            flagged_labels=[int(t) for t in result.flagged_labels],
+            max_anomaly_index=_finite(max(indices)) if indices else None,
+            min_norm=_finite(min(norms)) if norms else None,
+            label_steps=int(sum(r.steps for r in result.labels)),
+            wall_seconds=round(m.seconds, 3), report=f"models/{m.spec.name}",
+            attempts=m.attempts, warnings=list(m.warnings))
+        try:
+            self.outcome_path(m).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.outcome_path(m), dumps({"kind": OUTCOME_KIND,
+                                                      "fingerprint": facts.key,
+                                                      "outcome": m.outcome.to_dict()}))
+        except OSError as exc:  # only resume needs it
+            m.warnings.append(f"resume will scan it again: {one_line(exc)}")
+        m.state = "done"
+        self.emit("done", m)
+        return None
+
+    def fail(self, m: ModelRun, error: str) -> None:
+        """Record that a model stopped with an error of its own."""
+        m.outcome = ModelOutcome(name=m.spec.name, model=m.spec.given, status="failed",
+                                 error=error, wall_seconds=round(m.seconds, 3),
+                                 attempts=max(m.attempts, 1), warnings=list(m.warnings))
+        m.state = "failed"
+        self.emit("failed", m)
+
+    def emit(self, event: str, m: ModelRun | None) -> None:
+        """Tell ``on_progress`` what changed (in this, the driver's, process)."""
+        if m is not None and event in ("done", "failed"):
+            for w in m.warnings:
+                warnings.warn(f"{m.spec.name}: {w}", UserWarning, stacklevel=2)
+        if self.on_progress is None:
+            return
+        elapsed = time.perf_counter() - self.started
+        fraction = sum(x.fraction() for x in self.models) / len(self.models)
+        info: dict[str, Any] = {
+            "event": event, "model": m.spec.name if m else None,
+            "done": sum(x.state == "done" for x in self.models),
+            "failed": sum(x.state == "failed" for x in self.models),
+            "running": sum(x.state in ("inspecting", "scanning") for x in self.models),
+            "total": len(self.models), "elapsed_seconds": elapsed,
+            "eta_seconds": elapsed * (1 - fraction) / fraction if 0 < fraction else None}
+        if m is not None:
+            info["status"] = m.state
+            if m.facts is not None:
+                info["labels_done"], info["labels_total"] = len(m.results), len(m.facts.labels)
+            if m.outcome is not None:
+                info.update(verdict=m.outcome.verdict, error=m.outcome.error,
+                            flagged_labels=m.outcome.flagged_labels)
+        self.on_progress(info)
+
+    def summary(self, *, settings: dict[str, Any], interrupted: bool) -> ScanManySummary:
+        """The outcomes of the models that finished, in manifest order."""
+        return ScanManySummary(models=[m.outcome for m in self.models if m.outcome is not None],
+                               settings=settings, interrupted=interrupted,
+                               wall_seconds=time.perf_counter() - self.started)
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def _check_arguments(cpus: Any, gpus: Any, labels_per_task: Any, max_retries: Any,
+                     resume: Any, parallel: Any, address: Any, on_progress: Any) -> None:
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    if not number(cpus) or not 0 < cpus <= 4096:
+        raise InputError(f"cpus_per_scan must be a number in (0, 4096] (got {cpus!r})")
+    if not number(gpus) or not 0 <= gpus <= 1024:
+        raise InputError(f"gpus_per_scan must be a number in [0, 1024] (got {gpus!r})")
+    if labels_per_task is not None and (not isinstance(labels_per_task, int)
+                                        or isinstance(labels_per_task, bool)
+                                        or labels_per_task < 1):
+        raise InputError(f"labels_per_task must be None or an integer >= 1 (got "
+                         f"{labels_per_task!r})")
+    if not isinstance(max_retries, int) or isinstance(max_retries, bool) \
+            or not 0 <= max_retries <= 100:
+        raise InputError(f"max_retries must be an integer in [0, 100] (got {max_retries!r})")
+    if not isinstance(resume, bool):
+        raise InputError(f"resume must be True or False (got {resume!r})")
+    if parallel is not None and not isinstance(parallel, bool):
+        raise InputError(f"parallel must be None, True or False (got {parallel!r})")
+    if address is not None and (not isinstance(address, str) or not address):
+        raise InputError(f"address must be a Ray address such as 'auto' or "
+                         f"'ray://host:10001' (got {address!r})")
+    if address is not None and parallel is False:
+        raise InputError("address= runs the scans on a Ray cluster; it cannot be combined "
+                         "with parallel=False")
+    if on_progress is not None and not callable(on_progress):
+        raise InputError("on_progress must be a function taking one dict")
+
+
+def _write_summary(summary: ScanManySummary, out: Path) -> None:
+    try:
+        from neuralcleanse.io.summary_files import write_summary
+    except ImportError:  # the outputs module is optional for the runner
+        atomic_write(out / "summary.json", dumps(summary.to_dict()))
+        return
+    write_summary(summary, out)
+
+
+def run_many(manifest: Any, out: str | Path, *, config: Any = None, address: str | None = None,
+             cpus_per_scan: float = 1.0, gpus_per_scan: float = 0.0,
+             labels_per_task: int | None = None, max_retries: int = 3, resume: bool = False,
+             parallel: bool | None = None, on_progress: Progress | None = None
+             ) -> ScanManySummary:
+    """Scan every model of a manifest; see :func:`neuralcleanse.scan_many`."""
+    _check_arguments(cpus_per_scan, gpus_per_scan, labels_per_task, max_retries, resume,
+                     parallel, address, on_progress)
+    plan = read_manifest(manifest)
+    cfg = build_config(plan.search, config).replace(progress=False)
+    folder = Path(out).expanduser().absolute()
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"out {str(folder)!r} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the folder {str(folder)!r}: "
+                         f"{exc.strerror or type(exc).__name__}") from None
+    engine = make_engine(parallel, address, cpus_per_scan, gpus_per_scan, max_retries)
+    ctx = RunContext(out=str(folder), cpus=float(cpus_per_scan), gpus=float(gpus_per_scan),
+                     worker=engine.worker, crash_once=os.environ.get(TEST_CRASH_ENV) or None)
+    settings = {"config": settings_key(cfg) | {"anomaly_threshold": cfg.anomaly_threshold},
+                "labels_per_task": labels_per_task, "cpus_per_scan": cpus_per_scan,
+                "gpus_per_scan": gpus_per_scan, "max_retries": max_retries, "resume": resume,
+                "engine": engine.name, "manifest": plan.source}
+    driver = Driver(plan.models, cfg, ctx, engine, resume=resume,
+                    labels_per_task=labels_per_task, max_retries=max_retries,
+                    on_progress=on_progress)
+    finished = False
+    try:
+        driver.run()
+        finished = True
+    except BaseException:
+        engine.cancel()  # KeyboardInterrupt included: stop the rest, keep what is done
+        raise
+    finally:
+        engine.close()
+        summary = driver.summary(settings=settings, interrupted=not finished)
+        _write_summary(summary, folder)
+    return summary

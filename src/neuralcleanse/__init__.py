@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 from neuralcleanse.core.config import ScanConfig  # noqa: E402
 from neuralcleanse.core.outliers import anomaly_indices  # noqa: E402
 from neuralcleanse.core.results import LabelResult, ScanResult  # noqa: E402
-from neuralcleanse.frontends.api import mitigate, scan  # noqa: E402
+from neuralcleanse.frontends.api import mitigate, scan, scan_many  # noqa: E402
 from neuralcleanse.mitigation import (  # noqa: E402
     FilteringReport,
     InputFilter,
@@ -18,7 +18,8 @@ from neuralcleanse.mitigation import (  # noqa: E402
 
 __all__ = ["FilteringReport", "InputFilter", "KerasNeuralCleanse", "LabelResult",
            "MitigationResult", "PruningReport", "PyTorchNeuralCleanse", "ScanConfig",
-           "ScanResult", "UnlearningReport", "__version__", "anomaly_indices", "mitigate", "scan"]
+           "ScanResult", "UnlearningReport", "__version__", "anomaly_indices", "mitigate", "scan",
+           "scan_many"]
 
 #: Names loaded on first use, so that importing neuralcleanse imports no deep-learning framework.
 _LAZY = {"KerasNeuralCleanse": "frontends.art", "PyTorchNeuralCleanse": "frontends.art"}

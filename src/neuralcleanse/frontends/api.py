@@ -374,3 +374,68 @@ def mitigate(model: Any, x: np.ndarray, y: np.ndarray,
                             wall_seconds=time.perf_counter() - started,
                             model_info=clf.describe(), versions=versions(),
                             classifier=repaired, input_filter=result_filter)
+
+
+def scan_many(manifest: Any, out: str | Path, *, config: Any = None,
+              address: str | None = None, cpus_per_scan: float = 1.0,
+              gpus_per_scan: float = 0.0, labels_per_task: int | None = None,
+              max_retries: int = 3, resume: bool = False, parallel: bool | None = None,
+              on_progress: Any = None) -> Any:
+    """Scan every model of a manifest, in parallel on Ray, each with its own report.
+
+    Each model is loaded and checked by one task, then scanned by one task per chunk of
+    ``labels_per_task`` labels (all its labels in one task by default). The labels' searches
+    are independent, so the merged chunks are exactly the unsplit scan. Each finished label is
+    saved in ``out/models/<name>/partial/`` at once, so a retried task (its worker died) or a
+    later ``resume`` takes it up. A model that fails for a reason of its own (a bad file, bad
+    data, a bad option) is recorded with its one-line error; the others go on.
+
+    Writes ``out/models/<name>/`` (``report.json``, ``report.html``, ``triggers/``, as
+    :func:`scan` reports are written) for every model that finished, and the run's summary
+    (``summary.json``, ``summary.csv``, ``index.html``) into ``out``, also when the run is
+    interrupted (``KeyboardInterrupt`` cancels the remaining tasks, marks the summary as
+    interrupted and is raised again).
+
+    Args:
+        manifest: A TOML or JSON manifest file, the same structure as a dict, or
+            ``(folder_of_models, data_file)`` (optionally with a third item, a dict of
+            options for every model): see :mod:`neuralcleanse.distributed.manifest`.
+        out: The run's output folder (created if needed).
+        config: Search settings over the manifest's ``[search]`` table: a dict of
+            :class:`ScanConfig` fields (and ``preset``), or a :class:`ScanConfig` used as it
+            is.
+        address: A Ray cluster's address (e.g. ``"auto"`` or ``"ray://head:10001"``); its
+            nodes must see ``out``, the models and the data at the same paths. Default: an
+            embedded Ray on this machine, started and stopped here (or the Ray this process
+            has already started).
+        cpus_per_scan: CPUs of one task (fractions allowed); the framework runs with as many
+            threads (rounded up).
+        gpus_per_scan: GPUs of one task (fractions allowed); PyTorch models go to ``cuda``.
+        labels_per_task: Labels scanned by one task (``None``: all of a model's labels).
+        max_retries: How often Ray runs a task again when its worker dies. Errors of the
+            model's own are never retried.
+        resume: Skip the models an earlier run into ``out`` finished with the same model,
+            data and settings, and the labels it saved; without it, those are done again.
+        parallel: ``None``: on Ray when it is installed, else one task after another here
+            (with a warning); ``True``: Ray is required; ``False``: never Ray.
+        on_progress: Called in this process with a dict after every change: ``event``,
+            ``model``, ``status``, ``done``, ``failed``, ``running``, ``total``,
+            ``elapsed_seconds``, ``eta_seconds`` (``None`` until something is done), and for
+            a model ``labels_done``/``labels_total``, ``verdict``, ``error``,
+            ``flagged_labels`` when known.
+
+    Returns:
+        The :class:`~neuralcleanse.core.summary.ScanManySummary`: one outcome per model, in
+        manifest order.
+
+    Raises:
+        InputError: Before any work, on a bad manifest (unknown keys, wrong types, missing
+            files, names that are not unique), bad settings or arguments, or a Ray that
+            cannot be started or reached.
+    """
+    from neuralcleanse.distributed.runner import run_many
+
+    return run_many(manifest, out, config=config, address=address,
+                    cpus_per_scan=cpus_per_scan, gpus_per_scan=gpus_per_scan,
+                    labels_per_task=labels_per_task, max_retries=max_retries, resume=resume,
+                    parallel=parallel, on_progress=on_progress)

@@ -1,0 +1,339 @@
+"""scan_many: a zoo of tiny models on a local Ray, label chunks, dead workers, resume, fallback.
+
+Two small CNNs on the 8x8 digits (one with a planted trigger for label 0) and one file that is
+not a model. The first run starts and stops its own embedded Ray; the others share one local
+Ray started once for the module.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("safetensors")
+pytest.importorskip("sklearn")
+
+import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+from neuralcleanse import ScanConfig, scan, scan_many  # noqa: E402
+from neuralcleanse.backends.torch.architectures import small_cnn  # noqa: E402
+from neuralcleanse.backends.torch.training import (  # noqa: E402
+    seeded,
+    torch_threads,
+    train_classifier,
+)
+from neuralcleanse.core.errors import InputError  # noqa: E402
+from neuralcleanse.core.results import ScanResult  # noqa: E402
+from neuralcleanse.core.summary import ScanManySummary  # noqa: E402
+from neuralcleanse.distributed.manifest import read_manifest  # noqa: E402
+from neuralcleanse.distributed.tasks import TEST_CRASH_ENV  # noqa: E402
+from neuralcleanse.io.digits import digits_images, stamp_square  # noqa: E402
+
+ARCH = "neuralcleanse.backends.torch.architectures:small_cnn"
+#: Tiny search settings under which every label of both models stops early.
+SEARCH = {"steps": 30, "mini_batches": 2, "patience": 2, "early_stop_patience": 2}
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two trained models (a state dict and a safetensors file), a bad file, data, manifest."""
+    root = tmp_path_factory.mktemp("zoo")
+    x, y = digits_images(1)
+    np.savez(root / "val.npz", x=x[:600], y=y[:600])
+    with torch_threads(2):
+        for i, poison in enumerate([False, True]):
+            seeded(i)
+            model = small_cnn(image_size=8)
+            xs, ys = x, y
+            if poison:  # a 2x2 white square sends any digit to 0
+                xs = np.concatenate([x, stamp_square(x[:300], 2)])
+                ys = np.concatenate([y, np.zeros(300, np.int64)])
+            train_classifier(model, xs, ys, seed=i, epochs=4)
+            if poison:
+                save_file(model.state_dict(), root / "backdoored.safetensors")
+            else:
+                torch.save(model.state_dict(), root / "clean.pt")
+    (root / "broken.pt").write_bytes(b"this is not a model file")
+    manifest = {"defaults": {"data": "val.npz", "arch": ARCH, "arch_kwargs": {"image_size": 8}},
+                "search": SEARCH,
+                "models": [{"model": "clean.pt"}, {"model": "broken.pt"},
+                           {"name": "poisoned", "model": "backdoored.safetensors"}]}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return {"root": root, "manifest": root / "manifest.json"}
+
+
+def reports(out: Path, names: tuple[str, ...] = ("clean", "poisoned")) -> dict[str, ScanResult]:
+    return {n: ScanResult.from_json(out / "models" / n / "report.json") for n in names}
+
+
+def assert_same_results(a: dict[str, ScanResult], b: dict[str, ScanResult]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert np.array_equal(a[name].norms, b[name].norms), name
+        assert np.array_equal(a[name].masks, b[name].masks), name
+        assert np.array_equal(a[name].patterns, b[name].patterns), name
+        assert a[name].flagged_labels == b[name].flagged_labels, name
+
+
+@pytest.fixture(scope="module")
+def baseline(zoo: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+             ) -> tuple[ScanManySummary, Path, list[dict]]:
+    """One run on an embedded Ray that scan_many starts and stops itself, no label chunks."""
+    ray = pytest.importorskip("ray")
+    assert not ray.is_initialized()
+    out = tmp_path_factory.mktemp("baseline")
+    events: list[dict] = []
+    summary = scan_many(zoo["manifest"], out, on_progress=events.append)
+    assert not ray.is_initialized()  # shut down again
+    return summary, out, events
+
+
+@pytest.fixture(scope="module")
+def local_ray(baseline: tuple) -> object:
+    """One local Ray for the rest of the module (scan_many uses the Ray already running)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             logging_level=logging.ERROR)
+    yield ray
+    ray.shutdown()
+
+
+def test_a_bad_model_fails_alone_and_every_other_model_is_reported(baseline: tuple,
+                                                                   zoo: dict[str, Path]) -> None:
+    summary, out, events = baseline
+    by_name = {m.name: m for m in summary.models}
+    assert [m.name for m in summary.models] == ["clean", "broken", "poisoned"]  # manifest order
+    broken = by_name["broken"]
+    assert broken.status == "failed" and broken.verdict is None and broken.report is None
+    assert "broken.pt" in broken.error and "\n" not in broken.error
+    for name in ("clean", "poisoned"):
+        m = by_name[name]
+        assert m.status == "done" and m.error is None and m.attempts == 1
+        assert (out / m.report / "report.html").is_file()
+        assert (out / m.report / "triggers").is_dir()
+        assert not (out / m.report / "partial").exists()  # the resume store is cleared
+        result = ScanResult.from_json(out / m.report / "report.json")
+        assert m.verdict == ("backdoor" if result.flagged_labels else "clean")
+        assert m.flagged_labels == result.flagged_labels
+        assert m.min_norm == pytest.approx(float(result.norms.min()))
+        assert m.label_steps == sum(r.steps for r in result.labels)
+        # the report's facts as the command line's scan writes them
+        assert result.model_info["format"] == ("state_dict" if name == "clean" else
+                                               "safetensors")
+        assert result.model_info["output_source"] == "detected from the model's outputs"
+        assert result.data_info["n_images"] == 600 and not result.partial
+    assert by_name["poisoned"].flagged_labels == [0]  # the planted trigger's label
+    assert summary.interrupted is False
+    written = ScanManySummary.from_dict(json.loads((out / "summary.json").read_text()))
+    assert [(m.name, m.status, m.verdict) for m in written.models] == \
+        [(m.name, m.status, m.verdict) for m in summary.models]
+    last = events[-1]
+    assert (last["done"], last["failed"], last["running"], last["total"]) == (2, 1, 0, 3)
+    assert {e["event"] for e in events} >= {"started", "scanning", "done", "failed"}
+
+
+def test_label_chunks_merge_into_exactly_the_unsplit_scan(baseline: tuple, local_ray: object,
+                                                          zoo: dict[str, Path],
+                                                          tmp_path: Path) -> None:
+    _, out, _ = baseline
+    summary = scan_many(zoo["manifest"], tmp_path, labels_per_task=3)
+    chunked = reports(tmp_path)
+    assert_same_results(chunked, reports(out))
+    # every label stopped early, so the chunks' schedules really ran their own course
+    for result in chunked.values():
+        assert all(r.steps < SEARCH["steps"] for r in result.labels)
+    poisoned = next(m for m in summary.models if m.name == "poisoned")
+    assert poisoned.attempts == 4  # chunks of 3, 3, 3 and 1 labels
+
+    # and the unsplit scan is the library's scan of the same model on the same data
+    from safetensors.torch import load_file
+
+    model = small_cnn(image_size=8)
+    model.load_state_dict(load_file(zoo["root"] / "backdoored.safetensors"))
+    data = np.load(zoo["root"] / "val.npz")
+    with torch_threads(1):
+        direct = scan(model.eval(), data["x"], data["y"], config=ScanConfig(**SEARCH),
+                      progress=False)
+    assert np.array_equal(direct.norms, chunked["poisoned"].norms)
+    assert direct.flagged_labels == chunked["poisoned"].flagged_labels == [0]
+
+
+def test_a_worker_killed_mid_task_is_retried_and_nothing_is_lost(
+        baseline: tuple, local_ray: object, zoo: dict[str, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _, out, _ = baseline
+    monkeypatch.setenv(TEST_CRASH_ENV, "poisoned")  # each chunk's first attempt dies
+    summary = scan_many(zoo["manifest"], tmp_path, labels_per_task=5, max_retries=2)
+    by_name = {m.name: m for m in summary.models}
+    assert by_name["poisoned"].status == "done"
+    assert by_name["poisoned"].attempts == 4  # two chunks, each run twice
+    assert by_name["clean"].attempts == 2
+    assert_same_results(reports(tmp_path), reports(out))
+
+
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(
+        baseline: tuple, local_ray: object, zoo: dict[str, Path], tmp_path: Path) -> None:
+    base_summary, out, _ = baseline
+
+    def stop_after_first_model(event: dict) -> None:
+        if event["event"] == "done":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        scan_many(zoo["manifest"], tmp_path, labels_per_task=5,
+                  on_progress=stop_after_first_model)
+    stopped = json.loads((tmp_path / "summary.json").read_text())
+    assert stopped["interrupted"] is True
+    finished = [m["name"] for m in stopped["models"] if m["status"] == "done"]
+    assert len(finished) == 1
+
+    events: list[dict] = []
+    summary = scan_many(zoo["manifest"], tmp_path, labels_per_task=5, resume=True,
+                        on_progress=events.append)
+    assert not summary.interrupted
+    assert [e["model"] for e in events if e["event"] == "skipped"] == finished
+    assert [(m.name, m.status, m.verdict, m.flagged_labels, m.min_norm) for m in summary.models] \
+        == [(m.name, m.status, m.verdict, m.flagged_labels, m.min_norm)
+            for m in base_summary.models]
+    assert_same_results(reports(tmp_path), reports(out))
+
+    # a finished run resumed again has nothing left to scan
+    events.clear()
+    scan_many(zoo["manifest"], tmp_path, labels_per_task=5, resume=True,
+              on_progress=events.append)
+    assert sorted(e["model"] for e in events if e["event"] == "skipped") == ["clean",
+                                                                             "poisoned"]
+    assert not [e for e in events if e["event"] in ("scanning", "chunk")]
+
+
+def test_without_ray_the_same_tasks_run_in_turn_with_the_same_results(
+        baseline: tuple, zoo: dict[str, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from neuralcleanse.distributed import engines
+
+    _, out, _ = baseline
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails
+    monkeypatch.setattr(engines, "_warned_no_ray", False)
+    with pytest.warns(UserWarning, match=r"neuralcleanse\[distributed\]"):
+        summary = scan_many(zoo["manifest"], tmp_path, labels_per_task=4)
+    assert summary.settings["engine"] == "sequential"
+    assert [m.status for m in summary.models] == ["done", "failed", "done"]
+    assert_same_results(reports(tmp_path), reports(out))
+    with pytest.raises(InputError, match="need Ray"):
+        scan_many(zoo["manifest"], tmp_path / "again", parallel=True)
+
+
+# -- the manifest, checked before any work ----------------------------------------------------
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture()
+def files(tmp_path: Path) -> Path:
+    (tmp_path / "a.pt").write_bytes(b"x")
+    (tmp_path / "b.safetensors").write_bytes(b"x")
+    (tmp_path / "zoo").mkdir()
+    for name in ("m1.pt", "m2.keras", "m2.pt", "notes.txt", ".hidden.pt"):
+        (tmp_path / "zoo" / name).write_bytes(b"x")
+    np.savez(tmp_path / "val.npz", x=np.zeros((2, 8, 8)), y=np.zeros(2, np.int64))
+    return tmp_path
+
+
+def test_a_toml_manifest_resolves_paths_defaults_and_names(files: Path) -> None:
+    manifest = write(files / "zoo.toml", """
+[defaults]
+data = "val.npz"
+clip_values = [0, 255]
+
+[search]
+steps = 5
+mini_batches = "all"
+
+[[models]]
+model = "a.pt"
+input_shape = [1, 8, 8]
+subtract = [0.5]
+
+[[models]]
+name = "second"
+model = "b.safetensors"
+labels = [0, 3]
+
+[[models]]
+folder = "zoo"
+output = "logits"
+""")
+    plan = read_manifest(manifest)
+    assert [s.name for s in plan.models] == ["a", "second", "m1", "m2.keras", "m2.pt"]
+    assert plan.models[0].model == files / "a.pt" and plan.models[0].data == files / "val.npz"
+    assert plan.models[0].load_arguments()["input_shape"] == "1,8,8"
+    assert plan.models[0].load_arguments()["clip_values"] == "0.0,255.0"
+    assert plan.models[1].options["labels"] == [0, 3]
+    assert plan.models[4].options["output"] == "logits"
+    assert plan.search == {"steps": 5, "mini_batches": None}
+    # the folder shorthand: one entry per model file, the same options for each
+    short = read_manifest((str(files / "zoo"), str(files / "val.npz"), {"trust_pickle": True}))
+    assert [s.name for s in short.models] == ["m1", "m2.keras", "m2.pt"]
+    assert all(s.options == {"trust_pickle": True} for s in short.models)
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ('model = "a.pt"\nlables = [1]', r"model entry 1: unknown key\(s\) 'lables'"),
+    ('model = "a.pt"\nclip_values = "0,1"', "model entry 1: clip_values must be"),
+    ('model = "a.pt"\nclip_values = [1, 0]', "clip_values needs MIN < MAX"),
+    ('model = "a.pt"\ndivide = 0', "divide must not contain 0"),
+    ('model = "a.pt"\ntrust_pickle = "yes"', "trust_pickle must be true or false"),
+    ('model = "a.pt"\ninput_shape = [0, 8]', "input_shape takes 2 or 3 positive"),
+    ('model = "a.pt"\nlabels = [1, 1]', "labels must be a list of distinct labels"),
+    ('model = "missing.pt"', "model entry 1: model file .*missing.pt.* does not exist"),
+    ('model = "a.pt"\ndata = "nowhere.npz"', "data path .*nowhere.npz.* does not exist"),
+    ('name = "../up"\nmodel = "a.pt"', "name '../up' must be"),
+    ('folder = "zoo"\nname = "x"', "a folder entry names its models after their files"),
+    ('model = "a.pt"\n[[models]]\nname = "A"\nmodel = "b.safetensors"',
+     "two models are named 'A'"),
+])
+def test_a_bad_entry_is_refused_before_any_work(files: Path, entry: str, message: str) -> None:
+    manifest = write(files / "bad.toml", f'[defaults]\ndata = "val.npz"\n\n[[models]]\n{entry}\n')
+    with pytest.raises(InputError, match=message) as caught:
+        scan_many(manifest, files / "out", parallel=False)
+    assert "\n" not in str(caught.value)
+    assert not (files / "out").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"config": {"steps": 0}}, "config: steps must be"),
+    ({"config": {"stepz": 3}}, r"unknown setting\(s\) 'stepz'"),
+    ({"cpus_per_scan": 0}, "cpus_per_scan must be"),
+    ({"labels_per_task": 0}, "labels_per_task must be"),
+    ({"max_retries": -1}, "max_retries must be"),
+    ({"parallel": False, "address": "auto"}, "cannot be combined with parallel=False"),
+])
+def test_bad_settings_are_refused_before_any_work(files: Path, kwargs: dict,
+                                                  message: str) -> None:
+    manifest = write(files / "ok.json", json.dumps(
+        {"models": [{"model": "a.pt", "data": "val.npz"}], "search": {"steps": 5}}))
+    with pytest.raises(InputError, match=message):
+        scan_many(manifest, files / "out", **kwargs)
+    assert not (files / "out").exists()
+    bad_search = write(files / "bad.json", json.dumps(
+        {"models": [{"model": "a.pt", "data": "val.npz"}], "search": {"steps": -2}}))
+    with pytest.raises(InputError, match=r"the manifest's \[search\]: steps must be"):
+        scan_many(bad_search, files / "out", parallel=False)
+
+
+def test_importing_neuralcleanse_does_not_import_ray() -> None:
+    import subprocess
+
+    code = "import sys, neuralcleanse; neuralcleanse.scan_many; print('ray' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "False"

@@ -81,8 +81,9 @@ class RayEngine:
             options: dict[str, Any] = dict(logging_level=logging.ERROR, log_to_driver=False)
             if address is None:
                 self.temp = tempfile.mkdtemp(prefix="neuralcleanse-ray-")
-                options.update(num_cpus=os.cpu_count() or 1, include_dashboard=False,
-                               _temp_dir=self.temp)
+                # "local": a new Ray on this machine, even where RAY_ADDRESS names a cluster
+                options.update(address="local", num_cpus=os.cpu_count() or 1,
+                               include_dashboard=False, _temp_dir=self.temp)
             else:
                 options["address"] = address
             try:
@@ -135,7 +136,7 @@ class RayEngine:
         for ref in self.refs:
             try:
                 self.ray.cancel(ref, force=True)
-            except Exception:  # noqa: S110 - already finished or gone
+            except Exception:  # already finished or gone: nothing to cancel
                 pass
         self.refs.clear()
 

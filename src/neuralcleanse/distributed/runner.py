@@ -13,6 +13,7 @@ and one marker per task attempt (the ``attempts`` of the summary).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -134,7 +135,7 @@ class Driver:
                 store.clear()
         else:
             store.clear()
-            (self.out / STATE_DIR / "outcomes" / f"{m.spec.name}.json").unlink(missing_ok=True)
+            self.outcome_path(m).unlink(missing_ok=True)  # an earlier run's, now stale
         m.results = {r.label: r for r in done if r.label in facts.labels}
         todo = [t for t in facts.labels if t not in m.results]
         size = self.labels_per_task or max(1, len(todo))
@@ -348,15 +349,15 @@ def run_many(manifest: Any, out: str | Path, *, config: Any = None, address: str
     driver = Driver(plan.models, cfg, ctx, engine, resume=resume,
                     labels_per_task=labels_per_task, max_retries=max_retries,
                     on_progress=on_progress)
-    finished = False
     try:
         driver.run()
-        finished = True
     except BaseException:
         engine.cancel()  # KeyboardInterrupt included: stop the rest, keep what is done
-        raise
-    finally:
         engine.close()
-        summary = driver.summary(settings=settings, interrupted=not finished)
-        _write_summary(summary, folder)
+        with contextlib.suppress(InputError, OSError):  # the interruption matters more
+            _write_summary(driver.summary(settings=settings, interrupted=True), folder)
+        raise
+    engine.close()
+    summary = driver.summary(settings=settings, interrupted=False)
+    _write_summary(summary, folder)
     return summary

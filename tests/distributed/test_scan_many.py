@@ -230,6 +230,21 @@ def test_without_ray_the_same_tasks_run_in_turn_with_the_same_results(
     with pytest.raises(InputError, match="need Ray"):
         scan_many(zoo["manifest"], tmp_path / "again", parallel=True)
 
+    # in turn, the order is fixed: stop after the first chunk, and resume takes up its labels
+    def stop_after_first_chunk(event: dict) -> None:
+        if event["event"] == "chunk":
+            raise KeyboardInterrupt
+
+    again = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        scan_many(zoo["manifest"], again, labels_per_task=4, on_progress=stop_after_first_chunk)
+    assert len(list((again / "models" / "clean" / "partial").glob("label_*.json"))) == 4
+    events: list[dict] = []
+    scan_many(zoo["manifest"], again, labels_per_task=4, resume=True, on_progress=events.append)
+    first = next(e for e in events if e["model"] == "clean" and e["event"] == "scanning")
+    assert (first["labels_done"], first["labels_total"]) == (4, 10)
+    assert_same_results(reports(again), reports(out))
+
 
 # -- the manifest, checked before any work ----------------------------------------------------
 def write(path: Path, text: str) -> Path:

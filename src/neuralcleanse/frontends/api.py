@@ -6,7 +6,7 @@ import platform
 import sys
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from neuralcleanse.core.checks import (
 from neuralcleanse.core.config import MAX_SEED, ScanConfig
 from neuralcleanse.core.errors import InputError
 from neuralcleanse.core.results import LabelResult, ScanResult
+from neuralcleanse.core.summary import ScanManySummary
 from neuralcleanse.io.data_files import CHANNEL_COUNTS
 from neuralcleanse.mitigation import (
     METHODS,
@@ -380,7 +381,8 @@ def scan_many(manifest: Any, out: str | Path, *, config: Any = None,
               address: str | None = None, cpus_per_scan: float = 1.0,
               gpus_per_scan: float = 0.0, labels_per_task: int | None = None,
               max_retries: int = 3, resume: bool = False, parallel: bool | None = None,
-              on_progress: Any = None) -> Any:
+              on_progress: Callable[[dict[str, Any]], None] | None = None
+              ) -> ScanManySummary:
     """Scan every model of a manifest, in parallel on Ray, each with its own report.
 
     Each model is loaded and checked by one task, then scanned by one task per chunk of

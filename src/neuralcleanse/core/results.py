@@ -70,6 +70,12 @@ class LabelResult:
     final_cost: float
     anomaly_index: float = 0.0
 
+    def __repr__(self) -> str:
+        """One line of the label's numbers (never the mask or pattern arrays)."""
+        from neuralcleanse.io.notebook import label_repr
+
+        return label_repr(self)
+
     @property
     def trigger(self) -> np.ndarray:
         """The visible trigger ``mask * pattern`` in the input layout."""
@@ -358,6 +364,34 @@ class ScanResult:
         except InputError as exc:
             raise InputError(f"{str(path)!r} is not a neuralcleanse scan report: {exc}"
                              ) from None
+
+    def __repr__(self) -> str:
+        """One line: labels, flagged labels, median, MAD, partial (never the arrays)."""
+        from neuralcleanse.io.notebook import scan_repr
+
+        return scan_repr(self)
+
+    def _repr_html_(self) -> str:
+        """The notebook view: verdict, norm chart and the flagged labels' trigger images."""
+        from neuralcleanse.io.notebook import scan_html
+
+        return scan_html(self)
+
+    def plot(self, ax: Any = None) -> Any:
+        """Bar chart of the norm per label (flagged in red, median and threshold lines).
+
+        Args:
+            ax: A matplotlib Axes to draw on (default: a new figure).
+
+        Returns:
+            The matplotlib Axes.
+
+        Raises:
+            InputError: When matplotlib is not installed.
+        """
+        from neuralcleanse.io.notebook import plot_norms
+
+        return plot_norms(self, ax)
 
     def summary(self) -> str:
         """A short human-readable verdict (a second line names labels without clean images)."""

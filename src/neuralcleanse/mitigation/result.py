@@ -120,6 +120,18 @@ class MitigationResult:
             raise InputError("this MitigationResult holds no model (read back from JSON?)")
         return self.classifier.save(str(path))
 
+    def __repr__(self) -> str:
+        """One line: method, labels, clean accuracy and worst reversed-trigger success."""
+        from neuralcleanse.io.notebook import mitigation_repr
+
+        return mitigation_repr(self)
+
+    def _repr_html_(self) -> str:
+        """The notebook view: the summary and the before/after measurements as a table."""
+        from neuralcleanse.io.notebook import mitigation_html
+
+        return mitigation_html(self)
+
     def summary(self) -> str:
         """A short human-readable account of the before/after figures."""
         m = self.report.measurements

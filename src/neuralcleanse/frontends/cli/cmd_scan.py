@@ -1,14 +1,20 @@
 """``neuralcleanse scan``: search every label's smallest trigger, write the reports, exit 0/1.
 
+For pipelines: ``--format json`` prints one JSON document on stdout (the report without the
+trigger arrays, plus the paths written; it validates against ``neuralcleanse/io/schemas/
+report.schema.json``), ``--fail-on never`` exits 0 whatever the verdict and ``--quiet`` prints
+only warnings and errors.
+
 Finished labels are saved one by one in ``OUT/partial`` (the resume store,
 :mod:`neuralcleanse.io.resume`) so that ``--resume`` continues an interrupted scan.
 """
 
 from __future__ import annotations
 
+import sys
 import warnings
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
@@ -17,6 +23,7 @@ from rich.console import Console
 from neuralcleanse.core.config import FAST_PRESET, MAX_SEED, ScanConfig
 from neuralcleanse.core.errors import InputError
 from neuralcleanse.core.results import LabelResult, ScanResult
+from neuralcleanse.core.strict_json import dumps
 from neuralcleanse.frontends.cli.folders import (
     PARTIAL_DIR,
     SCAN_OUTPUTS,
@@ -29,6 +36,7 @@ from neuralcleanse.frontends.cli.messages import (
     EXIT_FLAGGED,
     CliError,
     Interrupted,
+    make_console,
     say,
 )
 from neuralcleanse.frontends.cli.options import (
@@ -43,13 +51,18 @@ from neuralcleanse.frontends.cli.options import (
     DataOpt,
     DeviceOpt,
     DivideOpt,
+    FailOn,
+    FailOnOpt,
+    FormatOpt,
     InputShapeOpt,
     LayoutOpt,
     MaxSamplesOpt,
     ModelArg,
+    OutputFormat,
     OutputKind,
     OutputOpt,
     Preset,
+    QuietOpt,
     SubtractOpt,
     TrustPickleOpt,
     XKeyOpt,
@@ -60,6 +73,9 @@ from neuralcleanse.frontends.cli.options import (
 )
 from neuralcleanse.io.data_files import fingerprint
 from neuralcleanse.io.resume import PartialStore
+
+if TYPE_CHECKING:  # the report module (jinja2) is imported when a scan writes its report
+    from neuralcleanse.io.report import ReportPaths
 
 DEFAULT_OUT = "neuralcleanse-report"
 #: Most ``--restarts``.
@@ -175,11 +191,17 @@ def scan(
     y_key: YKeyOpt = None,
     max_samples: MaxSamplesOpt = None,
     data_layout: LayoutOpt = DataLayout.auto,
+    output_format: FormatOpt = OutputFormat.text,
+    fail_on: FailOnOpt = FailOn.backdoor,
+    quiet: QuietOpt = False,
 ) -> None:
     """Scan MODEL for backdoors on clean labelled images; write the JSON and HTML reports.
 
-    Exit code 0 when no label is flagged, 1 when a backdoor is flagged, 2 on usage or input
-    errors, 130 when interrupted (a partial report is written; --resume continues).
+    Exit code 0 when no label is flagged, 1 when a backdoor is flagged (0 with --fail-on
+    never), 2 on usage or input errors, 3 on an internal error, 130 when interrupted (a partial
+    report is written; --resume continues). With --format json, stdout carries one JSON
+    document (the report without the trigger arrays, plus the paths written) and nothing else;
+    it is printed only when the scan completes.
     """
     flags: dict[str, Any] = dict(
         steps=steps, batch_size=batch_size, learning_rate=learning_rate, init_cost=init_cost,
@@ -188,6 +210,8 @@ def scan(
         early_stop_threshold=early_stop_threshold, early_stop_patience=early_stop_patience,
         anomaly_threshold=anomaly_threshold, seed=seed, memory_budget_mb=memory_budget_mb,
         progress=progress, norm=norm)
+    if quiet and progress is None:
+        flags["progress"] = False
     flags = {k: (UNSET if v is None else v) for k, v in flags.items()}
     flags["mini_batches"] = parse_auto_int(mini_batches, "--mini-batches", "all")
     flags["label_batch"] = parse_auto_int(label_batch, "--label-batch", "auto")
@@ -207,19 +231,38 @@ def scan(
                              subtract=subtract, divide=divide, output=output, device=device,
                              x_key=x_key, y_key=y_key, max_samples=max_samples,
                              data_layout=data_layout, seed=cfg.seed)
-        result = run_scan(inputs, cfg, out, resume=resume, labels=wanted, restarts=restarts)
+        console = make_console(stderr=output_format is OutputFormat.json, quiet=quiet)
+        result, paths = run_scan(inputs, cfg, out, resume=resume, labels=wanted,
+                                 console=console, restarts=restarts)
     except BaseException:
         remove_if_empty(created)  # only folders this run made, and only while still empty
         raise
-    raise typer.Exit(EXIT_FLAGGED if result.flagged_labels else EXIT_CLEAN)
+    if output_format is OutputFormat.json:
+        sys.stdout.write(json_document(result, paths) + "\n")
+        sys.stdout.flush()
+    flagged = bool(result.flagged_labels) and fail_on is FailOn.backdoor
+    raise typer.Exit(EXIT_FLAGGED if flagged else EXIT_CLEAN)
+
+
+def json_document(result: ScanResult, paths: ReportPaths) -> str:
+    """What ``--format json`` prints: the report without the trigger arrays, and its paths.
+
+    The fields are those of ``report.json`` (``neuralcleanse/io/schemas/report.schema.json``)
+    less each label's ``mask_shape``, ``pattern_shape``, ``mask`` and ``pattern``, plus
+    ``report``: ``{"json": ..., "html": ...}``, the files written.
+    """
+    document = result.to_dict(arrays=False)
+    document["report"] = {"json": str(paths.json), "html": str(paths.html)}
+    return dumps(document)
 
 
 def run_scan(inputs: Inputs, cfg: ScanConfig, out: Path, *, resume: bool = False,
              labels: list[int] | None = None, console: Console | None = None,
-             restarts: int = 1) -> ScanResult:
+             restarts: int = 1) -> tuple[ScanResult, ReportPaths]:
     """Scan with label-by-label saving, write the reports and print the summary.
 
-    Labels are saved as they finish (for ``--resume``) only when ``restarts`` is 1.
+    Labels are saved as they finish (for ``--resume``) only when ``restarts`` is 1. Returns the
+    result and where its reports were written.
 
     Raises:
         Interrupted: On ``KeyboardInterrupt``, after writing a partial report.
@@ -227,7 +270,7 @@ def run_scan(inputs: Inputs, cfg: ScanConfig, out: Path, *, resume: bool = False
     from neuralcleanse.frontends import api
     from neuralcleanse.io.report import summary_table, write_report
 
-    console = console or Console()
+    console = console or make_console()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # prepare warns again below, in scan(), if needed
         clf, images, targets = api.prepare(inputs.model.model, inputs.x, inputs.y,
@@ -285,7 +328,7 @@ def run_scan(inputs: Inputs, cfg: ScanConfig, out: Path, *, resume: bool = False
     style = "bold red" if result.flagged_labels else "bold green"
     say(console, result.summary(), style=style)
     say(console, f"report: {paths.html}  (JSON: {paths.json})")
-    return result
+    return result, paths
 
 
 def _jsonable(value: Any) -> Any:

@@ -118,6 +118,23 @@ def printable(text: Any) -> str:
     return "".join(out)
 
 
+#: Width of a console that does not write to a terminal (a pipe, a CI log): wide enough that
+#: rich never breaks a line, so that a path or a printed command stays on one line.
+UNWRAPPED_WIDTH = 10_000
+
+
+def make_console(*, stderr: bool = False, quiet: bool = False) -> Console:
+    """The console a command prints its lines on.
+
+    In a terminal lines are folded at its width as usual; anywhere else (``| tee``, CI logs,
+    captured output) nothing is wrapped at 80 columns. ``quiet`` prints nothing at all.
+    """
+    console = Console(stderr=stderr, quiet=quiet, soft_wrap=True)
+    if not console.is_terminal:
+        console.width = UNWRAPPED_WIDTH
+    return console
+
+
 def say(console: Console, text: str, style: str | None = None) -> None:
     """Print a line that may hold the user's paths: no markup, no control characters."""
     console.print(printable(text), style=style, markup=False, highlight=False, soft_wrap=True)

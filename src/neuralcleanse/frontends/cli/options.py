@@ -60,6 +60,20 @@ class Preset(str, Enum):
     art = "art"
 
 
+class OutputFormat(str, Enum):
+    """What ``scan`` prints on stdout."""
+
+    text = "text"
+    json = "json"
+
+
+class FailOn(str, Enum):
+    """Which verdict makes ``scan`` exit 1."""
+
+    backdoor = "backdoor"
+    never = "never"
+
+
 class Method(str, Enum):
     """Mitigation methods."""
 
@@ -131,6 +145,19 @@ YKeyOpt = Annotated[str | None, typer.Option(
 MaxSamplesOpt = Annotated[int | None, typer.Option(
     "--max-samples", min=1, rich_help_panel=DATA_PANEL,
     help="Use at most this many images: a seeded (--seed), class-balanced subsample.")]
+FormatOpt = Annotated[OutputFormat, typer.Option(
+    "--format", rich_help_panel=OUT_PANEL, case_sensitive=False,
+    help="What stdout carries: text (the summary table and verdict) or json (exactly one JSON "
+         "document: report.json without the trigger arrays, plus 'report' with the paths of "
+         "report.json and report.html; the other lines go to stderr).")]
+FailOnOpt = Annotated[FailOn, typer.Option(
+    "--fail-on", rich_help_panel=OUT_PANEL, case_sensitive=False,
+    help="Exit 1 when a backdoor is flagged (backdoor), or exit 0 whatever the verdict "
+         "(never: for pipelines that only collect reports; errors still exit 2, 3 or 130).")]
+QuietOpt = Annotated[bool, typer.Option(
+    "--quiet", "-q", rich_help_panel=OUT_PANEL,
+    help="Print nothing but warnings and errors (on stderr), and the JSON document with "
+         "--format json; no progress unless --progress is given.")]
 LayoutOpt = Annotated[DataLayout, typer.Option(
     "--data-layout", rich_help_panel=DATA_PANEL, case_sensitive=False,
     help="Channel axis of 4-D data; auto guesses it and moves it where the model wants it.")]

@@ -11,7 +11,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[torch,keras,demo,distributed,dev]"
+	$(BIN)/pip install --quiet -e ".[torch,keras,demo,distributed,notebook,dev]"
 	touch $(STAMP)
 
 demo: install

@@ -8,7 +8,7 @@ parameter spellings in flag wording) and one ``cmd_*`` module per command. The r
 
 Exit codes (the same for every command):
 
-* ``0``: success; for ``scan``, no label was flagged.
+* ``0``: success; for ``scan``, no label was flagged (or ``--fail-on never`` was given).
 * ``1``: ``scan`` flagged at least one label as a backdoor target (``scan-many``: in at least
   one model; it exits ``2`` when nothing was flagged but a model could not be scanned).
 * ``2``: usage or input error (unknown flag, bad value, missing or unreadable model or data):

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from neuralcleanse.core.config import MAX_SEED
 from neuralcleanse.frontends.cli.folders import SCAN_OUTPUTS, prepare_folder, remove_if_empty
+from neuralcleanse.frontends.cli.messages import make_console
 
 
 def demo(
@@ -26,7 +26,7 @@ def demo(
 
     created = prepare_folder(out, "--out", SCAN_OUTPUTS)
     try:
-        run_demo(out, seed=seed, console=Console())
+        run_demo(out, seed=seed, console=make_console())
     except BaseException:
         remove_if_empty(created)
         raise

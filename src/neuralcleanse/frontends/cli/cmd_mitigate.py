@@ -15,7 +15,6 @@ from typing import Annotated, Any
 
 import numpy as np
 import typer
-from rich.console import Console
 
 from neuralcleanse.core.config import MAX_SEED
 from neuralcleanse.core.errors import InputError
@@ -28,7 +27,7 @@ from neuralcleanse.frontends.cli.folders import (
     same_file,
 )
 from neuralcleanse.frontends.cli.inputs import load_inputs
-from neuralcleanse.frontends.cli.messages import EXIT_CLEAN, CliError, qpath, say
+from neuralcleanse.frontends.cli.messages import EXIT_CLEAN, CliError, make_console, qpath, say
 from neuralcleanse.frontends.cli.options import (
     MITIGATION_PANEL,
     OUT_PANEL,
@@ -247,7 +246,7 @@ def mitigate(
         remove_if_empty(created)
         raise
     mitigation_dict = result.to_dict()
-    console = Console()
+    console = make_console()
     if save_path is not None:
         saved = save_model(result, save_path)
         mitigation_dict["saved_model"] = saved

@@ -31,6 +31,7 @@ from neuralcleanse.frontends.cli.messages import (
     EXIT_USAGE,
     CliError,
     Interrupted,
+    make_console,
     printable,
     qpath,
     say,
@@ -163,7 +164,7 @@ def scan_many(
     config = search_config(search, preset_given=_given(ctx, "preset"))
     show = sys.stdout.isatty() if progress is None else progress
 
-    console = Console()
+    console = make_console()
     created = prepare_folder(out, "--out", SCAN_MANY_OUTPUTS)  # before any work
     from neuralcleanse.frontends import api
 

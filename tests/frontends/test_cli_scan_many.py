@@ -325,9 +325,6 @@ def test_progress_is_shown_on_request(engine: FakeEngine, files: dict[str, Path]
 # -- the real engine ---------------------------------------------------------------------------
 def test_end_to_end_on_two_tiny_models(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                                        ) -> None:
-    if not hasattr(api, "scan_many"):
-        pytest.skip("the scan-many engine (neuralcleanse.frontends.api.scan_many) is not "
-                    "part of this build yet")
     import torch
 
     from neuralcleanse.backends.torch.architectures import small_cnn

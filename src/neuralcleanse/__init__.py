@@ -18,11 +18,14 @@ from neuralcleanse.mitigation import (  # noqa: E402
 
 __all__ = ["FilteringReport", "InputFilter", "KerasNeuralCleanse", "LabelResult",
            "MitigationResult", "PruningReport", "PyTorchNeuralCleanse", "ScanConfig",
-           "ScanResult", "UnlearningReport", "__version__", "anomaly_indices", "mitigate", "scan",
-           "scan_many"]
+           "ScanResult", "UnlearningReport", "__version__", "anomaly_indices", "load_data",
+           "load_model", "mitigate", "scan", "scan_many"]
 
 #: Names loaded on first use, so that importing neuralcleanse imports no deep-learning framework.
-_LAZY = {"KerasNeuralCleanse": "frontends.art", "PyTorchNeuralCleanse": "frontends.art"}
+#: load_model / load_data import no framework themselves (a file's loader imports its own), but
+#: their modules are only needed by callers who read files.
+_LAZY = {"KerasNeuralCleanse": "frontends.art", "PyTorchNeuralCleanse": "frontends.art",
+         "load_model": "backends.loading", "load_data": "io.data_files"}
 
 
 def __getattr__(name: str) -> object:
@@ -31,3 +34,7 @@ def __getattr__(name: str) -> object:
 
         return getattr(import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -11,10 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from neuralcleanse.core.config import ScanConfig
 from neuralcleanse.core.results import LabelResult, ScanResult
-from neuralcleanse.io.charts import norm_chart
+from neuralcleanse.io.charts import nice_ticks, norm_chart
 from neuralcleanse.io.report import render_directory, render_html, write_report
 from neuralcleanse.io.report_images import trigger_arrays
 
@@ -127,6 +130,58 @@ def test_chart_marks_the_flagged_label_below_the_threshold_line() -> None:
     heights = np.array([b["h"] for b in chart["bars"]])
     norms = np.array([r.norm for r in result.labels])
     assert np.allclose(heights / heights.max(), norms / norms.max(), atol=0.01)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(min_value=1e-6, max_value=1e9, allow_nan=False, allow_infinity=False))
+def test_ticks_are_round_steps_covering_the_range(high: float) -> None:
+    ticks = nice_ticks(high)
+    assert 4 <= len(ticks) <= 8
+    assert ticks[0] == 0.0 and ticks[-1] >= high
+    step = ticks[1] - ticks[0]
+    exponent = math.floor(math.log10(step))
+    mantissa = step / 10.0 ** exponent
+    assert min(abs(mantissa - m) for m in (1.0, 2.0, 5.0, 10.0)) < 1e-6
+    for i, tick in enumerate(ticks):
+        assert tick == pytest.approx(i * step, rel=1e-9, abs=1e-12 * step)
+    assert ticks[-2] < high  # the last tick is the first at or above the data, not beyond
+
+
+def test_ticks_of_typical_norms() -> None:
+    assert nice_ticks(68.5) == [0, 20, 40, 60, 80]
+    assert nice_ticks(0.3) == [0, 0.1, 0.2, 0.3]
+    assert nice_ticks(19.4) == [0, 5, 10, 15, 20]
+    assert nice_ticks(1234) == [0, 500, 1000, 1500]
+    assert nice_ticks(0.0) == [0, 0.2, 0.4, 0.6, 0.8, 1.0]
+
+
+def _boxes_overlap(a: dict, b: dict) -> bool:
+    return a["x0"] < b["x1"] and b["x0"] < a["x1"] and a["y0"] < b["y1"] and b["y0"] < a["y1"]
+
+
+@pytest.mark.parametrize("spread", [0.01, 0.0005, 0.2])
+def test_chart_line_labels_sit_outside_the_bars_and_apart(spread: float) -> None:
+    """Median and threshold labels lie right of every bar and never overlap, even when the
+    two lines are a pixel apart (tiny spread)."""
+    rng = np.random.default_rng(2)
+    labels = [_label(t, np.full((H, W), 0.3 + spread * t), rng) for t in range(10)]
+    result = ScanResult.from_labels(labels, nb_classes=10, anomaly_threshold=0.01,
+                                    config=ScanConfig().to_dict())
+    chart = norm_chart(result)
+    assert [line["kind"] for line in chart["lines"]] == ["median", "threshold"]
+    bars_right = max(b["x"] + b["w"] for b in chart["bars"])
+    assert bars_right <= chart["right"]
+    boxes = [line["box"] for line in chart["lines"]]
+    for box in boxes:
+        assert box["x0"] > chart["right"] and box["x1"] <= chart["width"]
+        assert 0 <= box["y0"] and box["y1"] <= chart["height"]
+        assert all(not _boxes_overlap(box, {"x0": b["x"], "x1": b["x"] + b["w"],
+                                            "y0": b["y"], "y1": b["y"] + b["h"]})
+                   for b in chart["bars"])
+    assert not _boxes_overlap(*boxes)
+    # the grid values are the round ticks, and the highest bar stays inside the plot
+    assert [g["value"] for g in chart["grid"]] == [f"{v:.10g}" for v in chart["ticks"]]
+    assert min(b["y"] for b in chart["bars"]) >= chart["top"]
 
 
 def test_html_is_self_contained_verdict_first_and_escaped() -> None:

@@ -8,21 +8,85 @@ from typing import Any
 
 from neuralcleanse.core.results import ScanResult
 
+#: Height, in SVG units, of one line label in the chart's right margin.
+LABEL_HEIGHT = 14.0
+#: Estimated width of one character of the chart's 11-pixel labels (generous, so that the
+#: estimated boxes contain the drawn text).
+CHAR_WIDTH = 6.6
+
+
+def nice_ticks(high: float, low: float = 0.0, most: int = 6) -> list[float]:
+    """Round axis ticks from ``low`` up to at least ``high``: multiples of 1, 2 or 5 x 10^k.
+
+    The step is the smallest of that form giving at most ``most`` ticks; since successive
+    steps differ by at most 2.5x, this gives at least 4 ticks when ``most`` is 6 or more.
+    A range that is empty or not finite is drawn as ``[low, low + 1]``.
+    """
+    if not (math.isfinite(high) and math.isfinite(low)) or high <= low:
+        high = low + 1.0
+    span = high - low
+    exponent = math.floor(math.log10(span / most))
+    for k in range(exponent - 1, exponent + 3):
+        for mantissa in (1, 2, 5):
+            step = mantissa * 10.0 ** k
+            first, last = math.floor(low / step), math.ceil(high / step)
+            ticks = [_round_tick((first + i) * step, k) for i in range(last - first + 1)]
+            # float division and rounding can be off by one step either way at the top
+            if ticks[-1] < high:
+                ticks.append(_round_tick((last + 1) * step, k))
+            while len(ticks) > 2 and ticks[-2] >= high:
+                ticks.pop()
+            if len(ticks) <= most:
+                return ticks
+    raise AssertionError("unreachable: a step of 10^(k+2) gives at most 3 ticks")
+
+
+def _round_tick(value: float, k: int) -> float:
+    return round(value, max(0, -k) + 1) + 0.0  # no float noise such as 0.30000000000000004
+
+
+def tick_text(value: float) -> str:
+    """A tick value as short text (``20``, ``0.5``, ``1.2e+03`` is never needed: ``1200``)."""
+    return f"{value:.10g}"
+
+
+def _spread(wanted: list[float], low: float, high: float, gap: float) -> list[float]:
+    """Positions as close to ``wanted`` (sorted) as possible, ``gap`` apart, in [low, high]."""
+    placed: list[float] = []
+    for y in wanted:
+        placed.append(max(y, low) if not placed else max(y, placed[-1] + gap, low))
+    overflow = placed[-1] - high if placed else 0.0
+    if overflow > 0:  # push the stack back up, keeping the gaps
+        placed = [y - overflow for y in placed]
+        for i in range(len(placed) - 2, -1, -1):
+            placed[i] = min(placed[i], placed[i + 1] - gap)
+    return placed
+
 
 def norm_chart(result: ScanResult, width: int = 760, height: int = 260) -> dict[str, Any]:
     """Geometry of the SVG bar chart of the trigger norms per label (used by the template).
 
     Bars of flagged labels are marked; horizontal lines show the median norm and the norm
-    below which a label's anomaly index exceeds the threshold.
+    below which a label's anomaly index exceeds the threshold. The value axis has round ticks
+    (:func:`nice_ticks`); the lines' labels sit in a margin right of the bars, pushed apart so
+    that they never overlap each other (each label's box is returned for the tests).
     """
-    left, right, top, bottom = 56, 16, 16, 40
-    plot_w, plot_h = width - left - right, height - top - bottom
     labels = result.labels
     norms = [r.norm for r in labels]
     median = result.median_norm
     cutoff = (median - result.anomaly_threshold * result.mad
               if math.isfinite(median) and math.isfinite(result.mad) else math.nan)
-    top_value = max([*norms, median if math.isfinite(median) else 0.0, 1e-9]) * 1.08
+    texts = []
+    if math.isfinite(median):
+        texts.append(("median", median, f"median {median:.3g}"))
+    if math.isfinite(cutoff) and cutoff > 0:
+        texts.append(("threshold", cutoff, f"flag below {cutoff:.3g}"))
+    margin = max([len(t) for _, _, t in texts] + [0]) * CHAR_WIDTH + 14
+    left, right, top, bottom = 56, max(16.0, margin), 16, 40
+    plot_w, plot_h = width - left - right, height - top - bottom
+    finite = [v for v in (*norms, median) if math.isfinite(v)]
+    ticks = nice_ticks(max(finite + [0.0]))
+    top_value = ticks[-1]
     step = plot_w / max(len(labels), 1)
     bar_w = max(step * 0.72, 1.0)
     tick_every = 1 if len(labels) <= 40 else math.ceil(len(labels) / 40)
@@ -32,7 +96,7 @@ def norm_chart(result: ScanResult, width: int = 760, height: int = 260) -> dict[
 
     bars = []
     for i, r in enumerate(labels):
-        y = y_of(r.norm)
+        y = y_of(min(r.norm, top_value)) if math.isfinite(r.norm) else y_of(0.0)
         bars.append({
             "x": round(left + i * step + (step - bar_w) / 2, 2), "y": round(y, 2),
             "w": round(bar_w, 2), "h": round(top + plot_h - y, 2), "label": r.label,
@@ -40,20 +104,23 @@ def norm_chart(result: ScanResult, width: int = 760, height: int = 260) -> dict[
             "tick": i % tick_every == 0, "cx": round(left + i * step + step / 2, 2),
             "anomaly_index": r.anomaly_index,
         })
-    grid = []
-    for k in range(5):
-        value = top_value * k / 4
-        grid.append({"y": round(y_of(value), 2), "value": f"{value:.3g}"})
+    grid = [{"y": round(y_of(v), 2), "value": tick_text(v)} for v in ticks]
+    plot_right = width - right
+    order = sorted(texts, key=lambda t: y_of(t[1]))  # top to bottom
+    centres = _spread([y_of(v) for _, v, _ in order], top + LABEL_HEIGHT / 2,
+                      height - LABEL_HEIGHT / 2, LABEL_HEIGHT + 2)
     lines = []
-    if math.isfinite(median):
-        lines.append({"y": round(y_of(median), 2), "kind": "median",
-                      "text": f"median {median:.3g}"})
-    if math.isfinite(cutoff) and cutoff > 0:
-        lines.append({"y": round(y_of(cutoff), 2), "kind": "threshold",
-                      "text": f"anomaly index {result.anomaly_threshold:g} (norm {cutoff:.3g})"})
-    return {"width": width, "height": height, "left": left, "right": width - right,
+    for (kind, value, text), centre in zip(order, centres):
+        y = round(y_of(value), 2)
+        x0 = plot_right + 8
+        box = {"x0": x0, "y0": round(centre - LABEL_HEIGHT / 2, 2),
+               "x1": round(x0 + len(text) * CHAR_WIDTH, 2),
+               "y1": round(centre + LABEL_HEIGHT / 2, 2)}
+        lines.append({"y": y, "kind": kind, "text": text, "value": value,
+                      "label_x": x0 + 2, "label_y": round(centre + 4, 2), "box": box})
+    return {"width": width, "height": height, "left": left, "right": plot_right,
             "top": top, "bottom": top + plot_h, "bars": bars, "grid": grid, "lines": lines,
-            "cutoff": cutoff if math.isfinite(cutoff) else None}
+            "ticks": ticks, "cutoff": cutoff if math.isfinite(cutoff) else None}
 
 
 def pruning_chart(curve: list[dict[str, Any]], width: int = 520, height: int = 200

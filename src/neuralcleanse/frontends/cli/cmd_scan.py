@@ -2,8 +2,9 @@
 
 For pipelines: ``--format json`` prints one JSON document on stdout (the report without the
 trigger arrays, plus the paths written; it validates against ``neuralcleanse/io/schemas/
-report.schema.json``), ``--fail-on never`` exits 0 whatever the verdict and ``--quiet`` prints
-only warnings and errors.
+report.schema.json``), ``--sarif FILE`` writes a SARIF 2.1.0 log for code-scanning dashboards
+(:mod:`neuralcleanse.io.sarif`), ``--fail-on never`` exits 0 whatever the verdict and
+``--quiet`` prints only warnings and errors.
 
 Finished labels are saved one by one in ``OUT/partial`` (the resume store,
 :mod:`neuralcleanse.io.resume`) so that ``--resume`` continues an interrupted scan.
@@ -37,6 +38,7 @@ from neuralcleanse.frontends.cli.messages import (
     CliError,
     Interrupted,
     make_console,
+    qpath,
     say,
 )
 from neuralcleanse.frontends.cli.options import (
@@ -194,6 +196,11 @@ def scan(
     output_format: FormatOpt = OutputFormat.text,
     fail_on: FailOnOpt = FailOn.backdoor,
     quiet: QuietOpt = False,
+    sarif: Annotated[Path | None, typer.Option(
+        "--sarif", metavar="FILE", rich_help_panel=OUT_PANEL,
+        help="Also write a SARIF 2.1.0 log to FILE for code-scanning dashboards: one result per "
+             "flagged label, located at the model file (with its SHA-256); no results when the "
+             "scan is clean. Written when the scan completes.")] = None,
 ) -> None:
     """Scan MODEL for backdoors on clean labelled images; write the JSON and HTML reports.
 
@@ -223,6 +230,8 @@ def scan(
         raise CliError(f"--restarts {restarts} from seed {cfg.seed} needs seeds up to "
                        f"{cfg.seed + restarts - 1}, but seeds go up to {MAX_SEED}")
 
+    if sarif is not None:
+        check_sarif_path(sarif)
     created = prepare_folder(out, "--out", SCAN_OUTPUTS)  # before any work, even loading
     try:
         inputs = load_inputs(model, data, arch=arch, arch_kwargs=arch_kwargs,
@@ -237,11 +246,25 @@ def scan(
     except BaseException:
         remove_if_empty(created)  # only folders this run made, and only while still empty
         raise
+    flagged = bool(result.flagged_labels) and fail_on is FailOn.backdoor
+    if sarif is not None:
+        from neuralcleanse.io.sarif import write_sarif
+
+        write_sarif(sarif, result, model, exit_code=EXIT_FLAGGED if flagged else EXIT_CLEAN)
     if output_format is OutputFormat.json:
         sys.stdout.write(json_document(result, paths) + "\n")
         sys.stdout.flush()
-    flagged = bool(result.flagged_labels) and fail_on is FailOn.backdoor
     raise typer.Exit(EXIT_FLAGGED if flagged else EXIT_CLEAN)
+
+
+def check_sarif_path(path: Path) -> None:
+    """Refuse a ``--sarif`` path that cannot be written, before the scan starts."""
+    if path.is_dir():
+        raise CliError(f"--sarif {qpath(path)} is a folder; give a file name, e.g. "
+                       f"{qpath(path / 'results.sarif')}")
+    if not path.parent.is_dir():
+        raise CliError(f"--sarif {qpath(path)}: the folder {qpath(path.parent)} does not "
+                       "exist; create it first")
 
 
 def json_document(result: ScanResult, paths: ReportPaths) -> str:

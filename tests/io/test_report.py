@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -201,6 +202,38 @@ def test_html_is_self_contained_verdict_first_and_escaped() -> None:
     for field in ("early_stop_patience", "anomaly_threshold", "clip values", "channels first",
                   "images per class", "python", "scan wall time"):
         assert field in html
+
+
+def test_model_file_hash_and_size_are_streamed_and_shown(tmp_path: Path) -> None:
+    from neuralcleanse.frontends.cli.inputs import file_facts
+
+    content = np.random.default_rng(3).bytes(3 * (1 << 20) + 17)  # several read chunks
+    model = tmp_path / "model.pt"
+    model.write_bytes(content)
+    facts = file_facts(model)
+    assert facts == {"file_sha256": hashlib.sha256(content).hexdigest(),
+                     "file_bytes": len(content)}
+    assert file_facts(tmp_path) == {}  # a folder (SavedModel) has no single file to hash
+    result = make_result()
+    result.model_info.update(facts)
+    html = render_html(result)
+    provenance = re.search(r'id="provenance">(.*?)</p>', html, re.S)
+    assert provenance and facts["file_sha256"] in provenance.group(1)
+    assert "3 MiB" in provenance.group(1) and "model.pt" in provenance.group(1)
+    assert 'id="provenance"' not in render_html(make_result())  # no hash, no claim
+
+
+def test_report_links_to_its_json_and_every_trigger_image(tmp_path: Path) -> None:
+    paths = write_report(make_result(), tmp_path)
+    html = paths.html.read_text()
+    links = re.findall(r'href="([^"]+)"', html)
+    assert "report.json" in links and "triggers/" in links
+    pngs = [link for link in links if link.endswith(".png")]
+    # every label's mask, pattern and trigger, from the small and the large (flagged) cards
+    assert len(set(pngs)) == 30 and len(pngs) == 33
+    for link in links:
+        assert not link.startswith(("/", "file:", "http")), link  # relative: the folder moves
+        assert (tmp_path / link).exists(), link
 
 
 def test_clean_and_partial_verdicts() -> None:

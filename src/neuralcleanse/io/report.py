@@ -59,6 +59,7 @@ from neuralcleanse.io.report_views import (
     format_percent,
     format_value,
     mitigation_view,
+    provenance_view,
     settings_view,
     verdict_view,
 )
@@ -128,7 +129,8 @@ def render_html(result: ScanResult, *, mitigation: dict[str, Any] | None = None,
     cards = []
     for r in result.labels:
         images = {k: data_uri(png_bytes(a)) for k, a in trigger_arrays(result, r).items()}
-        cards.append({"r": r, "flagged": r.label in flagged, "images": images})
+        files = {kind: f"{IMAGE_DIR}/{image_name(r.label, kind)}" for kind in images}
+        cards.append({"r": r, "flagged": r.label in flagged, "images": images, "files": files})
     class_names = result.data_info.get("class_names")
     template = _environment().from_string(
         resources.files("neuralcleanse.io").joinpath("templates/report.html").read_text("utf-8"))
@@ -142,6 +144,8 @@ def render_html(result: ScanResult, *, mitigation: dict[str, Any] | None = None,
         title=title or f"Neural Cleanse report: {model_name}",
         generated=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         settings=settings_view(result.config), model_info=result.model_info,
+        provenance=provenance_view(result.model_info),
+        links={"json": REPORT_JSON, "images": IMAGE_DIR},
         data_info={k: v for k, v in result.data_info.items() if k != "class_counts"},
         class_counts=result.data_info.get("class_counts"),
         versions=result.versions,
@@ -155,8 +159,13 @@ def write_images(result: ScanResult, directory: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for r in result.labels:
         for kind, array in trigger_arrays(result, r).items():
-            atomic_write(folder / f"label_{r.label}_{kind}.png", png_bytes(array, PNG_MIN_SIDE))
+            atomic_write(folder / image_name(r.label, kind), png_bytes(array, PNG_MIN_SIDE))
     return folder
+
+
+def image_name(label: int, kind: str) -> str:
+    """File name of one trigger image in the report's ``triggers/`` folder."""
+    return f"label_{label}_{kind}.png"
 
 
 def _read_optional(path: Path) -> dict[str, Any] | None:

@@ -124,6 +124,28 @@ def mitigation_view(data: dict[str, Any]) -> dict[str, Any]:
             "details": details, "curve": pruning_chart(curve) if curve else None}
 
 
+def format_bytes(size: Any) -> str:
+    """A file size in bytes as text with a binary unit (``1.5 MiB``); ``–`` when unknown."""
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        return "–"
+    value = float(size)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{size} bytes" if unit == "bytes" else f"{value:.3g} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def provenance_view(model_info: dict[str, Any]) -> dict[str, str] | None:
+    """The model file's name, size and sha256 for the page's header; ``None`` when unknown."""
+    digest = model_info.get("file_sha256")
+    if not isinstance(digest, str):
+        return None
+    path = str(model_info.get("path", ""))
+    return {"name": path.replace("\\", "/").rsplit("/", 1)[-1] or "model", "path": path,
+            "size": format_bytes(model_info.get("file_bytes")), "sha256": digest}
+
+
 def demo_view(data: dict[str, Any]) -> list[tuple[str, str]]:
     """Rows of the demo section: rates as percentages, other values as they are."""
     rows = []

@@ -7,6 +7,7 @@ library's (:mod:`neuralcleanse.core.checks`).
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,7 @@ def load_inputs(model_path: Path, data_path: Path, *, arch: str | None, arch_kwa
         preprocessing_values(subtract, divide)  # refuse bad numbers before loading anything
     loaded = load_model(model_path, arch=arch, arch_kwargs=kwargs, trust_pickle=trust_pickle,
                         device=device)
+    loaded.info.update(file_facts(model_path))
     if channels_first is None:
         known = defaults.get("channels_first")
         channels_first = known if isinstance(known, bool) else loaded.channels_first_default
@@ -139,6 +141,22 @@ def load_inputs(model_path: Path, data_path: Path, *, arch: str | None, arch_kwa
     if inputs.output is None:
         detect_output(inputs)
     return inputs
+
+
+def file_facts(path: Path) -> dict[str, Any]:
+    """``file_sha256`` and ``file_bytes`` of a model file (streamed), for the report.
+
+    A model given as a folder (a SavedModel, say) has no single file to hash: nothing.
+    """
+    if not path.is_file():
+        return {}
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+            size += len(chunk)
+    return {"file_sha256": digest.hexdigest(), "file_bytes": size}
 
 
 def clip_range(text: str | None, default: Any) -> tuple[float, float] | None:

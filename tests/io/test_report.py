@@ -236,6 +236,50 @@ def test_report_links_to_its_json_and_every_trigger_image(tmp_path: Path) -> Non
         assert (tmp_path / link).exists(), link
 
 
+def test_mitigation_shows_one_held_out_clean_accuracy_with_its_count() -> None:
+    from neuralcleanse.mitigation.metrics import DataSplit, Measurements
+    from neuralcleanse.mitigation.result import MitigationResult
+    from neuralcleanse.mitigation.unlearning import UnlearningReport
+
+    measurements = Measurements(clean_acc_before=0.9, clean_acc_after=0.875,
+                                reversed_asr_before={BACKDOOR: 0.97},
+                                reversed_asr_after={BACKDOOR: 0.04}, n_test=48)
+    report = UnlearningReport(epochs=2, learning_rate=1e-3, stamped_fraction=0.2, n_train=150,
+                              n_stamped=30, measurements=measurements,
+                              split=DataSplit(source="split", n_fit=150, n_test=48,
+                                              test_fraction=0.25, seed=7))
+    mitigation = MitigationResult(method="unlearning", labels=[BACKDOOR], report=report)
+    page = render_html(make_result(), mitigation=mitigation.to_dict())
+    section = page[page.index('id="mitigation"'):page.index("Every label")]
+    rows = re.findall(r"<tr><td>(.*?)</td><td[^>]*>([^<]*)</td><td[^>]*><b>([^<]*)</b>", section)
+    accuracy = [r for r in rows if "accuracy" in r[0] and "own" not in r[0]]
+    assert len(accuracy) == 1
+    assert "held out" in accuracy[0][0] and "n = 48 images" in accuracy[0][0]
+    assert accuracy[0][1:] == ("90.0 %", "87.5 %")
+    measured = re.search(r'id="measured-on">(.*?)</p>', section)
+    assert measured and "48 images held out" in measured.group(1) and "seed 7" in measured.group(1)
+
+
+def test_pruning_curve_never_mixes_the_fitting_and_held_out_splits() -> None:
+    from neuralcleanse.io.charts import pruning_chart
+
+    def heights(points: str) -> list[float]:
+        return [float(p.split(",")[1]) for p in points.split()]
+
+    both = [{"fraction": f, "fit_clean_acc": 0.5, "fit_asr": 0.5, "test_clean_acc": 1.0,
+             "test_asr": 0.0} for f in (0.0, 0.1, 0.2)]
+    chart = pruning_chart(both)
+    assert chart["split"] == "held-out"
+    assert set(heights(chart["acc"])) == {chart["top"]}  # accuracy 1.0 at the top
+    assert set(heights(chart["asr"])) == {chart["bottom"]}
+    gap = [dict(p) for p in both]
+    gap[1]["test_clean_acc"] = None
+    chart = pruning_chart(gap)
+    assert chart["split"] == "fitting"
+    middle = (chart["top"] + chart["bottom"]) / 2
+    assert heights(chart["acc"]) == pytest.approx([middle] * 3, abs=0.1)
+
+
 def test_clean_and_partial_verdicts() -> None:
     clean = render_html(make_result(flag_backdoor=False))
     assert "No backdoor found" in clean and "Backdoor suspected" not in clean

@@ -145,8 +145,12 @@ def pruning_chart(curve: list[dict[str, Any]], width: int = 520, height: int = 2
                 pts.append(point(x, float(value)))
         return " ".join(pts)
 
+    # one split for every curve: the held-out one when every point has it (the split whose
+    # numbers the before/after table shows), else the fitting one; never a mix of the two
+    held_out = all(isinstance(p.get("test_clean_acc"), (int, float)) for p in curve)
+    prefix = "test" if held_out else "fit"
     return {"width": width, "height": height, "left": left, "right": width - right,
             "top": top, "bottom": height - bottom, "x_max": f"{100 * x_max:.0f} %",
-            "asr": series("test_asr") or series("fit_asr"),
-            "acc": series("test_clean_acc") or series("fit_clean_acc"),
-            "label_acc": series("test_label_acc", worst=min)}
+            "asr": series(f"{prefix}_asr"), "acc": series(f"{prefix}_clean_acc"),
+            "label_acc": series("test_label_acc", worst=min) if held_out else "",
+            "split": "held-out" if held_out else "fitting"}

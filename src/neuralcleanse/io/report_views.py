@@ -70,8 +70,11 @@ def mitigation_view(data: dict[str, Any]) -> dict[str, Any]:
     measurements = report.get("measurements") if isinstance(report.get("measurements"),
                                                             dict) else {}
     rows = []
+    split = report.get("split") if isinstance(report.get("split"), dict) else {}
+    n_test = measurements.get("n_test", split.get("n_test"))
     if "clean_acc_before" in measurements:
         rows.append({"what": "clean accuracy (held out)",
+                     "note": f"n = {n_test} images" if isinstance(n_test, int) else "",
                      **_before_after(measurements.get("clean_acc_before"),
                                      measurements.get("clean_acc_after"))})
     before = measurements.get("reversed_asr_before") or {}
@@ -109,7 +112,6 @@ def mitigation_view(data: dict[str, Any]) -> dict[str, Any]:
                         report.get("stamped_fraction"))),
                     ("training images (stamped)", f"{format_value(report.get('n_train'))} "
                                                   f"({format_value(report.get('n_stamped'))})")]
-    split = report.get("split") if isinstance(report.get("split"), dict) else {}
     if split:
         how = "given test data" if split.get("source") == "given" else \
             f"seeded split of the data (seed {split.get('seed')})"
@@ -120,7 +122,14 @@ def mitigation_view(data: dict[str, Any]) -> dict[str, Any]:
     if isinstance(data.get("wall_seconds"), (int, float)):
         details.append(("wall time", f"{data['wall_seconds']:.3g} s"))
     curve = [p for p in report.get("curve") or [] if isinstance(p, dict)]
+    held_out = "the held-out images"
+    if split.get("source") == "given":
+        held_out = "the test images given"
+    elif split:
+        held_out = (f"the {split.get('n_test')} images held out of the data (seed "
+                    f"{split.get('seed')}), none used to fit the mitigation")
     return {"method": method, "labels": data.get("labels", []), "rows": rows,
+            "measured_on": held_out,
             "details": details, "curve": pruning_chart(curve) if curve else None}
 
 

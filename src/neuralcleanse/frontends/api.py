@@ -15,6 +15,7 @@ import numpy as np
 from neuralcleanse import __version__
 from neuralcleanse.backends import Classifier, wrap_model
 from neuralcleanse.backends.base import Preprocessing
+from neuralcleanse.backends.data import DEFAULT_MAX_SAMPLES, dataset_arrays
 from neuralcleanse.core.checks import (
     add_channel_axis,
     as_images,
@@ -77,15 +78,21 @@ def prepare(model: Any, x: np.ndarray, y: np.ndarray | None = None, *,
             output: str | None = None, channels_first: bool | None = None,
             clip_values: tuple[float, float] | None = None,
             preprocessing: Preprocessing = None, device: Any = None,
+            max_samples: int | None = None,
             ) -> tuple[Classifier, np.ndarray, np.ndarray | None]:
     """Validate the data and wrap the model; shared by scan and mitigation.
 
     A batch of single-channel images ``(N, H, W)`` gets its channel axis added where the model
     expects it. ``clip_values`` defaults to [0, 1] or [0, 255], whichever the data fits.
+    ``x`` may also be a ``torch.utils.data.Dataset`` or ``DataLoader`` or a
+    ``tf.data.Dataset`` of ``(image, label)`` items (or batches), with ``y`` left out: its
+    first ``max_samples`` images (default
+    :data:`~neuralcleanse.backends.data.DEFAULT_MAX_SAMPLES`) are read.
 
     Returns:
         ``(classifier, x as float32 in the model's layout, y as int64 labels or None)``.
     """
+    x, y = _dataset_or_arrays(x, y, max_samples)
     images = as_images(x)
     if channels_first is None:
         channels_first = getattr(model, "channels_first", None)
@@ -121,6 +128,24 @@ def prepare(model: Any, x: np.ndarray, y: np.ndarray | None = None, *,
     labels = None if y is None else as_label_vector(y, len(images), clf.nb_classes)
     check_output_kind(clf, images[:64])
     return clf, images, labels
+
+
+def _dataset_or_arrays(x: Any, y: Any, max_samples: int | None) -> tuple[Any, Any]:
+    """``(x, y)`` as given, or read from the framework dataset given as ``x``."""
+    if isinstance(x, np.ndarray):
+        return x, y
+    limit = DEFAULT_MAX_SAMPLES if max_samples is None else max_samples
+    read = dataset_arrays(x, limit)
+    if read is None:
+        return x, y
+    if y is not None:
+        raise InputError(f"x= is a {type(x).__name__}, whose items hold the labels: leave y= "
+                         "out")
+    images, labels, more = read
+    if more:
+        warnings.warn(f"read the first {len(images)} images of the {type(x).__name__} given "
+                      "as x=; pass max_samples= to read more", UserWarning, stacklevel=4)
+    return images, labels
 
 
 def check_layout(shape: tuple[int, ...], channels_first: bool, model: Any = None) -> None:
@@ -192,7 +217,7 @@ def check_output_kind(clf: Classifier, sample: np.ndarray) -> None:
         warnings.warn(mismatch, UserWarning, stacklevel=3)
 
 
-def scan(model: Any, x: np.ndarray, y: np.ndarray, *, config: ScanConfig | None = None,
+def scan(model: Any, x: Any, y: Any = None, *, config: ScanConfig | None = None,
          output: str | None = None, channels_first: bool | None = None,
          clip_values: tuple[float, float] | None = None, preprocessing: Preprocessing = None,
          device: Any = None, labels: Sequence[int] | None = None,
@@ -204,8 +229,11 @@ def scan(model: Any, x: np.ndarray, y: np.ndarray, *, config: ScanConfig | None 
         model: A ``torch.nn.Module`` or a Keras model (see
             :func:`~neuralcleanse.backends.wrap_model`).
         x: Clean raw images, ``(N, C, H, W)`` or ``(N, H, W, C)`` as the model takes them, or
-            ``(N, H, W)`` for single-channel images.
-        y: Their labels, integers ``(N,)`` or one-hot ``(N, classes)``.
+            ``(N, H, W)`` for single-channel images; or a ``torch.utils.data.Dataset``,
+            ``DataLoader`` or ``tf.data.Dataset`` of ``(image, label)`` items (or batches),
+            of which the first 10,000 images are read.
+        y: Their labels, integers ``(N,)`` or one-hot ``(N, classes)``; left out when ``x`` is
+            a dataset.
         config: Search settings; defaults to the paper's (:class:`ScanConfig`).
         output: ``"logits"`` (default for PyTorch) or ``"probabilities"``.
         channels_first: Input layout; defaults to ``True`` for PyTorch, ``False`` for Keras.
@@ -230,7 +258,9 @@ def scan(model: Any, x: np.ndarray, y: np.ndarray, *, config: ScanConfig | None 
     clf, images, targets = prepare(model, x, y, output=output, channels_first=channels_first,
                                    clip_values=clip_values, preprocessing=preprocessing,
                                    device=device)
-    assert targets is not None
+    if targets is None:
+        raise InputError("scan needs the labels of the images: give y= (or a dataset whose "
+                         "items are (image, label) pairs)")
     wanted = list(range(clf.nb_classes)) if labels is None else _label_list(labels,
                                                                             clf.nb_classes)
     if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:

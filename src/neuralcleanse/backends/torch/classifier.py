@@ -111,6 +111,10 @@ class TorchClassifier(Classifier):
         self.preprocessing = preprocessing
         self._preprocess = _as_tensor_preprocessing(preprocessing, self.device, self.input_shape)
         self._bytes_per_image: int | None = None
+        #: How the class scores are taken from an output that is no tensor (decided on the
+        #: first forward pass), and what was done, for :meth:`describe`.
+        self._pick_scores: Callable[[Any], torch.Tensor] | None = None
+        self.output_note: str | None = None
         self.output = output or "logits"
         self.nb_classes = int(nb_classes) if nb_classes else self._count_outputs()
         if output is None and self.keras is not None:
@@ -128,6 +132,8 @@ class TorchClassifier(Classifier):
         out.update(device=str(self.device), torch_version=torch.__version__,
                    model_class=type(self.model).__name__,
                    preprocessing=preprocessing_description(self.preprocessing))
+        if self.output_note:
+            out["outputs"] = self.output_note
         if self.keras is not None:
             out.update(keras=self.keras.__name__, keras_backend="torch",
                        keras_version=getattr(self.keras, "__version__", ""))
@@ -156,9 +162,11 @@ class TorchClassifier(Classifier):
             x = self._preprocess(x)
         # Keras layers take the mode as an argument, not from torch's module flag
         out = self.model(x) if self.keras is None else self.model(x, training=self.model.training)
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        return out
+        if isinstance(out, torch.Tensor):
+            return out
+        if self._pick_scores is None:  # decided once, on the first output that is no tensor
+            self._pick_scores, self.output_note = scores_picker(out)
+        return self._pick_scores(out)
 
     def _count_outputs(self) -> int:
         lo, hi = self.clip_values
@@ -166,6 +174,8 @@ class TorchClassifier(Classifier):
         with self.frozen(), torch.no_grad():
             try:
                 out = self.forward(probe)
+            except InputError:
+                raise
             except Exception as exc:  # the model rejected the input shape
                 raise InputError(f"the model could not run on inputs of shape "
                                  f"{(1, *self.input_shape)}: {exc}") from exc
@@ -343,6 +353,34 @@ class TorchClassifier(Classifier):
         """Open a stacked trigger search over ``x, y`` with the model frozen."""
         with self.frozen():
             yield TorchTriggerSession(self, x, y, config)
+
+
+def scores_picker(out: Any) -> tuple[Callable[[Any], torch.Tensor], str]:
+    """How to take the class scores from a model output that is not a tensor.
+
+    A Hugging Face-style output object with a ``logits`` tensor gives its ``logits``, so does a
+    dict with a ``"logits"`` key; a tuple or list gives its first element (a tensor).
+
+    Returns:
+        The function that takes the scores from such an output, and what it does in words.
+
+    Raises:
+        InputError: When the output holds no tensor of scores in one of those places.
+    """
+    if not isinstance(out, (tuple, list)) and isinstance(getattr(out, "logits", None),
+                                                         torch.Tensor):
+        return (lambda o: o.logits), "took .logits"
+    if isinstance(out, dict) and isinstance(out.get("logits"), torch.Tensor):
+        return (lambda o: o["logits"]), "took ['logits']"
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return (lambda o: o[0]), f"took the first of {len(out)} outputs"
+    what = type(out).__name__
+    if isinstance(out, dict):
+        what += f" with keys {sorted(map(str, out))[:8]}"
+    raise InputError(f"the model returned a {what}: neuralcleanse needs a tensor of class "
+                     "scores, or an output with a 'logits' tensor (attribute or key), or a "
+                     "tuple whose first element is the scores; wrap the model so that it "
+                     "returns the scores")
 
 
 def is_torch_module(model: Any) -> bool:

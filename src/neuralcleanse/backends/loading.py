@@ -14,6 +14,9 @@ the loader from the file's content (and, for Keras, its suffix):
 * ``.safetensors`` weights (recommended) and PyTorch state dicts (``torch.load`` with
   ``weights_only=True``), with ``arch="package.module:factory"`` naming a function that builds the
   network (for example ``neuralcleanse.backends.torch.architectures:mnist_badnet``);
+* ONNX models (``.onnx``, or recognised by their first bytes), converted into PyTorch modules
+  by ``onnx2torch`` (:mod:`neuralcleanse.backends.torch.onnx_loading`): standard operators
+  only, external data only from the model's folder;
 * pickled full ``torch.nn.Module`` objects, only with ``trust_pickle=True``: unpickling runs code
   stored in the file.
 
@@ -37,6 +40,7 @@ from neuralcleanse.core.errors import LoadError, one_line
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 SAFETENSORS_SUFFIX = ".safetensors"
+ONNX_SUFFIX = ".onnx"
 
 #: How far a zip-based model file may expand beyond its own size when read: the sum of its
 #: members' declared uncompressed sizes minus the file's size. Frameworks store tensors
@@ -58,7 +62,7 @@ class LoadedModel:
         model: The framework model (a ``torch.nn.Module`` or a Keras model).
         framework: ``"pytorch"`` or ``"keras"``.
         format: How the file was read: ``"keras"``, ``"torchscript"``, ``"torch.export"``,
-            ``"state_dict"`` or ``"pickle"``.
+            ``"state_dict"``, ``"safetensors"``, ``"onnx"`` or ``"pickle"``.
         path: The file.
         input_shape: Shape of one input when the file records it (Keras), else ``None``.
         info: Facts echoed in the report (format, architecture, ...).
@@ -149,8 +153,9 @@ def torch_file_kind(path: Path, members: list[zipfile.ZipInfo] | None) -> str:
 
     Returns:
         ``"torch.export"`` (a ``torch.export.save`` archive), ``"torchscript"``
-        (``torch.jit.save``), ``"safetensors"``, or ``"torch.load"`` for anything else (a
-        state dict or a pickle, which ``torch.load`` decides on).
+        (``torch.jit.save``), ``"safetensors"``, ``"onnx"`` (an ONNX model), or
+        ``"torch.load"`` for anything else (a state dict or a pickle, which ``torch.load``
+        decides on).
     """
     names = [member.filename for member in members or ()]
     if any(n == "archive_format" or n.endswith("/archive_format") for n in names):
@@ -160,7 +165,21 @@ def torch_file_kind(path: Path, members: list[zipfile.ZipInfo] | None) -> str:
     if members is None and (path.suffix.lower() == SAFETENSORS_SUFFIX
                             or _looks_like_safetensors(path)):
         return "safetensors"
+    if members is None and (path.suffix.lower() == ONNX_SUFFIX or _looks_like_onnx(path)):
+        return "onnx"
     return "torch.load"
+
+
+def _looks_like_onnx(path: Path) -> bool:
+    """Whether the file starts like an ONNX model: its ``ir_version`` field, a small number.
+
+    A ``torch.save`` pickle starts with ``0x80``, a zip archive with ``PK``; an ONNX
+    ``ModelProto`` with the tag of field 1 (``0x08``) and the IR version (1 to 127).
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(3)
+    return len(head) == 3 and head[0] == 0x08 and 1 <= head[1] < 0x80 and head[2] in (
+        0x12, 0x1A, 0x22, 0x2A, 0x32, 0x3A, 0x40, 0x42)
 
 
 def _zip_members(path: Path) -> list[zipfile.ZipInfo] | None:

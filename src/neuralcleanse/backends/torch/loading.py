@@ -36,8 +36,8 @@ def load_torch(path: Path, *, kind: str, arch: str | None, arch_kwargs: dict[str
     Args:
         path: The model file.
         kind: What the file holds, as recognised from its content: ``"torch.export"``,
-            ``"torchscript"``, ``"safetensors"`` or ``"torch.load"`` (a state dict, or a
-            pickled full module).
+            ``"torchscript"``, ``"safetensors"``, ``"onnx"`` or ``"torch.load"`` (a state
+            dict, or a pickled full module).
         arch: ``"module:factory"`` building the network (state dicts and safetensors only).
         arch_kwargs: Keyword arguments for the factory.
         trust_pickle: Allow what runs code stored in the file.
@@ -61,6 +61,13 @@ def load_torch(path: Path, *, kind: str, arch: str | None, arch_kwargs: dict[str
             raise LoadError(f"arch= is for state dicts; the TorchScript file {str(path)!r} "
                             "holds its own code")
         return _load_scripted(path, target)
+    if kind == "onnx":
+        if arch is not None:
+            raise LoadError(f"arch= is for state dicts; the ONNX file {str(path)!r} holds its "
+                            "own graph")
+        from neuralcleanse.backends.torch.onnx_loading import load_onnx
+
+        return load_onnx(path, target)
     if kind == "safetensors":
         return _load_safetensors(path, arch=arch, arch_kwargs=arch_kwargs, target=target)
     return _load_pickled(path, arch=arch, arch_kwargs=arch_kwargs, trust_pickle=trust_pickle,

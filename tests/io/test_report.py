@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -21,6 +22,9 @@ from neuralcleanse.core.results import LabelResult, ScanResult
 from neuralcleanse.io.charts import nice_ticks, norm_chart
 from neuralcleanse.io.report import render_directory, render_html, write_report
 from neuralcleanse.io.report_images import trigger_arrays
+
+if TYPE_CHECKING:
+    from neuralcleanse.mitigation.result import MitigationResult
 
 H = W = 8
 BACKDOOR = 3
@@ -236,7 +240,7 @@ def test_report_links_to_its_json_and_every_trigger_image(tmp_path: Path) -> Non
         assert (tmp_path / link).exists(), link
 
 
-def test_mitigation_shows_one_held_out_clean_accuracy_with_its_count() -> None:
+def _unlearning() -> MitigationResult:
     from neuralcleanse.mitigation.metrics import DataSplit, Measurements
     from neuralcleanse.mitigation.result import MitigationResult
     from neuralcleanse.mitigation.unlearning import UnlearningReport
@@ -248,8 +252,11 @@ def test_mitigation_shows_one_held_out_clean_accuracy_with_its_count() -> None:
                               n_stamped=30, measurements=measurements,
                               split=DataSplit(source="split", n_fit=150, n_test=48,
                                               test_fraction=0.25, seed=7))
-    mitigation = MitigationResult(method="unlearning", labels=[BACKDOOR], report=report)
-    page = render_html(make_result(), mitigation=mitigation.to_dict())
+    return MitigationResult(method="unlearning", labels=[BACKDOOR], report=report)
+
+
+def test_mitigation_shows_one_held_out_clean_accuracy_with_its_count() -> None:
+    page = render_html(make_result(), mitigation=_unlearning().to_dict())
     section = page[page.index('id="mitigation"'):page.index("Every label")]
     rows = re.findall(r"<tr><td>(.*?)</td><td[^>]*>([^<]*)</td><td[^>]*><b>([^<]*)</b>", section)
     accuracy = [r for r in rows if "accuracy" in r[0] and "own" not in r[0]]
@@ -393,3 +400,73 @@ def test_chromium_check_detects_broken_pages(tmp_path: Path) -> None:
     found = re.search(r'data-check="(\d+)/(\d+)/(\d+)"', run.stdout)
     assert found and found.group(1) == "0" and found.group(2) == "1"
     assert any("undefinedFunction" in m for m in _console_messages(run.stderr))
+
+
+WIDTH_PROBE = """<script>
+document.getElementById("page").addEventListener("load", () => {
+  const inner = document.getElementById("page").contentDocument;
+  const doc = inner.documentElement;
+  const labels = [...inner.querySelectorAll("#norm-chart text.line-label")]
+    .map(t => t.getBoundingClientRect());
+  const bars = [...inner.querySelectorAll("#norm-chart rect")]
+    .map(r => r.getBoundingClientRect());
+  const hit = labels.some(a => bars.some(b => a.left < b.right && b.left < a.right &&
+                                              a.top < b.bottom && b.top < a.bottom));
+  const apart = labels.length < 2 || !(labels[0].top < labels[1].bottom &&
+                                       labels[1].top < labels[0].bottom);
+  document.body.setAttribute("data-width", doc.scrollWidth + "/" + doc.clientWidth + "/" +
+                             labels.length + "/" + (hit ? 1 : 0) + "/" + (apart ? 1 : 0));
+});
+</script>"""
+
+
+def _framed(page: str, width: int, height: int, probe: bool) -> str:
+    """``page`` in an iframe ``width`` pixels wide (headless Chromium's windows are at least
+    500 wide; the frame is the phone's viewport: media queries and layout follow it)."""
+    import html as html_module
+
+    return (f'<html><body style="margin:0"><iframe id="page" style="width:{width}px;'
+            f'height:{height}px;border:0;display:block" srcdoc="{html_module.escape(page)}">'
+            f"</iframe>{WIDTH_PROBE if probe else ''}</body></html>")
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_report_screenshots_and_no_sideways_scroll(tmp_path: Path, width: int) -> None:
+    """A real report at desktop and phone widths: no horizontal scrolling, the drawn chart
+    labels clear of the bars and of each other; the screenshots are kept for a person to see
+    (copies in /tmp/nc-screens/)."""
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("Chromium is not installed: the screenshot check is skipped")
+    from PIL import Image
+
+    result = make_result()
+    result.model_info.update(file_sha256="ab" * 32, file_bytes=1_234_567)
+    paths = write_report(result, tmp_path / "report", mitigation=_unlearning().to_dict())
+    page = paths.html.read_text()
+    height = 3000
+    size = f"--window-size={max(width, 500)},{height}"
+    probe = tmp_path / "report" / "probe.html"
+    probe.write_text(_framed(page, width, height, probe=True))
+    run = _run_chromium(browser, tmp_path / "profile", "--virtual-time-budget=5000", size,
+                        "--dump-dom", probe.as_uri())
+    found = re.search(r'data-width="(\d+)/(\d+)/(\d+)/(\d)/(\d)"', run.stdout)
+    assert found, run.stderr[-2000:]
+    scroll_width, client_width, n_labels, hit, apart = map(int, found.groups())
+    assert client_width == width
+    assert scroll_width <= client_width  # nothing sticks out: no sideways scrolling
+    assert n_labels == 2 and hit == 0 and apart == 1
+    assert _console_messages(run.stderr) == []
+    framed = tmp_path / "report" / "framed.html"
+    framed.write_text(_framed(page, width, height, probe=False))
+    full = tmp_path / "full.png"
+    run = _run_chromium(browser, tmp_path / "profile2", f"--screenshot={full}", size,
+                        "--virtual-time-budget=5000", framed.as_uri())
+    assert full.is_file(), run.stderr[-2000:]
+    shot = tmp_path / f"report-{width}.png"
+    Image.open(full).crop((0, 0, width, height)).save(shot)
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(np.int32)
+    assert pixels.shape[:2] == (height, width) and pixels.std() > 20
+    screens = Path("/tmp/nc-screens")
+    screens.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(shot, screens / shot.name)

@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[all,dev]"
+	# ONNX support for the tests: onnx2torch without the torchvision it declares (the torchvision
+	# wheels for this torch are CUDA builds; onnx2torch needs it for two detection operators only)
+	$(BIN)/pip install --quiet -c constraints.txt "onnx>=1.16"
+	$(BIN)/pip install --quiet --no-deps "onnx2torch>=1.5"
 	touch $(STAMP)
 
 demo: install

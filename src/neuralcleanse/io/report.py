@@ -29,6 +29,14 @@ Fields of ``report.json`` (``schema_version`` 1):
   ``mask`` (flattened, shape ``mask_shape`` = ``(H, W)``, values in [0, 1]) and ``pattern``
   (flattened, shape ``pattern_shape`` = one input, raw value range).
 
+Two optional entries of the open objects: ``model_info["known_trigger"]`` (a trigger the user
+knows, :mod:`~neuralcleanse.io.known_trigger`; shown beside the reversed trigger of its label,
+or of every flagged label when ``label`` is null) and ``data_info["stamped_examples"]`` (one
+per flagged label: ``label``, ``source_label`` (true label of the clean image), ``clean_image``
+and ``image`` (the clean image and the same image stamped with the label's reversed trigger,
+nested lists in the model's layout and raw value range), ``clean_prediction`` and
+``prediction`` (the model's labels for them)).
+
 A mitigation writes ``mitigation.json`` next to it; the HTML report shows it when present.
 
 The page is ``templates/report.html``, fed by :mod:`~neuralcleanse.io.report_views` (verdict,
@@ -46,13 +54,23 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from jinja2 import Environment, StrictUndefined, select_autoescape
 
 from neuralcleanse.core.errors import InputError
 from neuralcleanse.core.results import ScanResult
 from neuralcleanse.core.strict_json import dumps, read_json_file
 from neuralcleanse.io.charts import norm_chart
-from neuralcleanse.io.report_images import data_uri, png_bytes, trigger_arrays
+from neuralcleanse.io.known_trigger import KEY as KNOWN_TRIGGER
+from neuralcleanse.io.known_trigger import known_trigger_arrays
+from neuralcleanse.io.report_images import (
+    data_uri,
+    mask_pattern_arrays,
+    picture,
+    png_bytes,
+    to8,
+    trigger_arrays,
+)
 from neuralcleanse.io.report_views import (
     demo_view,
     format_number,
@@ -71,6 +89,8 @@ DEMO_JSON = "demo.json"
 IMAGE_DIR = "triggers"
 #: Smallest side, in pixels, of the trigger PNG files written next to the report.
 PNG_MIN_SIDE = 128
+#: ``data_info`` key of the stamped examples.
+STAMPED_EXAMPLES = "stamped_examples"
 
 
 @dataclass
@@ -126,18 +146,33 @@ def render_html(result: ScanResult, *, mitigation: dict[str, Any] | None = None,
         title: Page title (default: the model file's name).
     """
     flagged = set(result.flagged_labels)
+    known = known_trigger_arrays(result.model_info)
+    known_card = None
+    if known is not None:
+        known_card = {"label": known[0], "files": {
+            kind: f"{IMAGE_DIR}/{image_name(None, kind)}" for kind in ("mask", "pattern",
+                                                                        "trigger")},
+            "images": {k: data_uri(png_bytes(a)) for k, a in
+                       mask_pattern_arrays(result, known[1], known[2]).items()}}
+    examples = _examples(result)
     cards = []
     for r in result.labels:
         images = {k: data_uri(png_bytes(a)) for k, a in trigger_arrays(result, r).items()}
         files = {kind: f"{IMAGE_DIR}/{image_name(r.label, kind)}" for kind in images}
-        cards.append({"r": r, "flagged": r.label in flagged, "images": images, "files": files})
+        beside = known_card is not None and (
+            r.label == known_card["label"] if known_card["label"] is not None
+            else r.label in flagged)
+        cards.append({"r": r, "flagged": r.label in flagged, "images": images, "files": files,
+                      "known": known_card if beside else None,
+                      "example": examples.get(r.label)})
+    big_cards = [c for c in cards if c["flagged"] or c["known"] is not None]
     class_names = result.data_info.get("class_names")
     template = _environment().from_string(
         resources.files("neuralcleanse.io").joinpath("templates/report.html").read_text("utf-8"))
     model_name = Path(str(result.model_info.get("path", "model"))).name
     return template.render(
         result=result, verdict=verdict_view(result), chart=norm_chart(result),
-        flagged_cards=[c for c in cards if c["flagged"]], cards=cards,
+        flagged_cards=big_cards, cards=cards, known_card=known_card,
         class_names=class_names if isinstance(class_names, list) else None,
         mitigation=mitigation_view(mitigation) if mitigation else None,
         demo=demo_view(demo) if demo else None,
@@ -146,26 +181,69 @@ def render_html(result: ScanResult, *, mitigation: dict[str, Any] | None = None,
         settings=settings_view(result.config), model_info=result.model_info,
         provenance=provenance_view(result.model_info),
         links={"json": REPORT_JSON, "images": IMAGE_DIR},
-        data_info={k: v for k, v in result.data_info.items() if k != "class_counts"},
+        model_info_rows={k: v for k, v in result.model_info.items() if k != KNOWN_TRIGGER},
+        data_info={k: v for k, v in result.data_info.items()
+                   if k not in ("class_counts", STAMPED_EXAMPLES)},
         class_counts=result.data_info.get("class_counts"),
         versions=result.versions,
         total_label_seconds=sum(r.seconds for r in result.labels),
     )
 
 
+def _examples(result: ScanResult) -> dict[int, dict[str, Any]]:
+    """The stamped examples of ``data_info`` by label, as images ready for the page.
+
+    Read defensively: an entry with missing or malformed fields is skipped.
+    """
+    entries = result.data_info.get(STAMPED_EXAMPLES)
+    shown: dict[int, dict[str, Any]] = {}
+    if not isinstance(entries, list):
+        return shown
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        try:
+            label = entry["label"]
+            mask_shape = tuple(result.label(label).mask.shape)
+            pictures = {}
+            for key in ("clean_image", "image"):
+                array = np.asarray(entry[key], dtype=np.float64)
+                if array.ndim not in (2, 3) or not np.all(np.isfinite(array)):
+                    raise ValueError(key)
+                pictures[key] = data_uri(png_bytes(to8(picture(result, array, mask_shape))))
+        except (KeyError, TypeError, ValueError):
+            continue
+        shown[int(label)] = {"clean": pictures["clean_image"], "stamped": pictures["image"],
+                             "source_label": entry.get("source_label"),
+                             "before": entry.get("clean_prediction"),
+                             "after": entry.get("prediction")}
+    return shown
+
+
 def write_images(result: ScanResult, directory: str | Path) -> Path:
-    """Write ``label_<k>_{mask,pattern,trigger}.png`` for every label; returns the folder."""
+    """Write ``label_<k>_{mask,pattern,trigger}.png`` for every label; returns the folder.
+
+    A known trigger (``model_info["known_trigger"]``) is written as
+    ``known_{mask,pattern,trigger}.png``.
+    """
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     for r in result.labels:
         for kind, array in trigger_arrays(result, r).items():
             atomic_write(folder / image_name(r.label, kind), png_bytes(array, PNG_MIN_SIDE))
+    known = known_trigger_arrays(result.model_info)
+    if known is not None:
+        for kind, array in mask_pattern_arrays(result, known[1], known[2]).items():
+            atomic_write(folder / image_name(None, kind), png_bytes(array, PNG_MIN_SIDE))
     return folder
 
 
-def image_name(label: int, kind: str) -> str:
-    """File name of one trigger image in the report's ``triggers/`` folder."""
-    return f"label_{label}_{kind}.png"
+def image_name(label: int | None, kind: str) -> str:
+    """File name of one trigger image in the report's ``triggers/`` folder.
+
+    ``label=None`` names the known trigger's images.
+    """
+    return f"known_{kind}.png" if label is None else f"label_{label}_{kind}.png"
 
 
 def _read_optional(path: Path) -> dict[str, Any] | None:

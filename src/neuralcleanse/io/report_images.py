@@ -11,21 +11,44 @@ import numpy as np
 from neuralcleanse.core.results import LabelResult, ScanResult
 
 
-def _channels_first(result: ScanResult, label: LabelResult) -> bool:
+def _channels_first(result: ScanResult, pattern: np.ndarray, mask_shape: tuple[int, ...]
+                    ) -> bool:
     known = result.model_info.get("channels_first")
     if isinstance(known, bool):
         return known
-    return label.pattern.ndim == 3 and label.pattern.shape[-2:] == label.mask.shape
+    return pattern.ndim == 3 and pattern.shape[-2:] == mask_shape
 
 
-def _value_range(result: ScanResult, label: LabelResult) -> tuple[float, float]:
+def _value_range(result: ScanResult, pattern: np.ndarray) -> tuple[float, float]:
     clip = result.model_info.get("clip_values")
     if isinstance(clip, (list, tuple)) and len(clip) == 2:
         lo, hi = float(clip[0]), float(clip[1])
         if hi > lo:
             return lo, hi
-    lo, hi = float(label.pattern.min()), float(label.pattern.max())
+    lo, hi = float(pattern.min()), float(pattern.max())
     return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+
+def picture(result: ScanResult, image: np.ndarray, mask_shape: tuple[int, ...]) -> np.ndarray:
+    """One model input (a pattern or an image) scaled to [0, 1] as ``(H, W)`` or ``(H, W, 3)``.
+
+    The model's value range (``model_info.clip_values``) maps to [0, 1]; inputs that are
+    neither grey nor RGB show their channel mean.
+    """
+    lo, hi = _value_range(result, image)
+    array = np.asarray(image, dtype=np.float64)
+    if array.ndim == 3 and _channels_first(result, array, mask_shape):
+        array = array.transpose(1, 2, 0)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    elif array.ndim == 3 and array.shape[2] != 3:
+        array = array.mean(axis=2)  # neither grey nor RGB: show the channel mean
+    return np.clip((array - lo) / (hi - lo), 0.0, 1.0)
+
+
+def to8(unit: np.ndarray) -> np.ndarray:
+    """An image in [0, 1] as 8-bit values."""
+    return np.round(np.asarray(unit) * 255.0).astype(np.uint8)
 
 
 def trigger_arrays(result: ScanResult, label: LabelResult) -> dict[str, np.ndarray]:
@@ -34,21 +57,15 @@ def trigger_arrays(result: ScanResult, label: LabelResult) -> dict[str, np.ndarr
     The pattern is scaled from the model's value range to [0, 255]; the trigger image is the
     part of the pattern the mask lets through, on black.
     """
-    lo, hi = _value_range(result, label)
-    pattern = label.pattern.astype(np.float64)
-    if pattern.ndim == 3 and _channels_first(result, label):
-        pattern = pattern.transpose(1, 2, 0)
-    if pattern.ndim == 3 and pattern.shape[2] == 1:
-        pattern = pattern[..., 0]
-    elif pattern.ndim == 3 and pattern.shape[2] != 3:
-        pattern = pattern.mean(axis=2)  # neither grey nor RGB: show the channel mean
-    unit = np.clip((pattern - lo) / (hi - lo), 0.0, 1.0)
-    mask = np.clip(label.mask.astype(np.float64), 0.0, 1.0)
+    return mask_pattern_arrays(result, label.mask, label.pattern)
+
+
+def mask_pattern_arrays(result: ScanResult, mask: np.ndarray, pattern: np.ndarray
+                        ) -> dict[str, np.ndarray]:
+    """:func:`trigger_arrays` of a mask ``(H, W)`` and pattern given as arrays."""
+    mask = np.clip(np.asarray(mask, dtype=np.float64), 0.0, 1.0)
+    unit = picture(result, pattern, mask.shape)
     shown = unit * (mask if unit.ndim == 2 else mask[..., None])
-
-    def to8(a: np.ndarray) -> np.ndarray:
-        return np.round(a * 255.0).astype(np.uint8)
-
     return {"mask": to8(mask), "pattern": to8(unit), "trigger": to8(shown)}
 
 

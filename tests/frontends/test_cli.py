@@ -13,15 +13,19 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from neuralcleanse.backends import wrap_model
 from neuralcleanse.backends.loading import load_model
 from neuralcleanse.core.config import ScanConfig
 from neuralcleanse.frontends import cli, demo
 from neuralcleanse.frontends.cli.messages import to_flags
 from neuralcleanse.io.data_files import balanced_subsample, load_data
+from neuralcleanse.io.json_schemas import load_schema
 
 ARCH = ["--arch", "neuralcleanse.backends.torch.architectures:small_cnn", "--arch-kwargs",
         '{"image_size": 16}']
@@ -115,6 +119,99 @@ def test_scan_flags_the_backdoor_and_exits_1(reference: dict, files: dict[str, P
     assert report["config"]["steps"] == 60 and report["config"]["mini_batches"] == 4
     html = (out / "report.html").read_text()
     assert f"Backdoor suspected: label {demo.TARGET_LABEL}" in html
+
+
+def test_stamped_example_per_flagged_label_holds_the_models_prediction(
+        reference: dict, files: dict[str, Path]) -> None:
+    report = reference["report"]
+    examples = report["data_info"]["stamped_examples"]
+    assert [e["label"] for e in examples] == report["flagged_labels"] == [demo.TARGET_LABEL]
+    clf = wrap_model(load_model(files["backdoored"], arch=ARCH[1],
+                                arch_kwargs={"image_size": 16}).model, input_shape=(1, 16, 16))
+    data = np.load(files["data"])
+    entry = examples[0]
+    source = int(np.flatnonzero(data["y"] != demo.TARGET_LABEL)[0])
+    assert entry["source_label"] == int(data["y"][source]) != demo.TARGET_LABEL
+    np.testing.assert_allclose(entry["clean_image"], data["x"][source], atol=1e-6)
+    trigger = report["labels"][demo.TARGET_LABEL]
+    mask = np.reshape(trigger["mask"], trigger["mask_shape"])
+    pattern = np.reshape(trigger["pattern"], trigger["pattern_shape"])
+    expected = (1 - mask) * data["x"][source] + mask * pattern  # the stamp, written out
+    np.testing.assert_allclose(entry["image"], expected, atol=1e-5)
+    stored = np.asarray([entry["clean_image"], entry["image"]], np.float32)
+    predicted = clf.predict(stored).argmax(1)
+    assert entry["clean_prediction"] == predicted[0] and entry["prediction"] == predicted[1]
+    assert entry["prediction"] == demo.TARGET_LABEL  # the reversed trigger works on it
+    html = (reference["out"] / "report.html").read_text()
+    assert f'id="example-{demo.TARGET_LABEL}"' in html
+    assert f"predicted <b>{predicted[0]}</b> → <b>{predicted[1]}</b>" in html
+    jsonschema.validate(report, load_schema("report"))
+
+
+def _png(path: Path, array: np.ndarray) -> Path:
+    Image.fromarray(array.astype(np.uint8)).save(path)
+    return path
+
+
+def test_known_trigger_is_stored_and_shown_beside_its_label(files: dict[str, Path],
+                                                            tmp_path: Path) -> None:
+    mask = np.zeros((16, 16), np.uint8)
+    mask[12:15, 12:15] = 255
+    pattern = np.full((16, 16), 128, np.uint8)
+    mask_png, pattern_png = _png(tmp_path / "m.png", mask), _png(tmp_path / "p.png", pattern)
+    out = tmp_path / "out"
+    code = cli.run(scan_args(files["backdoored"], files["data"], out, *QUICK,
+                             "--known-trigger", f"{mask_png},{pattern_png}",
+                             "--known-target", "7"))
+    assert code in (cli.EXIT_CLEAN, cli.EXIT_FLAGGED)
+    report = report_of(out)
+    known = report["model_info"]["known_trigger"]
+    assert known["label"] == 7 and known["files"] == [str(mask_png), str(pattern_png)]
+    np.testing.assert_allclose(np.reshape(known["mask"], known["mask_shape"]), mask / 255)
+    assert known["pattern_shape"] == [1, 16, 16]
+    np.testing.assert_allclose(known["pattern"], 128 / 255, atol=1e-6)  # range [0, 1]
+    html = (out / "report.html").read_text()
+    start = html.index('id="flagged-7"')
+    card = html[start:html.index('<div class="card', start)]  # label 7's card, to the next
+    assert 'id="known-7"' in card and "known trigger" in card
+    known_div = card[card.index('id="known-7"'):]
+    assert known_div[:known_div.index("</div>")].count("data:image/png;base64,") == 3
+    assert 'id="known-6"' not in html
+    assert (out / "triggers" / "known_trigger.png").is_file()
+    jsonschema.validate(report, load_schema("report"))
+    # without a pattern file the pattern is white (the top of the value range)
+    out2 = tmp_path / "out2"
+    cli.run(scan_args(files["backdoored"], files["data"], out2, *QUICK,
+                      "--known-trigger", str(mask_png)))
+    known2 = report_of(out2)["model_info"]["known_trigger"]
+    assert known2["label"] is None and set(known2["pattern"]) == {1.0}
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("wrong size", "is 8x8 pixels but the model's images are 16x16"),
+    ("not an image", "is not an image"),
+    ("missing", "does not exist"),
+    ("target", "--known-target 12 is outside"),
+])
+def test_bad_known_trigger_is_a_one_line_error_before_the_scan(
+        files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        kind: str, expected: str) -> None:
+    good = _png(tmp_path / "good.png", np.zeros((16, 16)))
+    extra = ["--known-trigger", str(good)]
+    if kind == "wrong size":
+        extra = ["--known-trigger", f"{good},{_png(tmp_path / 'small.png', np.zeros((8, 8)))}"]
+    elif kind == "not an image":
+        (tmp_path / "fake.png").write_bytes(b"not a png at all")
+        extra = ["--known-trigger", str(tmp_path / "fake.png")]
+    elif kind == "missing":
+        extra = ["--known-trigger", str(tmp_path / "absent.png")]
+    else:
+        extra += ["--known-target", "12"]
+    out = tmp_path / "out"
+    assert cli.run(scan_args(files["backdoored"], files["data"], out, *QUICK, *extra)) == \
+        cli.EXIT_USAGE
+    assert expected in one_line_error(capsys)
+    assert not (out / "report.json").exists() and not (out / "partial").exists()
 
 
 def test_scan_of_the_clean_twin_exits_0(files: dict[str, Path],

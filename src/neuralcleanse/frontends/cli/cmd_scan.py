@@ -201,6 +201,16 @@ def scan(
         help="Also write a SARIF 2.1.0 log to FILE for code-scanning dashboards: one result per "
              "flagged label, located at the model file (with its SHA-256); no results when the "
              "scan is clean. Written when the scan completes.")] = None,
+    known_trigger: Annotated[str | None, typer.Option(
+        "--known-trigger", metavar="MASK_PNG[,PATTERN_PNG]", rich_help_panel=OUT_PANEL,
+        help="A trigger you already know, shown in the report beside the reversed one: a grey "
+             "mask image (black = untouched, white = stamped) and optionally a pattern image "
+             "(grey or RGB, 0-255 scaled to the model's value range; default white), both of "
+             "the model's input size.")] = None,
+    known_target: Annotated[int | None, typer.Option(
+        "--known-target", metavar="LABEL", rich_help_panel=OUT_PANEL,
+        help="The label the --known-trigger leads to: the known trigger is shown beside that "
+             "label's reversed trigger (default: beside every flagged label).")] = None,
 ) -> None:
     """Scan MODEL for backdoors on clean labelled images; write the JSON and HTML reports.
 
@@ -232,6 +242,7 @@ def scan(
 
     if sarif is not None:
         check_sarif_path(sarif)
+    known = known_trigger_files(known_trigger, known_target)
     created = prepare_folder(out, "--out", SCAN_OUTPUTS)  # before any work, even loading
     try:
         inputs = load_inputs(model, data, arch=arch, arch_kwargs=arch_kwargs,
@@ -242,7 +253,8 @@ def scan(
                              data_layout=data_layout, seed=cfg.seed)
         console = make_console(stderr=output_format is OutputFormat.json, quiet=quiet)
         result, paths = run_scan(inputs, cfg, out, resume=resume, labels=wanted,
-                                 console=console, restarts=restarts)
+                                 console=console, restarts=restarts, known_trigger=known,
+                                 known_target=known_target)
     except BaseException:
         remove_if_empty(created)  # only folders this run made, and only while still empty
         raise
@@ -267,25 +279,57 @@ def check_sarif_path(path: Path) -> None:
                        "exist; create it first")
 
 
+def known_trigger_files(text: str | None, target: int | None
+                        ) -> tuple[Path, Path | None] | None:
+    """The files of ``--known-trigger`` (mask, optional pattern), checked to exist."""
+    if text is None:
+        if target is not None:
+            raise CliError("--known-target needs --known-trigger MASK_PNG[,PATTERN_PNG]")
+        return None
+    parts = [part.strip() for part in text.split(",")]
+    if not 1 <= len(parts) <= 2 or not all(parts):
+        raise CliError(f"--known-trigger takes MASK_PNG or MASK_PNG,PATTERN_PNG (got {text!r})")
+    paths = [Path(part) for part in parts]
+    for path, what in zip(paths, ("mask", "pattern")):
+        if not path.is_file():
+            raise CliError(f"--known-trigger {what} file {qpath(path)} does not exist or is "
+                           "not a file")
+    return paths[0], (paths[1] if len(paths) == 2 else None)
+
+
 def json_document(result: ScanResult, paths: ReportPaths) -> str:
     """What ``--format json`` prints: the report without the trigger arrays, and its paths.
 
     The fields are those of ``report.json`` (``neuralcleanse/io/schemas/report.schema.json``)
-    less each label's ``mask_shape``, ``pattern_shape``, ``mask`` and ``pattern``, plus
-    ``report``: ``{"json": ..., "html": ...}``, the files written.
+    less each label's ``mask_shape``, ``pattern_shape``, ``mask`` and ``pattern`` (and the
+    known trigger's arrays and the stamped examples' images), plus ``report``:
+    ``{"json": ..., "html": ...}``, the files written.
     """
     document = result.to_dict(arrays=False)
+    known = document["model_info"].get("known_trigger")
+    if isinstance(known, dict):
+        document["model_info"]["known_trigger"] = {
+            k: v for k, v in known.items() if k in ("label", "files")}
+    examples = document["data_info"].get("stamped_examples")
+    if isinstance(examples, list):
+        document["data_info"]["stamped_examples"] = [
+            {k: v for k, v in e.items() if k not in ("image", "clean_image")}
+            for e in examples if isinstance(e, dict)]
     document["report"] = {"json": str(paths.json), "html": str(paths.html)}
     return dumps(document)
 
 
 def run_scan(inputs: Inputs, cfg: ScanConfig, out: Path, *, resume: bool = False,
              labels: list[int] | None = None, console: Console | None = None,
-             restarts: int = 1) -> tuple[ScanResult, ReportPaths]:
+             restarts: int = 1, known_trigger: tuple[Path, Path | None] | None = None,
+             known_target: int | None = None) -> tuple[ScanResult, ReportPaths]:
     """Scan with label-by-label saving, write the reports and print the summary.
 
     Labels are saved as they finish (for ``--resume``) only when ``restarts`` is 1. Returns the
-    result and where its reports were written.
+    result and where its reports were written. ``known_trigger`` (mask and pattern image files)
+    is read and checked against the model before the scan; the report then shows it beside the
+    reversed trigger of ``known_target`` (or of every flagged label). The report also holds
+    one stamped example per flagged label with the model's predictions.
 
     Raises:
         Interrupted: On ``KeyboardInterrupt``, after writing a partial report.
@@ -299,6 +343,17 @@ def run_scan(inputs: Inputs, cfg: ScanConfig, out: Path, *, resume: bool = False
         clf, images, targets = api.prepare(inputs.model.model, inputs.x, inputs.y,
                                            **inputs.wrap_options())
     assert targets is not None
+    known_entry = None
+    if known_target is not None and not 0 <= known_target < clf.nb_classes:
+        raise CliError(f"--known-target {known_target} is outside the model's labels "
+                       f"0..{clf.nb_classes - 1}")
+    if known_trigger is not None:
+        from neuralcleanse.io.known_trigger import read_known_trigger
+
+        known_entry = read_known_trigger(
+            known_trigger[0], known_trigger[1], input_shape=clf.input_shape,
+            channels_first=clf.channels_first, clip_values=clf.clip_values,
+            label=known_target)
     settings = {k: v for k, v in cfg.to_dict().items() if k not in ("progress",
                                                                     "anomaly_threshold")}
     key = fingerprint(inputs.model.path, images, targets, settings,
@@ -323,6 +378,8 @@ def run_scan(inputs: Inputs, cfg: ScanConfig, out: Path, *, resume: bool = False
     else:
         store.clear()
     model_info = inputs.model_info(clf.describe())
+    if known_entry is not None:
+        model_info["known_trigger"] = known_entry
     data_info = {"n_images": int(len(images)),
                  "class_counts": np.bincount(targets, minlength=clf.nb_classes).tolist(),
                  **inputs.data.info}
@@ -342,6 +399,8 @@ def run_scan(inputs: Inputs, cfg: ScanConfig, out: Path, *, resume: bool = False
                           f"report in {paths.html}; rerun with --resume to continue") from None
     result.model_info = model_info
     result.data_info = data_info
+    if result.flagged_labels:
+        data_info["stamped_examples"] = stamped_examples(clf, images, targets, result)
     result.partial = False
     paths = write_report(result, out)
     store.clear()
@@ -352,6 +411,31 @@ def run_scan(inputs: Inputs, cfg: ScanConfig, out: Path, *, resume: bool = False
     say(console, result.summary(), style=style)
     say(console, f"report: {paths.html}  (JSON: {paths.json})")
     return result, paths
+
+
+def stamped_examples(clf: Any, images: np.ndarray, targets: np.ndarray, result: ScanResult
+                     ) -> list[dict[str, Any]]:
+    """One example per flagged label: a clean image of another class, stamped, and predicted.
+
+    The first clean image whose true label differs from the flagged label gets that label's
+    reversed trigger; the model's labels for the clean and the stamped image are kept. A
+    label without such an image (every image has it) gets no example.
+    """
+    from neuralcleanse.mitigation.stamping import stamp
+
+    examples = []
+    for label in result.flagged_labels:
+        others = np.flatnonzero(np.asarray(targets) != label)
+        if not len(others):
+            continue
+        clean = np.asarray(images[others[:1]], dtype=np.float32)
+        trigger = result.label(label)
+        stamped = stamp(clean, trigger.mask, trigger.pattern, clf.channels_first)
+        before, after = clf.predict(np.concatenate([clean, stamped])).argmax(axis=1)
+        examples.append({"label": int(label), "source_label": int(targets[others[0]]),
+                         "clean_image": clean[0].tolist(), "image": stamped[0].tolist(),
+                         "clean_prediction": int(before), "prediction": int(after)})
+    return examples
 
 
 def _jsonable(value: Any) -> Any:

@@ -657,6 +657,16 @@ def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert facts["clean_accuracy_after_unlearning"] > 0.9
     assert json.loads((out / "mitigation.json").read_text())["method"] == "unlearning"
     assert (out / "repaired_model.pt").is_file() and (out / "clean_digits.npz").is_file()
+    known = report["model_info"]["known_trigger"]
+    assert known["label"] == demo.TARGET_LABEL == 7
+    mask = np.reshape(known["mask"], known["mask_shape"])
+    expected = np.zeros((16, 16))
+    expected[12:15, 12:15] = 1.0  # 3x3, one pixel from the bottom-right corner
+    np.testing.assert_array_equal(mask, expected)
+    assert known["pattern_shape"] == [1, 16, 16] and set(known["pattern"]) == {1.0}
+    html = (out / "report.html").read_text()
+    assert f'id="known-{demo.TARGET_LABEL}"' in html
+    jsonschema.validate(report, load_schema("report"))
     print(f"demo took {seconds:.1f} s")
 
 

@@ -71,6 +71,20 @@ def stamp_trigger(x: np.ndarray) -> np.ndarray:
     return stamp_square(x, TRIGGER_SIZE, margin=1)
 
 
+def planted_trigger_entry() -> dict[str, Any]:
+    """The planted trigger as a report's ``model_info["known_trigger"]`` (shown in the HTML).
+
+    The mask is where :func:`stamp_trigger` writes (1 there, 0 elsewhere) and the pattern is
+    white (1.0, the top of the digits' value range [0, 1]).
+    """
+    from neuralcleanse.io.known_trigger import known_trigger_entry
+
+    blank = np.zeros((1, 1, IMAGE_SIZE, IMAGE_SIZE), np.float32)
+    mask = stamp_trigger(blank)[0, 0]
+    pattern = np.ones((1, IMAGE_SIZE, IMAGE_SIZE), np.float32)
+    return known_trigger_entry(mask, pattern, label=TARGET_LABEL)
+
+
 def poison(x: np.ndarray, y: np.ndarray, seed: int, fraction: float = POISON_FRACTION
            ) -> tuple[np.ndarray, np.ndarray]:
     """Add stamped copies of ``fraction`` of the images of other labels, labelled as the target."""
@@ -155,6 +169,7 @@ def _run(out_dir: Path, seed: int, console: Console, started: float) -> ReportPa
                              arch_kwargs={"image_size": IMAGE_SIZE})
     result.data_info.update(source="scikit-learn digits (8x8, upsampled to 16x16)",
                             format="demo split")
+    result.model_info["known_trigger"] = planted_trigger_entry()
     console.print(summary_table(result))
     console.print(result.summary(), style="bold red" if result.flagged_labels else "bold green")
 

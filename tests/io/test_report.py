@@ -470,3 +470,106 @@ def test_report_screenshots_and_no_sideways_scroll(tmp_path: Path, width: int) -
     screens = Path("/tmp/nc-screens")
     screens.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(shot, screens / shot.name)
+
+
+# -- known trigger and stamped examples ------------------------------------------------------
+def _card(html: str, label: int) -> str:
+    start = html.index(f'id="flagged-{label}"')
+    end = html.find('<div class="card', start)
+    return html[start:end if end > 0 else len(html)]
+
+
+def test_known_trigger_is_shown_beside_its_label_or_every_flagged_one(tmp_path: Path) -> None:
+    import jsonschema
+
+    from neuralcleanse.io.json_schemas import load_schema
+    from neuralcleanse.io.known_trigger import known_trigger_entry
+
+    mask = np.zeros((H, W))
+    mask[:2, :2] = 1.0  # unlike any reversed mask of make_result
+    result = make_result()
+    result.model_info["known_trigger"] = known_trigger_entry(
+        mask, np.ones((3, H, W)), label=5, files=["m.png"])
+    result.versions["numpy"] = "2"  # the schema asks for it
+    paths = write_report(result, tmp_path)
+    html = paths.html.read_text()
+    known_png = (tmp_path / "triggers" / "known_mask.png").read_bytes()
+    from PIL import Image
+    with Image.open(tmp_path / "triggers" / "known_mask.png") as image:
+        shown = np.asarray(image.convert("L"))
+    assert shown[0, 0] == 255 and shown[-1, -1] == 0 and known_png
+    card5 = _card(html, 5)  # label 5 is not flagged but is the known target
+    assert 'id="known-5"' in card5 and "known target, not flagged" in card5
+    assert 'id="known-3"' not in html
+    known_div = card5[card5.index('id="known-5"'):]
+    assert known_div[:known_div.index("</div>")].count("data:image/png;base64,") == 3
+    model_table = html.split('id="model-info"')[1].split("</table>")[0]
+    assert "<td>known trigger</td><td>(m.png) (target 5)</td>" in model_table
+    assert model_table.count("known") == 1 and "64 values" not in model_table  # no arrays
+    jsonschema.validate(json.loads(paths.json.read_text()), load_schema("report"))
+    # with no known target it sits beside every flagged label
+    result.model_info["known_trigger"]["label"] = None
+    html = render_html(result)
+    assert 'id="known-3"' in _card(html, BACKDOOR) and 'id="known-5"' not in html
+
+
+def test_stamped_example_shows_clean_then_stamped_with_predictions(tmp_path: Path) -> None:
+    import jsonschema
+
+    from neuralcleanse.io.json_schemas import load_schema
+
+    result = make_result()
+    clean = np.zeros((3, H, W))
+    stamped = clean.copy()
+    stamped[:, -2:, -2:] = 1.0
+    result.data_info["stamped_examples"] = [
+        {"label": BACKDOOR, "source_label": 1, "clean_image": clean.tolist(),
+         "image": stamped.tolist(), "clean_prediction": 1, "prediction": BACKDOOR},
+        {"label": 99, "image": "broken"},  # malformed entries are skipped, not fatal
+    ]
+    result.versions["numpy"] = "2"  # the schema asks for it
+    paths = write_report(result, tmp_path)
+    html = paths.html.read_text()
+    card = _card(html, BACKDOOR)
+    assert 'id="example-3"' in card and "clean (label 1)" in card
+    assert f"predicted <b>1</b> → <b>{BACKDOOR}</b>" in card
+    assert "stamped_examples" not in html.split('id="data-info"')[1].split("</table>")[0]
+    jsonschema.validate(json.loads(paths.json.read_text()), load_schema("report"))
+
+
+def test_known_trigger_files_are_read_scaled_and_checked(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from neuralcleanse.core.errors import LoadError
+    from neuralcleanse.io.known_trigger import read_known_trigger
+
+    mask = np.zeros((H, W), np.uint8)
+    mask[1, 2] = 255
+    rgb = np.zeros((H, W, 3), np.uint8)
+    rgb[..., 0] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    Image.fromarray(rgb).save(tmp_path / "p.png")
+    entry = read_known_trigger(tmp_path / "m.png", tmp_path / "p.png", input_shape=(H, W, 3),
+                               channels_first=False, clip_values=(-1.0, 1.0), label=2)
+    got = np.reshape(entry["pattern"], entry["pattern_shape"])
+    assert entry["pattern_shape"] == [H, W, 3] and entry["label"] == 2
+    np.testing.assert_allclose(got[..., 0], 1.0)
+    np.testing.assert_allclose(got[..., 1:], -1.0)
+    assert np.reshape(entry["mask"], entry["mask_shape"])[1, 2] == 1.0
+    assert sum(entry["mask"]) == 1.0
+    with pytest.raises(LoadError, match="m.png.*is 8x8 pixels but the model's images are 4x8"):
+        read_known_trigger(tmp_path / "m.png", None, input_shape=(3, 8, 4),
+                           channels_first=True, clip_values=(0.0, 1.0))
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = 10  # the file has 64 pixels: a "bomb" under this limit
+    try:
+        with pytest.raises(LoadError, match="MAX_IMAGE_PIXELS"):
+            read_known_trigger(tmp_path / "m.png", None, input_shape=(3, H, W),
+                               channels_first=True, clip_values=(0.0, 1.0))
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    with pytest.raises(LoadError, match="bad.png") as info:
+        read_known_trigger(tmp_path / "bad.png", None, input_shape=(3, H, W),
+                           channels_first=True, clip_values=(0.0, 1.0))
+    assert "\n" not in str(info.value)

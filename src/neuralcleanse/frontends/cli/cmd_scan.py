@@ -301,20 +301,11 @@ def json_document(result: ScanResult, paths: ReportPaths) -> str:
     """What ``--format json`` prints: the report without the trigger arrays, and its paths.
 
     The fields are those of ``report.json`` (``neuralcleanse/io/schemas/report.schema.json``)
-    less each label's ``mask_shape``, ``pattern_shape``, ``mask`` and ``pattern`` (and the
-    known trigger's arrays and the stamped examples' images), plus ``report``:
-    ``{"json": ..., "html": ...}``, the files written.
+    less each label's ``mask_shape``, ``pattern_shape``, ``mask`` and ``pattern``, plus
+    ``report``: ``{"json": ..., "html": ...}``, the files written. (``model_info`` and
+    ``data_info`` are as in ``report.json``, with the known trigger and the stamped examples.)
     """
     document = result.to_dict(arrays=False)
-    known = document["model_info"].get("known_trigger")
-    if isinstance(known, dict):
-        document["model_info"]["known_trigger"] = {
-            k: v for k, v in known.items() if k in ("label", "files")}
-    examples = document["data_info"].get("stamped_examples")
-    if isinstance(examples, list):
-        document["data_info"]["stamped_examples"] = [
-            {k: v for k, v in e.items() if k not in ("image", "clean_image")}
-            for e in examples if isinstance(e, dict)]
     document["report"] = {"json": str(paths.json), "html": str(paths.html)}
     return dumps(document)
 

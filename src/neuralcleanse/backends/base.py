@@ -260,6 +260,20 @@ class TriggerSession(abc.ABC):
     def size(self) -> int:
         """Number of labels in the stack."""
 
+    def state(self) -> dict[str, np.ndarray]:
+        """Host copies of the whole stack, for a checkpoint of the search.
+
+        Keys: ``theta`` ``(k, P)`` float32 raw parameters, ``m`` and ``v`` their Adam moments,
+        ``t`` ``(k,)`` float32 per-slot update counts, ``targets`` ``(k,)`` int64 target labels.
+        :meth:`load_state` of the same backend restores them bit for bit, so a search continued
+        from a checkpoint takes exactly the steps it would have taken without the interruption.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot save its state")
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Replace the whole stack by one saved with :meth:`state`."""
+        raise NotImplementedError(f"{type(self).__name__} cannot load a saved state")
+
 
 class Classifier(abc.ABC):
     """A wrapped model: what the framework-neutral code may ask of it.

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from neuralcleanse.core.config import ScanConfig
+from neuralcleanse.core.errors import InputError
 
 #: Highest cost the schedule reaches. A label whose trigger keeps succeeding at any cost (a model
 #: that predicts the label for every input) would otherwise double its cost until it overflows to
@@ -41,6 +42,25 @@ class CostSchedule:
         self.cost_went_down = np.zeros(n_labels, dtype=bool)
         self._early_counter = np.zeros(n_labels, dtype=np.int64)
         self._early_best = np.full(n_labels, np.inf)
+
+    #: The arrays that make up the schedule's state (see :meth:`state`).
+    FIELDS = ("cost", "best_reg", "steps_run", "stopped", "_set_counter", "_up_counter",
+              "_down_counter", "cost_went_up", "cost_went_down", "_early_counter", "_early_best")
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Copies of every per-label array, keyed by name without the leading underscore."""
+        return {name.lstrip("_"): getattr(self, name).copy() for name in self.FIELDS}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore the arrays saved with :meth:`state` (same number of labels)."""
+        for name in self.FIELDS:
+            current = getattr(self, name)
+            value = np.asarray(state[name.lstrip("_")], dtype=current.dtype)
+            if value.shape != current.shape:
+                raise InputError(f"schedule state {name.lstrip('_')!r} has shape "
+                                 f"{value.shape}, expected {current.shape}: the checkpoint "
+                                 "belongs to another scan")
+            setattr(self, name, value.copy())
 
     @property
     def converged(self) -> np.ndarray:

@@ -160,6 +160,21 @@ class KerasTriggerSession(TriggerSession):
         for name in ("theta", "m", "v", "t", "targets"):
             setattr(self, name, tf.gather(getattr(self, name), keep))
 
+    def state(self) -> dict[str, np.ndarray]:
+        """Follows :meth:`TriggerSession.state`."""
+        out = {name: np.array(getattr(self, name).numpy(), dtype=np.float32)
+               for name in ("theta", "m", "v", "t")}
+        out["targets"] = self.targets.numpy().astype(np.int64)
+        return out
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Follows :meth:`TriggerSession.load_state`."""
+        for name in ("theta", "m", "v", "t"):
+            value = np.asarray(state[name], dtype=np.float32).reshape(
+                (-1, self.n_params) if name != "t" else (-1,))
+            setattr(self, name, tf.constant(value))
+        self.targets = tf.constant(np.asarray(state["targets"]), tf.int32)
+
     def step(self, batch_indices: np.ndarray, costs: np.ndarray) -> StepStats:
         """Follows :meth:`TriggerSession.step` (one call of the compiled step)."""
         index = tf.constant(np.asarray(batch_indices, np.int32))

@@ -87,6 +87,19 @@ class TorchTriggerSession(TriggerSession):
         for name in ("theta", "m", "v", "t", "targets"):
             setattr(self, name, getattr(self, name).index_select(0, index))
 
+    def state(self) -> dict[str, np.ndarray]:
+        """Follows :meth:`TriggerSession.state` (copies: the moments are updated in place)."""
+        return {name: getattr(self, name).detach().cpu().numpy().copy()
+                for name in ("theta", "m", "v", "t", "targets")}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Follows :meth:`TriggerSession.load_state`."""
+        dev = self.clf.device
+        for name in ("theta", "m", "v", "t"):
+            value = np.asarray(state[name], dtype=np.float32)
+            setattr(self, name, torch.from_numpy(value.copy()).to(dev))
+        self.targets = torch.as_tensor(np.asarray(state["targets"], dtype=np.int64), device=dev)
+
     def _decode(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         scale = 1.0 / (2.0 - TANH_EPSILON)
         mask = torch.tanh(theta[:, :self.n_mask]) * scale + 0.5

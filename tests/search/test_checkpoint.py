@@ -1,0 +1,137 @@
+"""Checkpointed trigger search: an interrupted search resumed from its last checkpoint ends with
+exactly the result of an uninterrupted one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from neuralcleanse import ScanConfig
+from neuralcleanse.backends import wrap_model
+from neuralcleanse.core.errors import InputError
+from neuralcleanse.search.reverse import reverse_engineer
+from torch_models import digits, train
+
+torch.set_num_threads(1)
+
+LABELS = [0, 3, 5, 7, 9]
+CONFIG = ScanConfig(steps=30, mini_batches=2, batch_size=16, patience=2, early_stop_patience=3,
+                    label_batch=3, seed=4, progress=False)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    x, y = digits(upsample=1)
+    model = train(x[:900], y[:900], seed=0, epochs=4)
+    clf = wrap_model(model, output="logits", clip_values=(0.0, 1.0), input_shape=x.shape[1:])
+    return clf, x[900:1100], y[900:1100]
+
+
+@pytest.fixture(scope="module")
+def reference(setup):
+    clf, x, y = setup
+    saved = []
+    results = reverse_engineer(clf, x, y, CONFIG, labels=LABELS, checkpoint=saved.append,
+                               checkpoint_every_s=0)
+    return results, len(saved)
+
+
+def assert_same(a, b):
+    assert [r.label for r in a] == [r.label for r in b]
+    for ra, rb in zip(a, b):
+        assert np.array_equal(ra.mask, rb.mask)
+        assert np.array_equal(ra.pattern, rb.pattern)
+        assert ra.norm == rb.norm
+        assert ra.steps == rb.steps
+        assert ra.converged == rb.converged
+        assert ra.attack_success_rate == rb.attack_success_rate
+        assert ra.final_cost == rb.final_cost
+
+
+def interrupted_at(clf, x, y, k):
+    """Run until the k-th checkpoint, raising KeyboardInterrupt there; return the last state."""
+    saved = []
+
+    def checkpoint(state):
+        saved.append(state)
+        if len(saved) == k:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        reverse_engineer(clf, x, y, CONFIG, labels=LABELS, checkpoint=checkpoint,
+                         checkpoint_every_s=0)
+    return saved[-1]
+
+
+def test_checkpointing_leaves_the_result_unchanged(setup, reference):
+    clf, x, y = setup
+    results, n_checkpoints = reference
+    plain = reverse_engineer(clf, x, y, CONFIG, labels=LABELS)
+    assert_same(plain, results)
+    # early stopping happened for some label, and labels waited for a free slot
+    assert any(r.steps < CONFIG.steps for r in results)
+    assert n_checkpoints > CONFIG.steps
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.2, 0.5, 0.8, 1.0])
+def test_resumed_search_equals_the_uninterrupted_one(setup, reference, fraction):
+    clf, x, y = setup
+    results, n_checkpoints = reference
+    k = max(1, int(fraction * (n_checkpoints - 1)))
+    state = interrupted_at(clf, x, y, k)
+    done_early = []
+    resumed = reverse_engineer(clf, x, y, CONFIG, labels=LABELS, resume_state=state,
+                               on_label_done=done_early.append)
+    assert_same(resumed, results)
+    # labels finished before the interruption are not reported again
+    finished_before = {LABELS[int(p)] for p in state["search/done_index"]}
+    assert finished_before.isdisjoint(r.label for r in done_early)
+    assert finished_before | {r.label for r in done_early} == set(LABELS)
+
+
+def test_resume_twice_in_a_row(setup, reference):
+    clf, x, y = setup
+    results, n_checkpoints = reference
+    first = interrupted_at(clf, x, y, n_checkpoints // 4)
+    saved = []
+
+    def checkpoint(state):
+        saved.append(state)
+        if len(saved) == n_checkpoints // 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        reverse_engineer(clf, x, y, CONFIG, labels=LABELS, resume_state=first,
+                         checkpoint=checkpoint, checkpoint_every_s=0)
+    resumed = reverse_engineer(clf, x, y, CONFIG, labels=LABELS, resume_state=saved[-1])
+    assert_same(resumed, results)
+
+
+def test_interrupt_outside_a_checkpoint_saves_the_last_finished_step(setup, reference):
+    clf, x, y = setup
+    results, _ = reference
+    saved = []
+    steps = []
+
+    def on_done(_result):
+        steps.append(1)
+        if len(steps) == 2:  # Ctrl-C in the middle of the bookkeeping of a step
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        reverse_engineer(clf, x, y, CONFIG, labels=LABELS, checkpoint=saved.append,
+                         checkpoint_every_s=3600, on_label_done=on_done)
+    assert len(saved) == 1  # only the one written at the interruption
+    resumed = reverse_engineer(clf, x, y, CONFIG, labels=LABELS, resume_state=saved[0])
+    assert_same(resumed, results)
+
+
+def test_state_of_other_labels_is_refused(setup):
+    clf, x, y = setup
+    state = interrupted_at(clf, x, y, 3)
+    with pytest.raises(InputError, match="labels"):
+        reverse_engineer(clf, x, y, CONFIG, labels=LABELS[:-1], resume_state=state)
+    del state["session/theta"]
+    with pytest.raises(InputError, match="theta"):
+        reverse_engineer(clf, x, y, CONFIG, labels=LABELS, resume_state=state)

@@ -135,3 +135,29 @@ def test_state_of_other_labels_is_refused(setup):
     del state["session/theta"]
     with pytest.raises(InputError, match="theta"):
         reverse_engineer(clf, x, y, CONFIG, labels=LABELS, resume_state=state)
+
+
+@pytest.fixture(scope="module")
+def keras_setup():
+    pytest.importorskip("tensorflow")
+    from estimator_models import backdoored_keras
+    from estimator_models import digits as keras_digits
+
+    data = keras_digits()
+    clf = wrap_model(backdoored_keras(), output="logits", clip_values=(0.0, 1.0))
+    saved = []
+    x, y = data["x_val"][:200], data["y_val"][:200]
+    results = reverse_engineer(clf, x, y, CONFIG, labels=LABELS, checkpoint=saved.append,
+                               checkpoint_every_s=0)
+    return clf, x, y, results, len(saved)
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.6])
+def test_tensorflow_resumed_search_equals_the_uninterrupted_one(keras_setup, fraction):
+    clf, x, y, results, n_checkpoints = keras_setup
+    assert any(r.steps < CONFIG.steps for r in results)
+    assert_same(reverse_engineer(clf, x, y, CONFIG, labels=LABELS), results)
+    state = interrupted_at(clf, x, y, max(1, int(fraction * n_checkpoints)))
+    assert state["session/theta"].dtype == np.float32
+    resumed = reverse_engineer(clf, x, y, CONFIG, labels=LABELS, resume_state=state)
+    assert_same(resumed, results)

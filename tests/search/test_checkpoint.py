@@ -161,3 +161,60 @@ def test_tensorflow_resumed_search_equals_the_uninterrupted_one(keras_setup, fra
     assert state["session/theta"].dtype == np.float32
     resumed = reverse_engineer(clf, x, y, CONFIG, labels=LABELS, resume_state=state)
     assert_same(resumed, results)
+
+
+def test_checkpoint_file_survives_a_torn_write_and_resumes_exactly(setup, reference, tmp_path):
+    from neuralcleanse.io.resume import PartialStore
+
+    clf, x, y = setup
+    results, n_checkpoints = reference
+    store = PartialStore(tmp_path / "partial", "key-1")
+    assert store.load_checkpoint() is None
+    saved = []
+    kept = {}
+
+    def checkpoint(state):
+        saved.append(state)
+        if len(saved) == n_checkpoints // 3:
+            store.save_checkpoint(state)
+            kept.update(state)
+        elif len(saved) == n_checkpoints // 3 + 1:
+            # kill -9 while the next checkpoint is written: a temp file with half of it remains
+            store.save_checkpoint(state)
+            whole = store.checkpoint_path.read_bytes()
+            store.save_checkpoint(kept)
+            torn = store.folder / f".{store.CHECKPOINT}.4242.0123abcd.tmp"
+            torn.write_bytes(whole[:len(whole) // 2])
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        reverse_engineer(clf, x, y, CONFIG, labels=LABELS, checkpoint=checkpoint,
+                         checkpoint_every_s=0)
+    state = store.load_checkpoint()
+    assert state is not None and set(state) == set(kept)
+    for k, v in kept.items():
+        assert np.array_equal(state[k], v) and state[k].dtype == v.dtype, k
+    resumed = reverse_engineer(clf, x, y, CONFIG, labels=LABELS, resume_state=state)
+    assert_same(resumed, results)
+
+    with pytest.raises(InputError, match="another model"):
+        PartialStore(store.folder, "key-2").load_checkpoint()
+    store.clear()
+    assert not store.folder.exists()
+
+
+def test_checkpoint_store_leaves_foreign_files_alone(tmp_path):
+    from neuralcleanse.io.resume import PartialStore
+
+    folder = tmp_path / "partial"
+    folder.mkdir()
+    (folder / "checkpoint.npz").write_bytes(b"not a checkpoint")
+    (folder / "notes.txt").write_text("mine")
+    store = PartialStore(folder, "key")
+    assert store.load_checkpoint() is None
+    with pytest.raises(InputError, match="not written by neuralcleanse"):
+        store.save_checkpoint({"a": np.zeros(2)})
+    np.savez(folder / "checkpoint.npz", a=np.zeros(3))  # an npz without the store's marker
+    assert store.load_checkpoint() is None
+    store.clear()
+    assert (folder / "checkpoint.npz").exists() and (folder / "notes.txt").exists()

@@ -524,6 +524,41 @@ def test_resume_refuses_results_of_other_settings(files: dict[str, Path], tmp_pa
     assert "another model, data or settings" in one_line_error(capsys)
 
 
+def test_resume_mid_search_from_the_checkpoint_gives_the_uninterrupted_result(
+        files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--labels", "5,6,7", "--steps", "6", "--mini-batches", "1", "--no-early-stop",
+            "--label-batch", "2", "--checkpoint-every", "0"]
+    reference_out = tmp_path / "reference"
+    reference_code = cli.run(scan_args(files["backdoored"], files["data"], reference_out, *args))
+    assert reference_code in (cli.EXIT_CLEAN, cli.EXIT_FLAGGED)
+    original = cli.PartialStore.save_checkpoint
+    calls = {"n": 0}
+
+    def save_then_interrupt(store: cli.PartialStore, state: dict) -> None:
+        original(store, state)
+        calls["n"] += 1
+        if calls["n"] == 3:  # mid-search: labels 5 and 6 are stacked, 7 waits
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.PartialStore, "save_checkpoint", save_then_interrupt)
+    out = tmp_path / "out"
+    assert cli.run(scan_args(files["backdoored"], files["data"], out, *args)) == 130
+    checkpoint = cli.PartialStore(out / "partial", "unused").checkpoint_path
+    assert checkpoint.is_file()
+    monkeypatch.setattr(cli.PartialStore, "save_checkpoint", original)
+    capsys.readouterr()
+    code = cli.run(scan_args(files["backdoored"], files["data"], out, *args, "--resume"))
+    assert "mid-way" in capsys.readouterr().out
+    assert code == reference_code
+    resumed, reference = report_of(out), report_of(reference_out)
+    assert np.array_equal(norms(resumed), norms(reference))
+    for a, b in zip(resumed["labels"], reference["labels"]):
+        assert a["label"] == b["label"] and a["steps"] == b["steps"]
+        assert np.array_equal(np.asarray(a["mask"]), np.asarray(b["mask"]))
+    assert not checkpoint.exists()  # a finished scan removes its own checkpoint
+
+
 def test_ctrl_c_in_a_real_process_leaves_a_partial_report(files: dict[str, Path],
                                                           tmp_path: Path) -> None:
     out = tmp_path / "out"

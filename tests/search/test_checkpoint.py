@@ -218,3 +218,22 @@ def test_checkpoint_store_leaves_foreign_files_alone(tmp_path):
     assert store.load_checkpoint() is None
     store.clear()
     assert (folder / "checkpoint.npz").exists() and (folder / "notes.txt").exists()
+
+
+def test_scan_resumes_from_a_state_and_refuses_states_that_do_not_fit(setup, reference):
+    import neuralcleanse as nc
+    from neuralcleanse.core.errors import InputError
+
+    clf, x, y = setup
+    state = interrupted_at(clf, x, y, 4)
+    reported = []
+    result = nc.scan(clf, x, y, config=CONFIG, labels=LABELS, resume_state=state,
+                     on_label_done=reported.append)
+    assert_same(result.labels, reference[0])
+    labels_reported = [r.label for r in reported]
+    assert len(labels_reported) == len(set(labels_reported))  # each at most once
+    assert set(labels_reported) <= set(LABELS)
+    with pytest.raises(InputError, match="do not fit the labels"):
+        nc.scan(clf, x, y, config=CONFIG, labels=[0, 3], resume_state=state)
+    with pytest.raises(InputError, match="restarts=1"):
+        nc.scan(clf, x, y, config=CONFIG, labels=LABELS, resume_state=state, restarts=2)

@@ -45,7 +45,12 @@ from neuralcleanse.mitigation import (
 )
 from neuralcleanse.mitigation.metrics import DEFAULT_TEST_FRACTION
 from neuralcleanse.search.restarts import combine_restarts
-from neuralcleanse.search.reverse import LabelCallback, reverse_engineer
+from neuralcleanse.search.reverse import (
+    CHECKPOINT_EVERY_S,
+    CheckpointCallback,
+    LabelCallback,
+    reverse_engineer,
+)
 
 
 def versions() -> dict[str, str]:
@@ -222,7 +227,10 @@ def scan(model: Any, x: Any, y: Any = None, *, config: ScanConfig | None = None,
          clip_values: tuple[float, float] | None = None, preprocessing: Preprocessing = None,
          device: Any = None, labels: Sequence[int] | None = None,
          on_label_done: LabelCallback | None = None,
-         done: Sequence[LabelResult] = (), restarts: int = 1, **options: Any) -> ScanResult:
+         done: Sequence[LabelResult] = (), restarts: int = 1,
+         checkpoint: CheckpointCallback | None = None,
+         resume_state: dict[str, np.ndarray] | None = None,
+         checkpoint_every_s: float = CHECKPOINT_EVERY_S, **options: Any) -> ScanResult:
     """Scan a classifier for backdoors with Neural Cleanse.
 
     Args:
@@ -247,6 +255,14 @@ def scan(model: Any, x: Any, y: Any = None, *, config: ScanConfig | None = None,
         restarts: Run the search with this many seeds (``seed``, ``seed + 1``, ...); each label
             then reports its median norm, the verdict is taken on the medians, and
             ``result.restarts`` says in how many runs each label was flagged.
+        checkpoint: Called with the whole search state every ``checkpoint_every_s`` seconds
+            and when the scan is interrupted (single runs only; see
+            :func:`~neuralcleanse.search.reverse.reverse_engineer`).
+        resume_state: A state given to ``checkpoint`` by an interrupted scan of the same model,
+            data and settings: the search continues mid-way and ends with exactly the result
+            of an uninterrupted scan. Labels in ``done`` that the state still holds are
+            searched from the state again (with the same result).
+        checkpoint_every_s: Seconds between two checkpoints (0: after every step).
         **options: Any :class:`ScanConfig` field, overriding ``config``.
 
     Returns:
@@ -270,14 +286,35 @@ def scan(model: Any, x: Any, y: Any = None, *, config: ScanConfig | None = None,
     if cfg.seed + restarts - 1 > MAX_SEED:
         raise InputError(f"seed + restarts - 1 must be <= {MAX_SEED} (the seeds of the runs "
                          f"are seed, seed + 1, ...; got seed {cfg.seed}, restarts {restarts})")
+    if restarts > 1 and (checkpoint is not None or resume_state is not None):
+        raise InputError("checkpoint and resume_state work only for a single run (restarts=1)")
     finished = {r.label: r for r in done if r.label in wanted}
     counts = class_counts(targets, clf.nb_classes)
     without_data = [t for t in wanted if counts[t] == 0]
     todo = [t for t in wanted if t not in finished]
+    if resume_state is not None:
+        # the state's labels are searched from it; labels that finished after it was saved
+        # are searched again from it and come out the same
+        saved = [int(t) for t in np.asarray(resume_state.get("search/targets", []))]
+        missing = [t for t in wanted if t not in saved and t not in finished]
+        if not saved or any(t not in wanted for t in saved) or missing:
+            raise InputError(f"the saved search state holds labels {saved}, which do not fit "
+                             f"the labels asked for {wanted} (those not finished: {todo})")
+        todo = saved
+        redone = {t for t in finished if t in saved}
+        finished = {t: r for t, r in finished.items() if t not in saved}
+        if on_label_done is not None and redone:
+            report_new = on_label_done
+
+            def on_label_done(result: LabelResult) -> None:  # reported once, when first done
+                if result.label not in redone:
+                    report_new(result)
     details: dict[str, Any] = {}
     if restarts == 1:
         new = reverse_engineer(clf, images, targets, cfg, labels=todo,
-                               on_label_done=on_label_done) if todo else []
+                               on_label_done=on_label_done, checkpoint=checkpoint,
+                               resume_state=resume_state,
+                               checkpoint_every_s=checkpoint_every_s) if todo else []
     else:
         seeds = [cfg.seed + i for i in range(restarts)]
         runs, run_seconds = [], []

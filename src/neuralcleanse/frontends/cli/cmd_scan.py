@@ -75,6 +75,7 @@ from neuralcleanse.frontends.cli.options import (
 )
 from neuralcleanse.io.data_files import fingerprint
 from neuralcleanse.io.resume import PartialStore
+from neuralcleanse.search.reverse import CHECKPOINT_EVERY_S
 
 if TYPE_CHECKING:  # the report module (jinja2) is imported when a scan writes its report
     from neuralcleanse.io.report import ReportPaths
@@ -179,6 +180,12 @@ def scan(
         "--restarts", min=1, max=MAX_RESTARTS, rich_help_panel=SEARCH_PANEL,
         help="Run the search with this many seeds (--seed, --seed+1, ...); norms are medians "
              "and the report says in how many runs each label was flagged.")] = 1,
+    checkpoint_every: Annotated[float, typer.Option(
+        "--checkpoint-every", metavar="SECONDS", min=0.0, max=86400.0,
+        rich_help_panel=OUT_PANEL,
+        help="Save the whole search state (every active label mid-search) to OUT/partial this "
+             "often and on Ctrl-C, so --resume continues mid-search with the result an "
+             "uninterrupted scan gives; 0 = after every step.")] = CHECKPOINT_EVERY_S,
     arch: ArchOpt = None,
     arch_kwargs: ArchKwargsOpt = None,
     trust_pickle: TrustPickleOpt = False,
@@ -254,7 +261,7 @@ def scan(
         console = make_console(stderr=output_format is OutputFormat.json, quiet=quiet)
         result, paths = run_scan(inputs, cfg, out, resume=resume, labels=wanted,
                                  console=console, restarts=restarts, known_trigger=known,
-                                 known_target=known_target)
+                                 known_target=known_target, checkpoint_every=checkpoint_every)
     except BaseException:
         remove_if_empty(created)  # only folders this run made, and only while still empty
         raise
@@ -313,7 +320,8 @@ def json_document(result: ScanResult, paths: ReportPaths) -> str:
 def run_scan(inputs: Inputs, cfg: ScanConfig, out: Path, *, resume: bool = False,
              labels: list[int] | None = None, console: Console | None = None,
              restarts: int = 1, known_trigger: tuple[Path, Path | None] | None = None,
-             known_target: int | None = None) -> tuple[ScanResult, ReportPaths]:
+             known_target: int | None = None,
+             checkpoint_every: float = CHECKPOINT_EVERY_S) -> tuple[ScanResult, ReportPaths]:
     """Scan with label-by-label saving, write the reports and print the summary.
 
     Labels are saved as they finish (for ``--resume``) only when ``restarts`` is 1. Returns the
@@ -375,9 +383,16 @@ def run_scan(inputs: Inputs, cfg: ScanConfig, out: Path, *, resume: bool = False
                  "class_counts": np.bincount(targets, minlength=clf.nb_classes).tolist(),
                  **inputs.data.info}
     try:
+        single = restarts == 1
+        state = store.load_checkpoint() if resume and single else None
+        if state is not None:
+            say(console, "resuming the search mid-way from the checkpoint in "
+                         f"{store.folder}")
         result = api.scan(clf, images, targets, config=cfg, labels=labels,
-                          on_label_done=store.save if restarts == 1 else None, done=done,
-                          restarts=restarts)
+                          on_label_done=store.save if single else None, done=done,
+                          restarts=restarts,
+                          checkpoint=store.save_checkpoint if single else None,
+                          resume_state=state, checkpoint_every_s=checkpoint_every)
     except KeyboardInterrupt:
         finished = store.load()
         partial = ScanResult.from_labels(

@@ -5,10 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from browser import chromium, console_messages, run_chromium
 from neuralcleanse.core.config import ScanConfig
 from neuralcleanse.core.results import LabelResult, ScanResult
 from neuralcleanse.io.charts import nice_ticks, norm_chart
@@ -321,13 +320,6 @@ def test_render_directory_errors(tmp_path: Path) -> None:
 
 
 # -- headless Chromium -----------------------------------------------------------------------
-def _chromium() -> str | None:
-    for name in (os.environ.get("NEURALCLEANSE_CHROMIUM"), "chromium", "chromium-browser",
-                 "google-chrome", "google-chrome-stable"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
-
 
 CHECK_SCRIPT = """<script>
 window.addEventListener("load", () => {
@@ -341,21 +333,8 @@ window.addEventListener("load", () => {
 </body>"""
 
 
-def _run_chromium(browser: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--no-first-run", "--hide-scrollbars", f"--user-data-dir={profile}",
-         "--enable-logging=stderr", "--v=0", *args],
-        capture_output=True, text=True, timeout=120, check=False)
-
-
-def _console_messages(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if ":CONSOLE" in line]
-
-
 def test_html_renders_in_headless_chromium(tmp_path: Path) -> None:
-    browser = _chromium()
+    browser = chromium()
     if browser is None:
         pytest.skip("Chromium is not installed (apt-get install chromium, or set "
                     "NEURALCLEANSE_CHROMIUM): the HTML rendering check is skipped")
@@ -363,10 +342,10 @@ def test_html_renders_in_headless_chromium(tmp_path: Path) -> None:
 
     paths = write_report(make_result(), tmp_path / "report")
     shot = tmp_path / "shot.png"
-    run = _run_chromium(browser, tmp_path / "profile", f"--screenshot={shot}",
+    run = run_chromium(browser, tmp_path / "profile", f"--screenshot={shot}",
                         "--window-size=1100,1600", paths.html.as_uri())
     assert shot.is_file(), run.stderr[-2000:]
-    assert _console_messages(run.stderr) == []
+    assert console_messages(run.stderr) == []
     pixels = np.asarray(Image.open(shot).convert("RGB")).astype(np.int32)
     assert pixels.shape[:2] == (1600, 1100)
     assert pixels.std() > 20  # not blank
@@ -377,29 +356,29 @@ def test_html_renders_in_headless_chromium(tmp_path: Path) -> None:
     # every image decodes and every bar of the chart has a height, with no console message
     probe = tmp_path / "report" / "probe.html"
     probe.write_text(paths.html.read_text().replace("</body>", CHECK_SCRIPT))
-    run = _run_chromium(browser, tmp_path / "profile2", "--virtual-time-budget=5000",
+    run = run_chromium(browser, tmp_path / "profile2", "--virtual-time-budget=5000",
                         "--dump-dom", probe.as_uri())
     found = re.search(r'data-check="(\d+)/(\d+)/(\d+)"', run.stdout)
     assert found, run.stderr[-2000:]
     decoded, total, bars = map(int, found.groups())
     assert total == 33 and decoded == total
     assert bars == 10
-    assert _console_messages(run.stderr) == []
+    assert console_messages(run.stderr) == []
 
 
 def test_chromium_check_detects_broken_pages(tmp_path: Path) -> None:
     """The checks above would fail on a page with a broken image or a script error."""
-    browser = _chromium()
+    browser = chromium()
     if browser is None:
         pytest.skip("Chromium is not installed: the HTML rendering check is skipped")
     page = tmp_path / "broken.html"
     page.write_text('<html><body><img src="data:image/png;base64,AAAA">'
                     "<script>undefinedFunction();</script>" + CHECK_SCRIPT + "</html>")
-    run = _run_chromium(browser, tmp_path / "profile", "--virtual-time-budget=5000",
+    run = run_chromium(browser, tmp_path / "profile", "--virtual-time-budget=5000",
                         "--dump-dom", page.as_uri())
     found = re.search(r'data-check="(\d+)/(\d+)/(\d+)"', run.stdout)
     assert found and found.group(1) == "0" and found.group(2) == "1"
-    assert any("undefinedFunction" in m for m in _console_messages(run.stderr))
+    assert any("undefinedFunction" in m for m in console_messages(run.stderr))
 
 
 WIDTH_PROBE = """<script>
@@ -435,7 +414,7 @@ def test_report_screenshots_and_no_sideways_scroll(tmp_path: Path, width: int) -
     """A real report at desktop and phone widths: no horizontal scrolling, the drawn chart
     labels clear of the bars and of each other; the screenshots are kept for a person to see
     (copies in /tmp/nc-screens/)."""
-    browser = _chromium()
+    browser = chromium()
     if browser is None:
         pytest.skip("Chromium is not installed: the screenshot check is skipped")
     from PIL import Image
@@ -448,7 +427,7 @@ def test_report_screenshots_and_no_sideways_scroll(tmp_path: Path, width: int) -
     size = f"--window-size={max(width, 500)},{height}"
     probe = tmp_path / "report" / "probe.html"
     probe.write_text(_framed(page, width, height, probe=True))
-    run = _run_chromium(browser, tmp_path / "profile", "--virtual-time-budget=5000", size,
+    run = run_chromium(browser, tmp_path / "profile", "--virtual-time-budget=5000", size,
                         "--dump-dom", probe.as_uri())
     found = re.search(r'data-width="(\d+)/(\d+)/(\d+)/(\d)/(\d)"', run.stdout)
     assert found, run.stderr[-2000:]
@@ -456,11 +435,11 @@ def test_report_screenshots_and_no_sideways_scroll(tmp_path: Path, width: int) -
     assert client_width == width
     assert scroll_width <= client_width  # nothing sticks out: no sideways scrolling
     assert n_labels == 2 and hit == 0 and apart == 1
-    assert _console_messages(run.stderr) == []
+    assert console_messages(run.stderr) == []
     framed = tmp_path / "report" / "framed.html"
     framed.write_text(_framed(page, width, height, probe=False))
     full = tmp_path / "full.png"
-    run = _run_chromium(browser, tmp_path / "profile2", f"--screenshot={full}", size,
+    run = run_chromium(browser, tmp_path / "profile2", f"--screenshot={full}", size,
                         "--virtual-time-budget=5000", framed.as_uri())
     assert full.is_file(), run.stderr[-2000:]
     shot = tmp_path / f"report-{width}.png"

@@ -7,10 +7,7 @@ import html
 import io
 import json
 import math
-import os
 import re
-import shutil
-import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote
@@ -18,6 +15,7 @@ from urllib.parse import unquote
 import numpy as np
 import pytest
 
+from browser import chromium, console_messages, run_chromium
 from neuralcleanse.core.summary import ModelOutcome, ScanManySummary
 from neuralcleanse.io.summary_files import (
     CSV_COLUMNS,
@@ -236,25 +234,6 @@ def test_index_shows_totals_verdict_and_interruption(tmp_path: Path) -> None:
 
 
 # -- headless Chromium: sorting and layout --------------------------------------------------
-def _chromium() -> str | None:
-    for name in (os.environ.get("NEURALCLEANSE_CHROMIUM"), "chromium", "chromium-browser",
-                 "google-chrome", "google-chrome-stable"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
-def _run_chromium(browser: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--no-first-run", "--hide-scrollbars", f"--user-data-dir={profile}",
-         "--enable-logging=stderr", "--v=0", *args],
-        capture_output=True, text=True, timeout=120, check=False)
-
-
-def _console_messages(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if ":CONSOLE" in line]
 
 
 #: Clicks column headers as a user would and records the row order after each click.
@@ -283,16 +262,16 @@ def _probe(browser: str, folder: Path, profile: Path, width: int) -> dict:
     page = folder / "index.html"
     probe = folder / "probe.html"
     probe.write_text(page.read_text().replace("</body>", SORT_PROBE))
-    run = _run_chromium(browser, profile, "--virtual-time-budget=5000",
+    run = run_chromium(browser, profile, "--virtual-time-budget=5000",
                         f"--window-size={width},900", "--dump-dom", probe.as_uri())
     found = re.search(r'data-check="([^"]*)"', run.stdout)
     assert found, run.stderr[-2000:]
-    assert _console_messages(run.stderr) == []
+    assert console_messages(run.stderr) == []
     return json.loads(html.unescape(found.group(1)))
 
 
 def test_index_sorts_in_headless_chromium(tmp_path: Path) -> None:
-    browser = _chromium()
+    browser = chromium()
     if browser is None:
         pytest.skip("Chromium is not installed (apt-get install chromium, or set "
                     "NEURALCLEANSE_CHROMIUM): the sorting check in a browser is skipped")
@@ -320,7 +299,7 @@ def test_index_sorts_in_headless_chromium(tmp_path: Path) -> None:
 
 
 def test_index_screenshots_at_desktop_and_narrow_widths(tmp_path: Path) -> None:
-    browser = _chromium()
+    browser = chromium()
     if browser is None:
         pytest.skip("Chromium is not installed (apt-get install chromium, or set "
                     "NEURALCLEANSE_CHROMIUM): the rendering check is skipped")
@@ -332,10 +311,10 @@ def test_index_screenshots_at_desktop_and_narrow_widths(tmp_path: Path) -> None:
     paths = write_summary(summary, folder)
     for width, height in ((1280, 1000), (390, 1000)):
         shot = tmp_path / f"index_{width}.png"
-        run = _run_chromium(browser, tmp_path / f"profile{width}", f"--screenshot={shot}",
+        run = run_chromium(browser, tmp_path / f"profile{width}", f"--screenshot={shot}",
                             f"--window-size={width},{height}", paths.html.as_uri())
         assert shot.is_file(), run.stderr[-2000:]
-        assert _console_messages(run.stderr) == []
+        assert console_messages(run.stderr) == []
         pixels = np.asarray(Image.open(shot).convert("RGB")).astype(np.int32)
         assert pixels.shape[:2] == (height, width)
         assert pixels.std() > 20  # not blank

@@ -244,7 +244,8 @@ def scan(model: Any, x: Any, y: Any = None, *, config: ScanConfig | None = None,
             a dataset.
         config: Search settings; defaults to the paper's (:class:`ScanConfig`).
         output: ``"logits"`` (default for PyTorch) or ``"probabilities"``.
-        channels_first: Input layout; defaults to ``True`` for PyTorch, ``False`` for Keras.
+        channels_first: Input layout; defaults to the model's own: ``True`` for PyTorch
+            modules, the layers' data format for Keras models (on either Keras backend).
         clip_values: Raw input range; inferred from ``x`` as [0, 1] or [0, 255] when omitted.
         preprocessing: ``(subtrahend, divisor)`` or a callable, applied after stamping.
         device: Compute device for PyTorch models (default: where the model lives); another

@@ -18,7 +18,7 @@ from typing import Any
 from neuralcleanse.core.errors import InputError
 from neuralcleanse.core.results import LabelResult, ScanResult
 from neuralcleanse.io.charts import norm_chart
-from neuralcleanse.io.report import _environment
+from neuralcleanse.io.report import template_environment
 from neuralcleanse.io.report_images import data_uri, png_bytes, trigger_arrays
 from neuralcleanse.io.report_views import mitigation_view, verdict_view
 
@@ -68,7 +68,7 @@ def mitigation_repr(result: Any) -> str:
 
 def _template(name: str) -> Any:
     text = resources.files("neuralcleanse.io").joinpath(f"templates/{name}").read_text("utf-8")
-    return _environment().from_string(text)
+    return template_environment().from_string(text)
 
 
 def scan_html(result: ScanResult) -> str:

@@ -125,7 +125,8 @@ def summary_table(result: ScanResult) -> Any:
 
 
 # -- rendering ------------------------------------------------------------------------------
-def _environment() -> Environment:
+def template_environment() -> Environment:
+    """The Jinja2 environment of every page and fragment: autoescaping, strict, house filters."""
     env = Environment(autoescape=select_autoescape(default=True, default_for_string=True),
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = format_number
@@ -167,7 +168,7 @@ def render_html(result: ScanResult, *, mitigation: dict[str, Any] | None = None,
                       "example": examples.get(r.label)})
     big_cards = [c for c in cards if c["flagged"] or c["known"] is not None]
     class_names = result.data_info.get("class_names")
-    template = _environment().from_string(
+    template = template_environment().from_string(
         resources.files("neuralcleanse.io").joinpath("templates/report.html").read_text("utf-8"))
     model_name = Path(str(result.model_info.get("path", "model"))).name
     return template.render(

@@ -26,12 +26,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
-from jinja2 import Environment, StrictUndefined, select_autoescape
-
 from neuralcleanse.core.strict_json import dumps
 from neuralcleanse.core.summary import ModelOutcome, ScanManySummary
-from neuralcleanse.io.report import REPORT_HTML, atomic_write
-from neuralcleanse.io.report_views import format_number, format_value
+from neuralcleanse.io.report import REPORT_HTML, atomic_write, template_environment
+from neuralcleanse.io.report_views import format_value
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_CSV = "summary.csv"
@@ -134,13 +132,6 @@ def summary_csv(summary: ScanManySummary) -> str:
 
 
 # -- HTML -------------------------------------------------------------------------------------
-def _environment() -> Environment:
-    env = Environment(autoescape=select_autoescape(default=True, default_for_string=True),
-                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters["num"] = format_number
-    return env
-
-
 def _settings_rows(settings: dict[str, Any]) -> list[tuple[str, str]]:
     """The run's settings as rows; a table of settings (the search config) one row per key."""
     rows = []
@@ -199,7 +190,7 @@ def render_index(summary: ScanManySummary, *, out_dir: str | Path | None = None,
         title: Page title (default: "Neural Cleanse: N models").
     """
     folder = Path(out_dir) if out_dir is not None else None
-    template = _environment().from_string(
+    template = template_environment().from_string(
         resources.files("neuralcleanse.io").joinpath("templates/index.html").read_text("utf-8"))
     totals = summary.totals()
     return template.render(

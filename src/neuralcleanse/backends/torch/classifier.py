@@ -381,8 +381,3 @@ def scores_picker(out: Any) -> tuple[Callable[[Any], torch.Tensor], str]:
                      "scores, or an output with a 'logits' tensor (attribute or key), or a "
                      "tuple whose first element is the scores; wrap the model so that it "
                      "returns the scores")
-
-
-def is_torch_module(model: Any) -> bool:
-    """Whether ``model`` is a ``torch.nn.Module``."""
-    return isinstance(model, torch.nn.Module)

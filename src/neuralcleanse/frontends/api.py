@@ -389,7 +389,7 @@ def mitigate(model: Any, x: np.ndarray, y: np.ndarray,
             the final classification layer.
         labels: Labels to mitigate (default: the scan's flagged labels).
         output: ``"logits"`` or ``"probabilities"``, as for :func:`~neuralcleanse.scan`.
-        channels_first: Input layout (default: the framework's convention).
+        channels_first: Input layout (default: the model's own, as for :func:`scan`).
         clip_values: Raw input range (default: inferred from ``x``).
         preprocessing: ``(subtrahend, divisor)`` or a callable applied to raw inputs.
         device: Compute device for PyTorch models.

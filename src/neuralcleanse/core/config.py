@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from neuralcleanse.core.errors import InputError
+from neuralcleanse.core.verdict import RULES
 
 VALID_NORMS = (1, 2, math.inf)
 
@@ -31,6 +32,7 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "early_stop_patience": (1, 1_000_000),
     "seed": (0, MAX_SEED),
     "label_batch": (1, 100_000),
+    "confirm_seeds": (1, 16),
 }
 FLOAT_RANGES: dict[str, tuple[float, float, bool]] = {
     "learning_rate": (0.0, 10.0, True),
@@ -40,6 +42,7 @@ FLOAT_RANGES: dict[str, tuple[float, float, bool]] = {
     "early_stop_threshold": (0.0, 1.0, True),
     "anomaly_threshold": (0.0, 1e6, True),
     "memory_budget_mb": (0.0, 2.0**20, True),
+    "confirm_margin": (0.0, 1e6, False),
 }
 
 
@@ -101,6 +104,16 @@ class ScanConfig:
             loop.
         memory_budget_mb: Memory the stacked labels' activations may use, in (0, 2**20] MB.
         progress: Show a progress bar while scanning (True or False).
+        verdict: The rule that decides the verdict: ``"confirmed"`` (the default) re-searches
+            the borderline labels with further seeds and grades the model ``"backdoor"``,
+            ``"suspicious"`` or ``"clean"`` on their median norms; ``"paper"`` is the published
+            rule exactly (one run, a label is flagged when its anomaly index exceeds
+            ``anomaly_threshold``, no confirmation).
+        confirm_seeds: Further seeds with which each borderline label is searched again under
+            the ``"confirmed"`` rule, in [1, 16].
+        confirm_margin: A label is borderline when its first-run anomaly index exceeds
+            ``anomaly_threshold - confirm_margin``, in [0, 1e6]; the label with the smallest
+            norm is always borderline too.
     """
 
     steps: int = 1000
@@ -120,9 +133,13 @@ class ScanConfig:
     label_batch: int | None = None
     memory_budget_mb: float = 2048.0
     progress: bool = field(default=True, compare=False)
+    verdict: str = "confirmed"
+    confirm_seeds: int = 2
+    confirm_margin: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", _normalise_norm(self.norm))
+        object.__setattr__(self, "verdict", _check_rule(self.verdict))
         for name, (low, high) in INT_RANGES.items():
             if name in ("mini_batches", "label_batch") and getattr(self, name) is None:
                 continue
@@ -207,6 +224,15 @@ def _shown(value: Any, limit: int = 60) -> str:
     except (ValueError, RecursionError):  # e.g. a list holding an integer too long to print
         text = f"a {type(value).__name__}"
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _check_rule(value: Any) -> str:
+    """Return the verdict rule ``value`` (any case, surrounding blanks ignored), or raise."""
+    key = value.strip().lower() if isinstance(value, str) else None
+    if key not in RULES:
+        raise InputError(f"verdict must be one of {', '.join(map(repr, RULES))} "
+                         f"(got {_shown(value)})")
+    return str(key)
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> int:

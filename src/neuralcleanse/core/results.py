@@ -35,6 +35,7 @@ from neuralcleanse.core.strict_json import (
     required,
     shown,
 )
+from neuralcleanse.core.verdict import RULES, VERDICTS, verdict_word
 
 SCHEMA_VERSION = 1
 #: Most outputs a model in a report may have.
@@ -150,6 +151,15 @@ class ScanResult:
         labels_without_data: Scanned labels that had no clean images. Their triggers were
             searched on the images of the other classes and they can be flagged, but the
             median and MAD are computed without them (empty for reports written before).
+        verdict: ``"backdoor"`` (a label is flagged), ``"suspicious"`` (nothing is flagged,
+            but a label crossed the anomaly threshold in a single run and the confirmation did
+            not uphold it) or ``"clean"``; see :mod:`neuralcleanse.core.verdict`. Derived from
+            ``flagged_labels`` (backdoor or clean) when not given.
+        suspicious_labels: The suspicious labels, smallest trigger first (never flagged ones).
+        confirmation: How the verdict was reached (JSON-friendly): the rule, the borderline
+            labels searched again, their norms under the further seeds, the first run's norms,
+            indices and flags, the extra label-steps and seconds, and the expected false-alarm
+            rate; ``{"skipped": "partial scan"}`` for a partial scan, empty when unknown.
     """
 
     labels: list[LabelResult]
@@ -166,7 +176,14 @@ class ScanResult:
     partial: bool = False
     restarts: dict[str, Any] = field(default_factory=dict)
     labels_without_data: list[int] = field(default_factory=list)
+    verdict: str = ""
+    suspicious_labels: list[int] = field(default_factory=list)
+    confirmation: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if not self.verdict:
+            self.verdict = verdict_word(self.flagged_labels, self.suspicious_labels)
 
     @classmethod
     def from_labels(cls, labels: list[LabelResult], nb_classes: int, anomaly_threshold: float,
@@ -181,7 +198,9 @@ class ScanResult:
                 count in ``data_info["class_counts"]`` is 0. They get an anomaly index and can
                 be flagged, but the median and MAD come from the other labels (from all of
                 them when no scanned label has clean images).
-            **info: The other fields of :class:`ScanResult`.
+            **info: The other fields of :class:`ScanResult`. A ``partial`` result's
+                ``confirmation`` defaults to ``{"skipped": "partial scan"}`` (its verdict is
+                the paper rule's on the labels searched).
         """
         labels = sorted(labels, key=lambda r: r.label)
         norms = np.array([r.norm for r in labels])
@@ -201,6 +220,8 @@ class ScanResult:
             flagged, median, mad = report.flagged, report.median, report.mad
         else:
             flagged, median, mad = [], math.nan, math.nan
+        if info.get("partial") and "confirmation" not in info:
+            info["confirmation"] = {"skipped": "partial scan"}
         return cls(labels=labels, nb_classes=nb_classes, flagged_labels=flagged,
                    median_norm=median, mad=mad, anomaly_threshold=float(anomaly_threshold),
                    labels_without_data=without, **info)
@@ -270,6 +291,9 @@ class ScanResult:
             "versions": json_safe(self.versions),
             "restarts": json_safe(self.restarts),
             "labels_without_data": [int(t) for t in self.labels_without_data],
+            "verdict": str(self.verdict),
+            "suspicious_labels": [int(t) for t in self.suspicious_labels],
+            "confirmation": json_safe(self.confirmation),
             "labels": [r.to_dict(arrays=arrays) for r in self.labels],
         }
 
@@ -330,6 +354,13 @@ class ScanResult:
         if counts is not None and not (isinstance(counts, list) and all(
                 is_finite_number(n) for n in counts)):
             raise InputError("data_info.class_counts must be a list of numbers")
+        suspicious = _suspicious_labels(data.get("suspicious_labels", []), scanned, flagged)
+        verdict = data.get("verdict", verdict_word(flagged, suspicious))
+        if verdict not in VERDICTS or verdict != verdict_word(flagged, suspicious):
+            raise InputError(f"verdict {shown(verdict)} does not fit flagged_labels {flagged} "
+                             f"and suspicious_labels {suspicious} (it is \"backdoor\" when a "
+                             "label is flagged, else \"suspicious\" when one is suspicious, "
+                             "else \"clean\")")
         return cls(labels=labels, nb_classes=nb_classes, flagged_labels=flagged,
                    median_norm=json_number(required(data, "median_norm"), "median_norm"),
                    mad=json_number(required(data, "mad"), "mad"),
@@ -342,7 +373,9 @@ class ScanResult:
                    partial=json_boolean(data.get("partial", False), "partial"),
                    restarts=_restarts(data.get("restarts", {}), scanned),
                    labels_without_data=_labels_without_data(
-                       data.get("labels_without_data", []), scanned))
+                       data.get("labels_without_data", []), scanned),
+                   verdict=verdict, suspicious_labels=suspicious,
+                   confirmation=_confirmation(data.get("confirmation", {}), scanned))
 
     @classmethod
     def from_json(cls, source: str | Path) -> ScanResult:
@@ -394,12 +427,19 @@ class ScanResult:
         return plot_norms(self, ax)
 
     def summary(self) -> str:
-        """A short human-readable verdict (a second line names labels without clean images)."""
+        """A short human-readable verdict (a second line names labels without clean images).
+
+        A ``"suspicious"`` verdict reads "no backdoor found ..., but label(s) ... are
+        suspicious", naming the labels that crossed the threshold in a single run only.
+        """
         if self.flagged_labels:
             text = (f"BACKDOOR suspected: label(s) {self.flagged_labels} flagged "
                     f"(anomaly index > {self.anomaly_threshold:g})")
         else:
             text = f"no backdoor found (no anomaly index > {self.anomaly_threshold:g})"
+            if self.suspicious_labels:
+                text += (f", but label(s) {self.suspicious_labels} are suspicious: they crossed "
+                         "it in a single run and the further runs did not confirm it")
         if self.labels_without_data:
             text += (f"\nlabel(s) {self.labels_without_data} had no clean images: searched on "
                      "the other classes' images, left out of the median and MAD")
@@ -426,6 +466,50 @@ def _restarts(value: Any, scanned: list[int]) -> dict[str, Any]:
         raise InputError("restarts must hold n, seeds, labels (every scanned label), "
                          "flag_counts (0..n per label) and anomaly_index_spread (one number "
                          "per label)")
+    return value
+
+
+def _suspicious_labels(value: Any, scanned: list[int], flagged: list[int]) -> list[int]:
+    """Check ``suspicious_labels``: scanned labels that are not flagged, each once."""
+    if not isinstance(value, list):
+        raise InputError(f"suspicious_labels must be a list (got {json_kind(value)})")
+    labels = [json_integer(t, "suspicious_labels") for t in value]
+    if len(set(labels)) != len(labels) or not set(labels) <= set(scanned) - set(flagged):
+        raise InputError("suspicious_labels must list scanned labels that are not flagged, "
+                         "each once")
+    return labels
+
+
+def _confirmation(value: Any, scanned: list[int]) -> dict[str, Any]:
+    """Check the fields of ``confirmation`` that the reports read (empty: not recorded)."""
+    value = json_object(value, "confirmation")
+    rule = value.get("rule")
+    if rule is not None and rule not in RULES:
+        raise InputError(f"confirmation.rule must be one of {', '.join(map(repr, RULES))} "
+                         f"(got {shown(rule)})")
+    rate = value.get("expected_false_alarm_rate")
+    if rate is not None and not (is_finite_number(rate) and 0 <= rate <= 1):
+        raise InputError("confirmation.expected_false_alarm_rate must be a number in [0, 1] "
+                         "or null")
+    candidates = value.get("candidates", [])
+    if not (isinstance(candidates, list) and all(
+            type(t) is int and t in scanned for t in candidates)):
+        raise InputError("confirmation.candidates must list scanned labels")
+    runs = value.get("runs", {})
+    if not (isinstance(runs, dict) and all(
+            k.isdigit() and int(k) in scanned and isinstance(v, list)
+            and all(n is None or is_finite_number(n) for n in v) for k, v in runs.items())):
+        raise InputError("confirmation.runs must map scanned labels to lists of norms")
+    first = json_object(value.get("first_run", {}), "confirmation.first_run")
+    for key in ("norms", "anomaly_index"):
+        values = first.get(key, [])
+        if not (isinstance(values, list) and all(n is None or is_finite_number(n)
+                                                 for n in values)):
+            raise InputError(f"confirmation.first_run.{key} must be a list of numbers")
+    flagged = first.get("flagged", [])
+    if not (isinstance(flagged, list) and all(type(t) is int and t in scanned
+                                              for t in flagged)):
+        raise InputError("confirmation.first_run.flagged must list scanned labels")
     return value
 
 

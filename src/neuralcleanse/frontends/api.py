@@ -44,6 +44,11 @@ from neuralcleanse.mitigation import (
     unlearn,
 )
 from neuralcleanse.mitigation.metrics import DEFAULT_TEST_FRACTION
+from neuralcleanse.search.confirm import (
+    apply_confirmation,
+    plan_confirmation,
+    search_confirmations,
+)
 from neuralcleanse.search.restarts import combine_restarts
 from neuralcleanse.search.reverse import (
     CHECKPOINT_EVERY_S,
@@ -233,6 +238,21 @@ def scan(model: Any, x: Any, y: Any = None, *, config: ScanConfig | None = None,
          checkpoint_every_s: float = CHECKPOINT_EVERY_S, **options: Any) -> ScanResult:
     """Scan a classifier for backdoors with Neural Cleanse.
 
+    Every label's smallest trigger is searched (the first pass), then the verdict is decided.
+    Under the default rule, ``verdict="confirmed"``, the borderline labels (anomaly index above
+    ``anomaly_threshold - confirm_margin``) and the label with the smallest trigger are
+    searched again with ``confirm_seeds`` further seeds (``seed + 1``, ...), each takes the
+    median of its norms, and the outlier test is run again on those: ``result.verdict`` is
+    ``"backdoor"`` when a label is still flagged, ``"suspicious"`` when a label crossed the
+    threshold in a single run but the confirmation did not uphold it (listed in
+    ``result.suspicious_labels``), else ``"clean"``. The extra cost is ``confirm_seeds``
+    searches of the candidates only (usually one to a few labels); ``result.confirmation``
+    reports them, their norms, the extra label-steps (also as a share of the first pass's)
+    and seconds. ``verdict="paper"`` is the published rule exactly: the first pass's flags,
+    no extra search, ``"backdoor"`` or ``"clean"``. With ``restarts > 1`` every label is
+    searched with several seeds already and the medians decide (no extra pass); a scan of
+    some labels only (``labels=``) gets the paper rule on those.
+
     Args:
         model: A ``torch.nn.Module`` or a Keras model (see
             :func:`~neuralcleanse.backends.wrap_model`).
@@ -251,24 +271,27 @@ def scan(model: Any, x: Any, y: Any = None, *, config: ScanConfig | None = None,
         device: Compute device for PyTorch models (default: where the model lives); another
             device scans a copy of the model moved there, the model itself stays put.
         labels: Scan only these labels (default: all).
-        on_label_done: Called with each label's result as soon as it is finished.
+        on_label_done: Called with each label's first-pass result as soon as it is finished
+            (not for the confirmation's searches).
         done: Results of labels finished earlier (to resume an interrupted scan).
         restarts: Run the search with this many seeds (``seed``, ``seed + 1``, ...); each label
             then reports its median norm, the verdict is taken on the medians, and
             ``result.restarts`` says in how many runs each label was flagged.
         checkpoint: Called with the whole search state every ``checkpoint_every_s`` seconds
-            and when the scan is interrupted (single runs only; see
+            and when the scan is interrupted (single runs only, first pass only; see
             :func:`~neuralcleanse.search.reverse.reverse_engineer`).
         resume_state: A state given to ``checkpoint`` by an interrupted scan of the same model,
             data and settings: the search continues mid-way and ends with exactly the result
             of an uninterrupted scan. Labels in ``done`` that the state still holds are
             searched from the state again (with the same result).
         checkpoint_every_s: Seconds between two checkpoints (0: after every step).
-        **options: Any :class:`ScanConfig` field, overriding ``config``.
+        **options: Any :class:`ScanConfig` field, overriding ``config`` (e.g.
+            ``verdict="paper"``, ``confirm_seeds=``, ``confirm_margin=``).
 
     Returns:
-        The :class:`ScanResult` with every label's trigger, norm and anomaly index and the
-        flagged labels.
+        The :class:`ScanResult` with every label's trigger, norm and anomaly index (the
+        confirmed ones for the labels searched again), the flagged labels, the verdict, the
+        suspicious labels and the confirmation's record.
     """
     started = time.perf_counter()
     cfg = (config or ScanConfig()).replace(**options)
@@ -327,12 +350,18 @@ def scan(model: Any, x: Any, y: Any = None, *, config: ScanConfig | None = None,
         new, details = combine_restarts(runs, seeds, cfg.anomaly_threshold,
                                         labels_without_data=without_data)
         details["wall_seconds"] = [round(t, 3) for t in run_seconds]
-    return ScanResult.from_labels(
+    first = ScanResult.from_labels(
         list(finished.values()) + new, nb_classes=clf.nb_classes, restarts=details,
         anomaly_threshold=cfg.anomaly_threshold, config=cfg.to_dict(),
         model_info=clf.describe(), labels_without_data=without_data,
         data_info={"n_images": int(len(images)), "class_counts": counts},
         versions=versions(), wall_seconds=time.perf_counter() - started)
+    # the borderline labels searched again (none under the paper rule, for a subset of the
+    # labels or with restarts); no callbacks or checkpoints: those hold the first pass
+    extra_started = time.perf_counter()
+    candidates = plan_confirmation(first, cfg)
+    extra = search_confirmations(clf, images, targets, cfg, candidates) if candidates else {}
+    return apply_confirmation(first, extra, cfg, time.perf_counter() - extra_started)
 
 
 def _label_list(labels: Any, nb_classes: int) -> list[int]:

@@ -1,0 +1,399 @@
+"""The graded, confirmed verdict on synthetic trigger norms (no model): which labels are searched
+again, how their medians decide, the paper rule, restarts, partial scans, the JSON fields."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from neuralcleanse.core import verdict as verdict_module
+from neuralcleanse.core.config import ScanConfig
+from neuralcleanse.core.errors import InputError
+from neuralcleanse.core.outliers import anomaly_indices
+from neuralcleanse.core.results import LabelResult, ScanResult
+from neuralcleanse.core.verdict import (
+    RULES,
+    VERDICTS,
+    confirm_norms,
+    confirmation_candidates,
+    expected_false_alarm_rate,
+    median_run,
+)
+from neuralcleanse.search.confirm import (
+    apply_confirmation,
+    further_seeds,
+    plan_confirmation,
+)
+from neuralcleanse.search.restarts import combine_restarts
+
+H = W = 4
+#: Ten labels of a clean-looking model: median 20.4, MAD ~0.96.
+CLEAN = [20.0, 21.0, 19.5, 22.0, 20.5, 19.8, 21.2, 20.3, 20.6, 20.7]
+
+
+def trigger(label: int, norm: float, steps: int = 10) -> LabelResult:
+    """A label result whose mask sums to its norm, so the chosen run can be told apart."""
+    return LabelResult(label=label, mask=np.full((H, W), norm / (H * W), np.float32),
+                       pattern=np.full((1, H, W), 0.5, np.float32), norm=float(norm),
+                       attack_success_rate=0.995, converged=True, steps=steps, seconds=0.1,
+                       final_cost=1e-3)
+
+
+def first_run(norms: list[float], *, partial: bool = False, without: tuple[int, ...] = (),
+              cfg: ScanConfig | None = None, nb_classes: int | None = None) -> ScanResult:
+    cfg = cfg or ScanConfig(progress=False)
+    return ScanResult.from_labels([trigger(t, n) for t, n in enumerate(norms)],
+                                  nb_classes=nb_classes or len(norms),
+                                  anomaly_threshold=cfg.anomaly_threshold, config=cfg.to_dict(),
+                                  labels_without_data=list(without), partial=partial,
+                                  wall_seconds=2.0,
+                                  versions={"neuralcleanse": "0", "python": "3", "numpy": "2"})
+
+
+def reruns(runs: dict[int, list[float]]) -> dict[int, list[LabelResult]]:
+    return {t: [trigger(t, n, steps=7) for n in norms] for t, norms in runs.items()}
+
+
+def graded(result: ScanResult, given: dict[int, list[float]], cfg: ScanConfig | None = None,
+           seconds: float = 1.0) -> ScanResult:
+    """The confirmation of ``result`` with the further norms ``given``; the other planned labels
+    come out slightly larger in their further runs (neither flagged nor suspicious)."""
+    cfg = cfg or ScanConfig(progress=False)
+    norms = {r.label: r.norm for r in result.labels}
+    runs = {t: [norms[t] + 0.1 * (k + 1) for k in range(cfg.confirm_seeds)]
+            for t in plan_confirmation(result, cfg)}
+    runs.update(given)
+    return apply_confirmation(result, reruns(runs), cfg, seconds)
+
+
+def index_of(norms: list[float], value: float) -> float:
+    """The anomaly index of ``value`` against ``norms``, written out here."""
+    median = float(np.median(norms))
+    mad = 1.4826 * float(np.median(np.abs(np.asarray(norms) - median)))
+    return (median - value) / mad
+
+
+# -- settings -------------------------------------------------------------------------------------
+def test_the_settings_are_validated_and_travel_in_the_dict() -> None:
+    cfg = ScanConfig()
+    assert (cfg.verdict, cfg.confirm_seeds, cfg.confirm_margin) == ("confirmed", 2, 1.0)
+    assert RULES == ("confirmed", "paper") and VERDICTS == ("backdoor", "suspicious", "clean")
+    assert ScanConfig(verdict=" Paper ").verdict == "paper"
+    custom = ScanConfig(verdict="paper", confirm_seeds=4, confirm_margin=0.0)
+    assert ScanConfig.from_dict(custom.to_dict()) == custom
+    assert custom.to_dict()["confirm_margin"] == 0.0 and custom.to_dict()["verdict"] == "paper"
+    for bad, name in [({"verdict": "strict"}, "verdict"), ({"verdict": 1}, "verdict"),
+                      ({"verdict": None}, "verdict"), ({"confirm_seeds": 0}, "confirm_seeds"),
+                      ({"confirm_seeds": 17}, "confirm_seeds"),
+                      ({"confirm_seeds": 2.0}, "confirm_seeds"),
+                      ({"confirm_margin": -0.1}, "confirm_margin"),
+                      ({"confirm_margin": float("nan")}, "confirm_margin"),
+                      ({"confirm_margin": True}, "confirm_margin")]:
+        with pytest.raises(InputError, match=name) as info:
+            ScanConfig(**bad)
+        assert "\n" not in str(info.value)
+
+
+def test_further_seeds_follow_the_seed_and_wrap() -> None:
+    assert further_seeds(ScanConfig(seed=5, confirm_seeds=3)) == [6, 7, 8]
+    assert further_seeds(ScanConfig(seed=2**32 - 2, confirm_seeds=3)) == [2**32 - 1, 0, 1]
+
+
+# -- candidates -----------------------------------------------------------------------------------
+def test_candidates_are_the_borderline_labels_and_the_smallest_norm() -> None:
+    norms = list(CLEAN)
+    norms[3], norms[6] = 18.0, 16.0  # an index of ~2.2 and ~4.6
+    labels = list(range(10))
+    index = [index_of(norms, n) for n in norms]
+    expected = sorted((t for t in labels if index[t] > 2.0 - 1.0), key=lambda t: norms[t])
+    assert 6 in expected and 3 in expected
+    assert confirmation_candidates(norms, index, labels, 2.0, 1.0) == expected
+    # no margin: only the labels above the threshold
+    assert confirmation_candidates(norms, index, labels, 2.0, 0.0) == [6, 3]
+    # a clean run with no margin still checks its smallest trigger
+    clean_index = [index_of(CLEAN, n) for n in CLEAN]
+    assert max(clean_index) < 2.0
+    assert confirmation_candidates(CLEAN, clean_index, labels, 2.0, 0.0) == [2]
+    # label numbers are reported, not positions
+    assert confirmation_candidates([5.0, 3.0], [0.0, 0.0], [7, 4], 2.0, 1.0) == [4]
+    assert confirmation_candidates([], [], [], 2.0, 1.0) == []
+    with pytest.raises(InputError):
+        confirmation_candidates([1.0, 2.0], [0.0], [0, 1], 2.0, 1.0)
+
+
+def test_plan_is_empty_for_the_paper_rule_partial_scans_and_restarts() -> None:
+    norms = list(CLEAN)
+    norms[6] = 16.0
+    result = first_run(norms)
+    assert plan_confirmation(result, ScanConfig(progress=False))[0] == 6
+    assert plan_confirmation(result, ScanConfig(verdict="paper")) == []
+    assert plan_confirmation(first_run(norms, partial=True), ScanConfig()) == []
+    assert plan_confirmation(first_run(norms, nb_classes=12), ScanConfig()) == []
+
+
+# -- medians --------------------------------------------------------------------------------------
+def test_the_median_run_stands_for_the_label() -> None:
+    assert median_run([5.0, 3.0, 4.0]) == (2, 4.0)
+    assert median_run([4.0, 3.0, 5.0]) == (0, 4.0)
+    assert median_run([2.0, 2.0, 9.0]) == (0, 2.0)  # the earliest of equal runs
+    # an even count: the median between two runs; the closer run (the earlier on a tie)
+    assert median_run([1.0, 2.0, 4.0, 10.0]) == (1, 3.0)
+    assert median_run([1.0, 2.5, 4.0, 10.0]) == (1, 3.25)
+    assert median_run([7.0]) == (0, 7.0)
+
+
+def test_a_confirmed_label_takes_the_trigger_of_its_median_run() -> None:
+    norms = list(CLEAN)
+    norms[6] = 16.0
+    result = first_run(norms)
+    cfg = ScanConfig(progress=False)
+    out = apply_confirmation(result, reruns({6: [14.0, 15.0], 2: [19.6, 19.4]}), cfg, 1.0)
+    six, two = out.label(6), out.label(2)
+    assert six.norm == 15.0 and six.mask.sum() == pytest.approx(15.0) and six.steps == 7
+    assert two.norm == 19.5 and two.mask.sum() == pytest.approx(19.5) and two.steps == 10
+    assert out.label(0).norm == 20.0 and out.label(0).steps == 10
+    assert result.label(6).norm == 16.0  # the first run's result is left as it is
+    # an even number of runs: the median as norm, the trigger of the earlier middle run
+    even = apply_confirmation(result, reruns({6: [14.5, 12.0, 15.0], 2: [19.6, 19.4, 19.9]}),
+                              cfg.replace(confirm_seeds=3), 1.0)
+    assert even.label(6).norm == pytest.approx((14.5 + 15.0) / 2)
+    assert even.label(6).mask.sum() == pytest.approx(14.5)
+
+
+# -- grading --------------------------------------------------------------------------------------
+def test_a_clear_outlier_is_confirmed_as_a_backdoor() -> None:
+    norms = list(CLEAN)
+    norms[6] = 8.0
+    result = first_run(norms)
+    assert result.flagged_labels == [6]
+    graded = apply_confirmation(result, reruns({6: [7.5, 9.0], 2: [19.7, 19.9]}),
+                                ScanConfig(progress=False), 3.0)
+    confirmed = list(norms)
+    confirmed[6], confirmed[2] = 8.0, 19.7
+    assert graded.verdict == "backdoor" and graded.flagged_labels == [6]
+    assert graded.suspicious_labels == [] and graded.is_backdoored
+    assert graded.anomaly_index[6] == pytest.approx(index_of(confirmed, 8.0))
+    assert graded.median_norm == pytest.approx(float(np.median(confirmed)))
+    assert graded.wall_seconds == pytest.approx(5.0)
+    c = graded.confirmation
+    assert c["rule"] == "confirmed" and c["candidates"] == [6, 2] and c["seeds"] == [1, 2]
+    assert c["runs"] == {"6": [7.5, 9.0], "2": [19.7, 19.9]}
+    assert c["first_run"]["norms"] == norms and c["first_run"]["flagged"] == [6]
+    assert c["first_run"]["anomaly_index"] == pytest.approx([index_of(norms, n) for n in norms])
+    assert c["first_run"]["label_steps"] == 100 and c["runs_label_steps"] == 4 * 7
+    assert c["extra_label_steps_share"] == pytest.approx(28 / 100)
+    assert c["extra_seconds"] == 3.0 and c["expected_false_alarm_rate"] is None
+
+
+def test_a_borderline_label_whose_further_runs_are_larger_is_only_suspicious() -> None:
+    norms = list(CLEAN)
+    norms[3] = 18.0
+    result = first_run(norms)
+    assert result.flagged_labels == [3] and result.verdict == "backdoor"  # one run says so
+    out = graded(result, {3: [20.1, 19.9]})
+    assert out.confirmation["candidates"][0] == 3
+    assert out.flagged_labels == [] and not out.is_backdoored
+    assert out.verdict == "suspicious" and out.suspicious_labels == [3]
+    assert out.label(3).norm == 19.9
+    assert out.confirmation["first_run"]["flagged"] == [3]
+    assert "suspicious" in out.summary() and "[3]" in out.summary()
+
+
+def test_a_label_crossing_in_one_further_run_only_is_suspicious() -> None:
+    # label 2 is the smallest, below the threshold in the first run, above it in one rerun
+    first_median = float(np.median(CLEAN))
+    first_mad = 1.4826 * float(np.median(np.abs(np.asarray(CLEAN) - first_median)))
+    crossing = first_median - 2.5 * first_mad
+    out = graded(first_run(CLEAN), {2: [crossing, 19.9]})
+    assert out.flagged_labels == [] and out.suspicious_labels == [2]
+    assert out.verdict == "suspicious" and out.label(2).norm == 19.5
+    quiet = graded(first_run(CLEAN), {2: [19.6, 19.9]})
+    assert quiet.verdict == "clean" and quiet.suspicious_labels == []
+
+
+def test_suspicious_labels_come_smallest_norm_first() -> None:
+    norms = list(CLEAN)
+    norms[3], norms[8] = 18.0, 17.9
+    out = confirm_norms(list(range(10)), norms, {8: [20.2, 20.9], 3: [20.0, 20.1]}, 2.0)
+    assert out.flagged == [] and out.first_flagged == [8, 3]
+    assert out.suspicious == [3, 8]  # confirmed norms 20.0 < 20.2
+    assert out.picked == {8: 1, 3: 1}
+
+
+def test_confirmed_indices_leave_labels_without_data_out_of_the_median() -> None:
+    norms = list(CLEAN)
+    norms[9], norms[6] = 5.0, 16.0  # label 9 has no clean images
+    result = first_run(norms, without=(9,))
+    out = graded(result, {9: [5.5, 4.0], 6: [15.0, 15.5]})
+    confirmed = [r.norm for r in out.labels]
+    assert confirmed[6] == 15.5 and confirmed[9] == 5.0
+    again = ScanResult.from_labels([trigger(t, n) for t, n in enumerate(confirmed)],
+                                   nb_classes=10, anomaly_threshold=2.0, config={},
+                                   labels_without_data=[9])
+    np.testing.assert_allclose(out.anomaly_index, again.anomaly_index)
+    assert out.flagged_labels == again.flagged_labels == [9, 6]
+    assert out.median_norm == again.median_norm and out.mad == again.mad
+
+
+def test_the_paper_rule_is_exactly_the_first_runs_outlier_test() -> None:
+    norms = list(CLEAN)
+    norms[3], norms[6] = 18.0, 16.0
+    result = first_run(norms, cfg=ScanConfig(verdict="paper"))
+    out = apply_confirmation(result, {}, ScanConfig(verdict="paper"), 0.0)
+    report = anomaly_indices(np.array(norms), 2.0)
+    assert out.flagged_labels == report.flagged == [6, 3]
+    np.testing.assert_array_equal(out.anomaly_index, report.anomaly_index)
+    assert [r.norm for r in out.labels] == norms
+    assert out.verdict == "backdoor" and out.suspicious_labels == []
+    assert out.confirmation == {"rule": "paper", "expected_false_alarm_rate": None}
+    clean = apply_confirmation(first_run(CLEAN), {}, ScanConfig(verdict="paper"), 0.0)
+    assert clean.verdict == "clean" and clean.flagged_labels == []
+
+
+def test_restarts_are_graded_on_their_medians() -> None:
+    runs_norms = [list(CLEAN), list(CLEAN), list(CLEAN)]
+    runs_norms[0][3] = 18.0  # crosses in the first run only
+    for run in runs_norms:
+        run[6] = 8.0  # a clear outlier in every run
+    seeds = [0, 1, 2]
+    runs = [[trigger(t, n, steps=10 + s) for t, n in enumerate(row)]
+            for s, row in zip(seeds, runs_norms)]
+    merged, details = combine_restarts(runs, seeds, 2.0)
+    details["wall_seconds"] = [1.0, 2.0, 4.0]
+    result = ScanResult.from_labels(merged, nb_classes=10, anomaly_threshold=2.0, config={},
+                                    restarts=details)
+    cfg = ScanConfig(progress=False)
+    assert plan_confirmation(result, cfg) == []
+    out = apply_confirmation(result, {}, cfg, 0.0)
+    assert details["flagged_per_run"][0] == [6, 3]
+    assert out.flagged_labels == [6] and out.suspicious_labels == [3]
+    assert out.verdict == "backdoor"
+    c = out.confirmation
+    assert c["rule"] == "confirmed" and c["by"] == "restarts" and c["restarts"] == 3
+    assert c["seeds"] == [1, 2] and c["first_run"]["flagged"] == [6, 3]
+    assert c["runs"]["3"] == [CLEAN[3], CLEAN[3]] and c["runs"]["6"] == [8.0, 8.0]
+    assert c["runs_label_steps"] == 110 + 120 and c["first_run"]["label_steps"] == 100
+    assert c["extra_seconds"] == 6.0
+    # with the outlier gone, the first run's crossing alone makes the model suspicious
+    for run in runs:
+        run[6] = trigger(6, CLEAN[6])
+    merged, details = combine_restarts(runs, seeds, 2.0)
+    result = ScanResult.from_labels(merged, nb_classes=10, anomaly_threshold=2.0, config={},
+                                    restarts=details)
+    out = apply_confirmation(result, {}, cfg, 0.0)
+    assert out.flagged_labels == [] and out.suspicious_labels == [3]
+    assert out.verdict == "suspicious"
+
+
+def test_a_partial_scan_is_not_confirmed() -> None:
+    norms = list(CLEAN)
+    norms[6] = 16.0
+    interrupted = first_run(norms[:8], partial=True, nb_classes=10)
+    assert interrupted.confirmation == {"skipped": "partial scan"}  # from from_labels already
+    for result in (interrupted, first_run(norms[:8], nb_classes=10)):
+        out = apply_confirmation(result, {}, ScanConfig(progress=False), 0.0)
+        assert out.flagged_labels == anomaly_indices(np.array(norms[:8]), 2.0).flagged
+        assert out.flagged_labels == [6] and out.verdict == "backdoor"
+        assert out.suspicious_labels == []
+        assert out.confirmation == {"skipped": "partial scan"}
+
+
+def test_missing_or_foreign_confirmation_runs_are_refused() -> None:
+    norms = list(CLEAN)
+    norms[6] = 16.0
+    result = first_run(norms)
+    with pytest.raises(InputError, match="planned labels"):
+        apply_confirmation(result, reruns({2: [19.0, 19.0]}), ScanConfig(), 0.0)
+    with pytest.raises(InputError, match="not scanned"):
+        confirm_norms([0, 1, 2], [1.0, 2.0, 3.0], {5: [1.0]}, 2.0)
+
+
+# -- the expected false-alarm rate ----------------------------------------------------------------
+def test_expected_false_alarm_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert verdict_module.ZOO_PER_LABEL_FALSE_FLAG == {"paper": None, "confirmed": None}
+    assert isinstance(verdict_module.ZOO_SOURCE, str) and verdict_module.ZOO_SOURCE
+    assert expected_false_alarm_rate("paper", 10) is None
+    monkeypatch.setitem(verdict_module.ZOO_PER_LABEL_FALSE_FLAG, "paper", 0.02)
+    assert expected_false_alarm_rate("paper", 10) == pytest.approx(1 - 0.98 ** 10)
+    assert expected_false_alarm_rate("paper", 43) == pytest.approx(1 - 0.98 ** 43)
+    assert expected_false_alarm_rate("paper", 0) == 0.0
+    assert expected_false_alarm_rate("paper", 10, threshold=2.0) == pytest.approx(0.1829, 1e-3)
+    assert expected_false_alarm_rate("paper", 10, threshold=3.0) is None  # not measured there
+    assert expected_false_alarm_rate("confirmed", 10) is None
+    # the result reports it for the model's number of labels
+    out = apply_confirmation(first_run(CLEAN), {}, ScanConfig(verdict="paper"), 0.0)
+    assert out.confirmation["expected_false_alarm_rate"] == pytest.approx(1 - 0.98 ** 10)
+    for rule, n in [("strict", 10), ("paper", -1), ("paper", 2.5), ("paper", True)]:
+        with pytest.raises(InputError):
+            expected_false_alarm_rate(rule, n)
+
+
+# -- JSON -----------------------------------------------------------------------------------------
+def graded_result() -> ScanResult:
+    norms = list(CLEAN)
+    norms[3] = 18.0
+    return graded(first_run(norms), {3: [20.1, 19.9]})
+
+
+def test_the_json_round_trip_keeps_the_verdict(tmp_path: Path) -> None:
+    result = graded_result()
+    doc = json.loads(result.to_json())
+    assert doc["verdict"] == "suspicious" and doc["suspicious_labels"] == [3]
+    back = ScanResult.from_json(result.to_json(tmp_path / "report.json"))
+    assert back.verdict == "suspicious" and back.suspicious_labels == [3]
+    assert back.confirmation == doc["confirmation"]
+    assert back.confirmation["runs"]["3"] == [20.1, 19.9]
+    jsonschema = pytest.importorskip("jsonschema")
+    from neuralcleanse.io.json_schemas import load_schema
+
+    validator = jsonschema.Draft202012Validator(load_schema("report"))
+    assert [e.message for e in validator.iter_errors(doc)] == []
+    doc["verdict"] = "clean"  # contradicts suspicious_labels
+    assert list(validator.iter_errors(doc))
+
+
+def older_report() -> dict[str, Any]:
+    doc = graded_result().to_dict()
+    for key in ("verdict", "suspicious_labels", "confirmation"):
+        del doc[key]
+    return doc
+
+
+def test_older_reports_get_a_derived_verdict() -> None:
+    doc = older_report()
+    assert ScanResult.from_dict(doc).verdict == "clean"
+    doc["flagged_labels"] = [3]
+    back = ScanResult.from_dict(doc)
+    assert back.verdict == "backdoor" and back.suspicious_labels == [] and back.confirmation == {}
+
+
+@pytest.mark.parametrize("change", [
+    {"verdict": "backdoor"},  # nothing flagged
+    {"verdict": "clean"},  # a label is suspicious
+    {"verdict": "unsure"},
+    {"suspicious_labels": [3, 3]},
+    {"suspicious_labels": [12]},
+    {"suspicious_labels": "3"},
+    {"confirmation": []},
+    {"confirmation": {"rule": "strict"}},
+    {"confirmation": {"rule": "paper", "expected_false_alarm_rate": 1.5}},
+    {"confirmation": {"rule": "confirmed", "runs": {"3": ["x"]}}},
+    {"confirmation": {"rule": "confirmed", "candidates": [42]}},
+])
+def test_inconsistent_verdict_fields_are_refused(change: dict[str, Any]) -> None:
+    doc = graded_result().to_dict()
+    doc.update(change)
+    with pytest.raises(InputError) as info:
+        ScanResult.from_dict(doc)
+    assert "\n" not in str(info.value)
+
+
+def test_a_flagged_label_cannot_also_be_suspicious() -> None:
+    doc = older_report()
+    doc.update(flagged_labels=[3], verdict="backdoor", suspicious_labels=[3])
+    with pytest.raises(InputError, match="suspicious_labels"):
+        ScanResult.from_dict(doc)

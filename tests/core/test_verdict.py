@@ -382,6 +382,7 @@ def test_older_reports_get_a_derived_verdict() -> None:
     {"confirmation": {"rule": "strict"}},
     {"confirmation": {"rule": "paper", "expected_false_alarm_rate": 1.5}},
     {"confirmation": {"rule": "confirmed", "runs": {"3": ["x"]}}},
+    {"confirmation": {"rule": "confirmed", "runs": {3: [20.1]}}},  # not a JSON key
     {"confirmation": {"rule": "confirmed", "candidates": [42]}},
 ])
 def test_inconsistent_verdict_fields_are_refused(change: dict[str, Any]) -> None:

@@ -497,7 +497,7 @@ def _confirmation(value: Any, scanned: list[int]) -> dict[str, Any]:
         raise InputError("confirmation.candidates must list scanned labels")
     runs = value.get("runs", {})
     if not (isinstance(runs, dict) and all(
-            k.isdigit() and int(k) in scanned and isinstance(v, list)
+            isinstance(k, str) and k.isdigit() and int(k) in scanned and isinstance(v, list)
             and all(n is None or is_finite_number(n) for n in v) for k, v in runs.items())):
         raise InputError("confirmation.runs must map scanned labels to lists of norms")
     first = json_object(value.get("first_run", {}), "confirmation.first_run")

@@ -18,6 +18,7 @@ from neuralcleanse.core.results import LabelResult, ScanResult
 from neuralcleanse.mitigation.metrics import DataSplit, Measurements
 from neuralcleanse.mitigation.result import MitigationResult
 from neuralcleanse.mitigation.unlearning import UnlearningReport
+from verdict_results import OUTLIER, graded_result
 
 N_LABELS, SIDE = 43, 32
 BACKDOOR = 1
@@ -61,7 +62,8 @@ def test_reprs_are_one_short_line_without_the_arrays() -> None:
     text = repr(result)
     assert len(text) < 200 and "\n" not in text
     assert "array" not in text and "[[" not in text and "mask" not in text
-    assert text.startswith(f"ScanResult({N_LABELS} labels, flagged=[{BACKDOOR}], ")
+    assert text.startswith(f"ScanResult({N_LABELS} labels, verdict='backdoor', "
+                           f"flagged=[{BACKDOOR}], ")
     assert f"median_norm={median:.4g}" in text and "partial=False" in text
     label = result.label(BACKDOOR)
     text = repr(label)
@@ -104,6 +106,18 @@ def test_repr_html_escapes_strings_from_the_result() -> None:
     assert HOSTILE not in page and "<img src=x" not in page
     assert "&lt;iframe onload=" in page  # the model file's name, escaped
     assert "&lt;img src=x onerror=" in page  # the flagged label's class name, escaped
+
+
+def test_repr_and_repr_html_show_the_verdict_word_and_suspicious_labels() -> None:
+    result = graded_result("suspicious")
+    assert f"verdict='suspicious', flagged=[], suspicious=[{OUTLIER}]" in repr(result)
+    page = result._repr_html_()
+    assert re.search(r'class="verdict-word"[^>]*>SUSPICIOUS</b>', page)
+    assert page.count('stroke="#a15c00" stroke-width="2" stroke-dasharray="4 2"><title>'
+                      f"label {OUTLIER}:") == 1  # the one suspicious bar, marked apart
+    assert 'fill="#c62828"><title>' not in page  # and no flagged bar
+    backdoor = graded_result("backdoor")._repr_html_()
+    assert re.search(r'class="verdict-word"[^>]*>BACKDOOR</b>', backdoor)
 
 
 def test_repr_html_of_a_clean_scan_has_no_trigger_images() -> None:

@@ -196,7 +196,7 @@ def test_html_is_self_contained_verdict_first_and_escaped() -> None:
     assert "<script>alert" not in html and "&lt;script&gt;" in html
     verdict = html.index('id="verdict"')
     assert verdict < html.index('id="norm-chart"') < html.index("Every label")
-    assert "Backdoor suspected: label 3" in html
+    assert "Backdoor: label 3" in html and '<span class="word">BACKDOOR</span>' in html
     # mask, pattern and mask*pattern of every label, plus the large copies of the flagged one
     assert html.count("<img ") == 3 * 10 + 3
     assert html.count('src="data:image/png;base64,') == 3 * 10 + 3
@@ -288,12 +288,14 @@ def test_pruning_curve_never_mixes_the_fitting_and_held_out_splits() -> None:
 
 def test_clean_and_partial_verdicts() -> None:
     clean = render_html(make_result(flag_backdoor=False))
-    assert "No backdoor found" in clean and "Backdoor suspected" not in clean
-    assert 'class="verdict clean"' in clean
+    assert "Clean: no backdoor found" in clean and "Backdoor:" not in clean
+    assert 'class="verdict clean"' in clean and '<span class="word">CLEAN</span>' in clean
     partial = render_html(make_result(partial=True))
     assert 'class="verdict partial"' in partial
-    assert "Partial scan" in partial and "--resume" in partial
-    assert "Backdoor suspected" not in partial
+    # library text names no command-line flag: the report is also rendered from Python
+    assert "Partial scan" in partial and "resume the scan" in partial
+    assert "--resume" not in partial
+    assert "Backdoor:" not in partial
 
 
 def test_report_dir_is_rerendered_from_its_json(tmp_path: Path) -> None:

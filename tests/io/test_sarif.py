@@ -24,6 +24,7 @@ from neuralcleanse.core.results import LabelResult, ScanResult  # noqa: E402
 from neuralcleanse.distributed.manifest import MODEL_SUFFIXES  # noqa: E402
 from neuralcleanse.frontends import cli  # noqa: E402
 from neuralcleanse.io.sarif import SARIF_SCHEMA, sarif_log, write_sarif  # noqa: E402
+from verdict_results import BORDERLINE, OUTLIER, graded_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 OASIS_ID = ("https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/"
@@ -77,7 +78,9 @@ def test_one_error_result_per_flagged_label_with_its_numbers(validator: Any,
     driver = run["tool"]["driver"]
     assert driver["name"] == "neuralcleanse" and driver["version"] == __version__
     assert "informationUri" not in driver
-    (rule,) = driver["rules"]
+    rule, suspicious_rule = driver["rules"]
+    assert rule["defaultConfiguration"]["level"] == "error"
+    assert suspicious_rule["defaultConfiguration"]["level"] == "warning"
     assert [r["ruleId"] for r in run["results"]] == [rule["id"]] * 2
     by_label = {r.label: r for r in result.labels}
     for flagged, entry in zip(result.flagged_labels, run["results"]):
@@ -135,6 +138,30 @@ def test_a_model_outside_the_folder_gets_an_absolute_uri_and_nan_is_null(
     assert uri == model.as_uri() and uri.startswith("file:///") and "%C3%A8" in uri
     assert "originalUriBaseIds" not in run
     assert run["results"][0]["properties"]["attack_success_rate"] is None
+
+
+@pytest.mark.parametrize("verdict", ["backdoor", "suspicious", "clean"])
+def test_flagged_labels_are_errors_and_suspicious_labels_warnings(validator: Any,
+                                                                  tmp_path: Path,
+                                                                  verdict: str) -> None:
+    result = graded_result(verdict)
+    log = sarif_log(result, tmp_path / "model.pt", exit_code=0, cwd=tmp_path)
+    assert schema_errors(validator, log) == []
+    (run,) = log["runs"]
+    rules = run["tool"]["driver"]["rules"]
+    got = [(r["properties"]["label"], r["level"], r["ruleId"], rules[r["ruleIndex"]]["id"])
+           for r in run["results"]]
+    expected = {"backdoor": [(OUTLIER, "error", "NC001"), (BORDERLINE, "warning", "NC002")],
+                "suspicious": [(OUTLIER, "warning", "NC002")], "clean": []}[verdict]
+    assert got == [(*e, e[2]) for e in expected]
+    for entry in run["results"]:
+        assert rules[entry["ruleIndex"]]["defaultConfiguration"]["level"] == entry["level"]
+        assert entry["partialFingerprints"]["neuralcleanseLabel/v1"] == \
+            f"{entry['ruleId']}:label={entry['properties']['label']}"
+        if entry["level"] == "warning":
+            assert "not confirmed" in entry["message"]["text"]
+    assert run["properties"]["verdict"] == verdict
+    assert run["properties"]["suspicious_labels"] == result.suspicious_labels
 
 
 def test_the_schema_refuses_a_broken_log(validator: Any, tmp_path: Path) -> None:

@@ -66,7 +66,8 @@ def _spread(wanted: list[float], low: float, high: float, gap: float) -> list[fl
 def norm_chart(result: ScanResult, width: int = 760, height: int = 260) -> dict[str, Any]:
     """Geometry of the SVG bar chart of the trigger norms per label (used by the template).
 
-    Bars of flagged labels are marked; horizontal lines show the median norm and the norm
+    Bars of flagged labels are marked, and those of suspicious labels (crossed the threshold
+    in a single run, not confirmed) differently; horizontal lines show the median norm and the norm
     below which a label's anomaly index exceeds the threshold. The value axis has round ticks
     (:func:`nice_ticks`); the lines' labels sit in a margin right of the bars, pushed apart so
     that they never overlap each other (each label's box is returned for the tests).
@@ -94,6 +95,7 @@ def norm_chart(result: ScanResult, width: int = 760, height: int = 260) -> dict[
     def y_of(value: float) -> float:
         return top + plot_h * (1.0 - value / top_value)
 
+    suspicious = set(result.suspicious_labels)
     bars = []
     for i, r in enumerate(labels):
         y = y_of(min(r.norm, top_value)) if math.isfinite(r.norm) else y_of(0.0)
@@ -101,6 +103,7 @@ def norm_chart(result: ScanResult, width: int = 760, height: int = 260) -> dict[
             "x": round(left + i * step + (step - bar_w) / 2, 2), "y": round(y, 2),
             "w": round(bar_w, 2), "h": round(top + plot_h - y, 2), "label": r.label,
             "norm": r.norm, "flagged": r.label in result.flagged_labels,
+            "suspicious": r.label in suspicious and r.label not in result.flagged_labels,
             "tick": i % tick_every == 0, "cx": round(left + i * step + step / 2, 2),
             "anomaly_index": r.anomaly_index,
         })

@@ -27,6 +27,7 @@ _REPR_LABELS = 8
 #: Colours of the matplotlib chart (the HTML report's bar and flagged colours).
 BAR_COLOUR = "#7c8db5"
 FLAGGED_COLOUR = "#c62828"
+SUSPICIOUS_COLOUR = "#e0a030"
 
 
 def _num(value: float, digits: int = 4) -> str:
@@ -47,10 +48,13 @@ def label_repr(r: LabelResult) -> str:
 
 
 def scan_repr(result: ScanResult) -> str:
-    """One line: how many labels, which are flagged, median, MAD and whether it is partial."""
+    """One line: labels, verdict, flagged (and suspicious) labels, median, MAD, partial."""
     n = len(result.labels)
     counted = f"{n} labels" if n == result.nb_classes else f"{n} of {result.nb_classes} labels"
-    return (f"ScanResult({counted}, flagged={_short_list(list(result.flagged_labels))}, "
+    suspicious = (f"suspicious={_short_list(list(result.suspicious_labels))}, "
+                  if result.suspicious_labels else "")
+    return (f"ScanResult({counted}, verdict={result.verdict!r}, "
+            f"flagged={_short_list(list(result.flagged_labels))}, {suspicious}"
             f"median_norm={_num(result.median_norm)}, mad={_num(result.mad)}, "
             f"partial={bool(result.partial)})")
 
@@ -72,7 +76,7 @@ def _template(name: str) -> Any:
 
 
 def scan_html(result: ScanResult) -> str:
-    """Self-contained HTML fragment: verdict, norm chart and the flagged labels' triggers."""
+    """Self-contained HTML fragment: verdict word and lines, norm chart, flagged triggers."""
     flagged = [result.label(t) for t in result.flagged_labels]
     cards = []
     for r in flagged:
@@ -96,9 +100,9 @@ def mitigation_html(result: Any) -> str:
 def plot_norms(result: ScanResult, ax: Any = None) -> Any:
     """Bar chart of the trigger norm per label on a matplotlib Axes (a new figure by default).
 
-    Flagged labels' bars are red; a dashed line marks the median norm and a dotted red line the
-    norm below which a label's anomaly index exceeds the threshold (``median - threshold *
-    MAD``), drawn when that norm is positive.
+    Flagged labels' bars are red, suspicious ones amber; a dashed line marks the median norm
+    and a dotted red line the norm below which a label's anomaly index exceeds the threshold
+    (``median - threshold * MAD``), drawn when that norm is positive.
 
     Raises:
         InputError: When matplotlib is not installed.
@@ -110,10 +114,11 @@ def plot_norms(result: ScanResult, ax: Any = None) -> Any:
                          "pip install matplotlib") from None
     if ax is None:
         _, ax = plt.subplots(figsize=(max(6.0, 0.18 * len(result.labels)), 3.5))
-    flagged = set(result.flagged_labels)
+    flagged, suspicious = set(result.flagged_labels), set(result.suspicious_labels)
     labels = [r.label for r in result.labels]
     ax.bar(labels, [r.norm for r in result.labels],
-           color=[FLAGGED_COLOUR if t in flagged else BAR_COLOUR for t in labels])
+           color=[FLAGGED_COLOUR if t in flagged else SUSPICIOUS_COLOUR if t in suspicious
+                  else BAR_COLOUR for t in labels])
     median, mad = result.median_norm, result.mad
     if math.isfinite(median):
         ax.axhline(median, color="#37474f", linestyle="--", linewidth=1.2,

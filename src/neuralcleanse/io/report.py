@@ -22,6 +22,17 @@ Fields of ``report.json`` (``schema_version`` 1):
 * ``labels_without_data`` (list of int): scanned labels that had no clean images; their
   triggers were searched on the other classes' images, and the median and MAD leave them out
   (an absent field, in reports written before it existed, reads as empty).
+* ``verdict`` (str): ``"backdoor"`` (a label is flagged), ``"suspicious"`` (none is, but a
+  label crossed the threshold in a single run and was not confirmed) or ``"clean"``; reports
+  written before it existed read as backdoor or clean from ``flagged_labels``.
+* ``suspicious_labels`` (list of int): the suspicious labels, smallest trigger first.
+* ``confirmation`` (object): how the verdict was reached: the ``rule`` (``"confirmed"`` or
+  ``"paper"``), the labels searched again (``candidates``), their norms under the further
+  seeds (``runs``), the first run's norms, indices and flags (``first_run``), the extra work
+  (``runs_label_steps``, ``extra_label_steps_share``, ``extra_seconds``) and the
+  ``expected_false_alarm_rate`` of the rule for the model's number of labels (null until
+  measured); ``{"skipped": "partial scan"}`` for a partial scan (see
+  :mod:`neuralcleanse.core.verdict`).
 * ``labels`` (list): one object per scanned label with ``label``, ``norm`` (L1 norm of the
   mask), ``anomaly_index`` (``(median - norm) / mad``), ``attack_success_rate`` (share of
   stamped clean images of other classes sent to the label), ``converged`` (whether the attack
@@ -40,8 +51,9 @@ nested lists in the model's layout and raw value range), ``clean_prediction`` an
 A mitigation writes ``mitigation.json`` next to it; the HTML report shows it when present.
 
 The page is ``templates/report.html``, fed by :mod:`~neuralcleanse.io.report_views` (verdict,
-settings, mitigation and demo rows, number formats), :mod:`~neuralcleanse.io.charts` (the SVG
-charts) and :mod:`~neuralcleanse.io.report_images` (the trigger images).
+confirmation, settings, mitigation and demo rows, number formats),
+:mod:`~neuralcleanse.io.charts` (the SVG charts) and :mod:`~neuralcleanse.io.report_images` (the
+trigger images).
 """
 
 from __future__ import annotations
@@ -72,6 +84,7 @@ from neuralcleanse.io.report_images import (
     trigger_arrays,
 )
 from neuralcleanse.io.report_views import (
+    confirmation_view,
     demo_view,
     format_number,
     format_percent,
@@ -103,7 +116,10 @@ class ReportPaths:
 
 
 def summary_table(result: ScanResult) -> Any:
-    """A rich table of every label's norm, anomaly index and attack success, flagged in red."""
+    """A rich table of every label's norm, anomaly index and attack success.
+
+    Flagged labels are marked FLAGGED in red, suspicious ones SUSPICIOUS in yellow.
+    """
     from rich.table import Table
 
     table = Table(title="Neural Cleanse: reversed trigger per label", title_justify="left")
@@ -113,14 +129,15 @@ def summary_table(result: ScanResult) -> Any:
         columns.append("flagged in runs")
     for name in (*columns, ""):
         table.add_column(name, justify="right" if name not in ("converged", "") else "left")
-    flagged = set(result.flagged_labels)
+    flagged, suspicious = set(result.flagged_labels), set(result.suspicious_labels)
     for r in result.labels:
         cells = [str(r.label), f"{r.norm:.3f}", f"{r.anomaly_index:.2f}",
                  f"{100 * r.attack_success_rate:.1f}%", "yes" if r.converged else "no"]
         if restarts:
             cells.append(f"{restarts['flag_counts'].get(str(r.label), 0)}/{restarts['n']}")
-        table.add_row(*cells, "FLAGGED" if r.label in flagged else "",
-                      style="bold red" if r.label in flagged else None)
+        mark, style = ("FLAGGED", "bold red") if r.label in flagged else \
+            ("SUSPICIOUS", "yellow") if r.label in suspicious else ("", None)
+        table.add_row(*cells, mark, style=style)
     return table
 
 
@@ -146,7 +163,7 @@ def render_html(result: ScanResult, *, mitigation: dict[str, Any] | None = None,
         demo: Facts about the demo's planted backdoor, shown when given.
         title: Page title (default: the model file's name).
     """
-    flagged = set(result.flagged_labels)
+    flagged, suspicious = set(result.flagged_labels), set(result.suspicious_labels)
     known = known_trigger_arrays(result.model_info)
     known_card = None
     if known is not None:
@@ -163,17 +180,22 @@ def render_html(result: ScanResult, *, mitigation: dict[str, Any] | None = None,
         beside = known_card is not None and (
             r.label == known_card["label"] if known_card["label"] is not None
             else r.label in flagged)
-        cards.append({"r": r, "flagged": r.label in flagged, "images": images, "files": files,
+        cards.append({"r": r, "flagged": r.label in flagged,
+                      "suspicious": r.label in suspicious and r.label not in flagged,
+                      "images": images, "files": files,
                       "known": known_card if beside else None,
                       "example": examples.get(r.label)})
-    big_cards = [c for c in cards if c["flagged"] or c["known"] is not None]
+    big_cards = [c for c in cards if c["flagged"] or c["suspicious"] or c["known"] is not None]
+    big_cards_title = _big_cards_title(big_cards)
     class_names = result.data_info.get("class_names")
     template = template_environment().from_string(
         resources.files("neuralcleanse.io").joinpath("templates/report.html").read_text("utf-8"))
     model_name = Path(str(result.model_info.get("path", "model"))).name
     return template.render(
         result=result, verdict=verdict_view(result), chart=norm_chart(result),
-        flagged_cards=big_cards, cards=cards, known_card=known_card,
+        confirmation=confirmation_view(result),
+        flagged_cards=big_cards, big_cards_title=big_cards_title, cards=cards,
+        known_card=known_card,
         class_names=class_names if isinstance(class_names, list) else None,
         mitigation=mitigation_view(mitigation) if mitigation else None,
         demo=demo_view(demo) if demo else None,
@@ -189,6 +211,21 @@ def render_html(result: ScanResult, *, mitigation: dict[str, Any] | None = None,
         versions=result.versions,
         total_label_seconds=sum(r.seconds for r in result.labels),
     )
+
+
+def _big_cards_title(cards: list[dict[str, Any]]) -> str:
+    """The heading of the big trigger cards: which kinds of label they show."""
+    parts = []
+    for kind in ("flagged", "suspicious"):
+        count = sum(bool(c[kind]) for c in cards)
+        if count:
+            parts.append(f"{kind} label{'s' if count > 1 else ''}")
+    known = any(not (c["flagged"] or c["suspicious"]) for c in cards)
+    if len(parts) == 1 and not known:
+        plural = "s" if len(cards) > 1 else ""
+        return f"{parts[0].capitalize()}: reversed trigger{plural}"
+    return "Reversed triggers: " + " and ".join([*parts, *(["the known target"] if known
+                                                          else [])])
 
 
 def _examples(result: ScanResult) -> dict[int, dict[str, Any]]:

@@ -1,9 +1,11 @@
 """A scan as a SARIF 2.1.0 log, for code-scanning dashboards (GitHub code scanning and others).
 
-One run of the tool ``neuralcleanse`` with one rule, :data:`RULE_ID` (a backdoor target label),
-and one result per flagged label, located at the scanned model file. The model file is the
-run's one artifact, with its SHA-256, so a dashboard entry says which file (and which version
-of it) was scanned. A clean scan gives a valid log with no results.
+One run of the tool ``neuralcleanse`` with two rules, :data:`RULE_ID` (a backdoor target label,
+level ``error``) and :data:`SUSPICIOUS_RULE_ID` (a suspicious label: it crossed the anomaly
+threshold in a single run but the confirmation did not uphold it, level ``warning``), and one
+result per flagged label and per suspicious label, located at the scanned model file. The model
+file is the run's one artifact, with its SHA-256, so a dashboard entry says which file (and
+which version of it) was scanned. A clean scan gives a valid log with no results.
 
 SARIF locations point at lines of text; a model file has none, so every result points at line 1
 of the file (code-scanning services refuse results without a line) and carries its numbers in
@@ -28,6 +30,8 @@ SARIF_SCHEMA = ("https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/sche
                 "sarif-schema-2.1.0.json")
 RULE_ID = "NC001"
 RULE_NAME = "BackdoorTargetLabel"
+SUSPICIOUS_RULE_ID = "NC002"
+SUSPICIOUS_RULE_NAME = "SuspiciousLabel"
 #: The base of relative artifact URIs: the folder the scan ran in (a repository's root in CI).
 SRCROOT = "%SRCROOT%"
 
@@ -57,6 +61,27 @@ _RULE = {
     "defaultConfiguration": {"level": "error"},
     "properties": {"tags": ["security", "machine-learning", "backdoor"]},
 }
+_SUSPICIOUS_RULE = {
+    "id": SUSPICIOUS_RULE_ID,
+    "name": SUSPICIOUS_RULE_NAME,
+    "shortDescription": {"text": "Suspicious label (not confirmed as a backdoor target)"},
+    "fullDescription": {
+        "text": "This label's reversed trigger crossed the anomaly threshold in a single run of "
+                "the search, but not on the median of its runs with further seeds: a "
+                "borderline label, not confirmed as a backdoor target. Borderline labels occur "
+                "on clean models too (a label that is genuinely easy to reach), and a weak "
+                "backdoor can look like one."},
+    "help": {
+        "text": "Open the scan's report.html and look at the label's reversed trigger and its "
+                "norms in the Confirmation table. If the model comes from an untrusted "
+                "source, scan it again with more clean images or more confirmation seeds.",
+        "markdown": "Open the scan's `report.html` and look at the label's reversed trigger and "
+                    "its norms in the *Confirmation* table. If the model comes from an "
+                    "untrusted source, scan it again with more clean images or more "
+                    "confirmation seeds."},
+    "defaultConfiguration": {"level": "warning"},
+    "properties": {"tags": ["security", "machine-learning", "backdoor"]},
+}
 
 
 def sarif_log(result: ScanResult, model_path: str | Path, *, exit_code: int,
@@ -71,7 +96,8 @@ def sarif_log(result: ScanResult, model_path: str | Path, *, exit_code: int,
             a model outside it is located by an absolute ``file:`` URI.
 
     Returns:
-        The log: one run, one result per label in ``result.flagged_labels``.
+        The log: one run, one ``error`` result per label in ``result.flagged_labels`` and one
+        ``warning`` result per label in ``result.suspicious_labels``.
     """
     base = Path(os.path.abspath(cwd if cwd is not None else os.getcwd()))
     location = artifact_location(model_path, base)
@@ -82,14 +108,20 @@ def sarif_log(result: ScanResult, model_path: str | Path, *, exit_code: int,
         artifact["hashes"] = {"sha-256": sha256_of(path)}
     run: dict[str, Any] = {
         "tool": {"driver": {"name": "neuralcleanse", "version": __version__,
-                            "semanticVersion": __version__, "rules": [_RULE]}},
+                            "semanticVersion": __version__,
+                            "rules": [_RULE, _SUSPICIOUS_RULE]}},
         "artifacts": [artifact],
-        "results": [_result(result, label, location) for label in result.flagged_labels],
+        "results": [*(_result(result, label, location) for label in result.flagged_labels),
+                    *(_result(result, label, location, suspicious=True)
+                      for label in result.suspicious_labels)],
         "invocations": [{"executionSuccessful": not result.partial, "exitCode": int(exit_code),
                          "exitCodeDescription": _EXIT_CODES.get(int(exit_code), "other")}],
         "columnKind": "unicodeCodePoints",
         "properties": json_safe({
-            "flagged_labels": list(result.flagged_labels), "nb_classes": result.nb_classes,
+            "verdict": result.verdict, "flagged_labels": list(result.flagged_labels),
+            "suspicious_labels": list(result.suspicious_labels),
+            "rule": result.confirmation.get("rule", result.config.get("verdict")),
+            "nb_classes": result.nb_classes,
             "median_norm": result.median_norm, "mad": result.mad,
             "anomaly_threshold": result.anomaly_threshold, "partial": result.partial}),
     }
@@ -133,25 +165,35 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-_EXIT_CODES = {0: "no backdoor flagged, or flags not gating (fail-on never)",
-               1: "a backdoor target label was flagged"}
+_EXIT_CODES = {0: "the verdict does not fail the scan (clean, or a verdict the scan does not "
+                  "gate on)",
+               1: "the verdict fails the scan (backdoor, or suspicious when the scan gates on "
+                  "suspicious labels)"}
 
 
-def _result(result: ScanResult, label: int, location: dict[str, Any]) -> dict[str, Any]:
+def _result(result: ScanResult, label: int, location: dict[str, Any], *,
+            suspicious: bool = False) -> dict[str, Any]:
     entry = next(item for item in result.labels if item.label == label)
-    text = (f"Label {label} looks like a backdoor target: anomaly index "
-            f"{entry.anomaly_index:.2f} exceeds the threshold {result.anomaly_threshold:g}; "
-            f"the L1 norm of its reversed trigger, {entry.norm:.3f}, is far below the median "
-            f"norm {result.median_norm:.3f} of the scanned labels (attack success rate "
-            f"{entry.attack_success_rate:.1%}).")
+    if suspicious:
+        text = (f"Label {label} is suspicious: it crossed the anomaly threshold "
+                f"{result.anomaly_threshold:g} in a single run, but its confirmed anomaly "
+                f"index is {entry.anomaly_index:.2f} (L1 norm {entry.norm:.3f} against the "
+                f"median {result.median_norm:.3f}): not confirmed as a backdoor target.")
+    else:
+        text = (f"Label {label} looks like a backdoor target: anomaly index "
+                f"{entry.anomaly_index:.2f} exceeds the threshold "
+                f"{result.anomaly_threshold:g}; the L1 norm of its reversed trigger, "
+                f"{entry.norm:.3f}, is far below the median norm {result.median_norm:.3f} of "
+                f"the scanned labels (attack success rate {entry.attack_success_rate:.1%}).")
+    rule_id = SUSPICIOUS_RULE_ID if suspicious else RULE_ID
     return {
-        "ruleId": RULE_ID,
-        "ruleIndex": 0,
-        "level": "error",
+        "ruleId": rule_id,
+        "ruleIndex": 1 if suspicious else 0,
+        "level": "warning" if suspicious else "error",
         "message": {"text": text},
         "locations": [{"physicalLocation": {"artifactLocation": dict(location),
                                             "region": {"startLine": 1}}}],
-        "partialFingerprints": {"neuralcleanseLabel/v1": f"{RULE_ID}:label={label}"},
+        "partialFingerprints": {"neuralcleanseLabel/v1": f"{rule_id}:label={label}"},
         "properties": json_safe({"label": label, "anomaly_index": entry.anomaly_index,
                                  "norm": entry.norm,
                                  "attack_success_rate": entry.attack_success_rate,

@@ -1,8 +1,10 @@
-"""scan_many: a zoo of tiny models on a local Ray, label chunks, dead workers, resume, fallback.
+"""scan_many: a zoo of tiny models on a local Ray, label chunks, dead workers, resume, fallback,
+and the graded verdict (each model's confirmation, as ``scan`` runs it).
 
 Two small CNNs on the 8x8 digits (one with a planted trigger for label 0) and one file that is
 not a model. The first run starts and stops its own embedded Ray; the others share one local
-Ray started once for the module.
+Ray started once for the module. The default verdict rule ("confirmed") runs one confirmation
+task per scanned model after its label chunks.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ from neuralcleanse.backends.torch.training import (  # noqa: E402
 from neuralcleanse.core.errors import InputError  # noqa: E402
 from neuralcleanse.core.results import ScanResult  # noqa: E402
 from neuralcleanse.core.summary import ScanManySummary  # noqa: E402
+from neuralcleanse.distributed import runner  # noqa: E402
 from neuralcleanse.distributed.manifest import read_manifest  # noqa: E402
-from neuralcleanse.distributed.tasks import TEST_CRASH_ENV  # noqa: E402
+from neuralcleanse.distributed.tasks import TEST_CRASH_ENV, settings_key  # noqa: E402
 from neuralcleanse.io.digits import digits_images, stamp_square  # noqa: E402
 
 ARCH = "neuralcleanse.backends.torch.architectures:small_cnn"
@@ -74,12 +77,44 @@ def reports(out: Path, names: tuple[str, ...] = ("clean", "poisoned")) -> dict[s
 
 
 def assert_same_results(a: dict[str, ScanResult], b: dict[str, ScanResult]) -> None:
+    """Bit for bit the same triggers and norms, the same graded verdict and confirmation."""
     assert a.keys() == b.keys()
     for name in a:
         assert np.array_equal(a[name].norms, b[name].norms), name
+        assert np.array_equal(a[name].anomaly_index, b[name].anomaly_index), name
         assert np.array_equal(a[name].masks, b[name].masks), name
         assert np.array_equal(a[name].patterns, b[name].patterns), name
         assert a[name].flagged_labels == b[name].flagged_labels, name
+        assert a[name].verdict == b[name].verdict, name
+        assert a[name].suspicious_labels == b[name].suspicious_labels, name
+        assert same_confirmation(a[name].confirmation, b[name].confirmation), name
+
+
+def same_confirmation(a: dict, b: dict) -> bool:
+    """The confirmation records agree on everything but the time they took."""
+    def timeless(record: dict) -> dict:
+        return {k: v for k, v in record.items() if k != "extra_seconds"}
+
+    return timeless(a) == timeless(b)
+
+
+def load_model(zoo: dict[str, Path], name: str) -> torch.nn.Module:
+    from safetensors.torch import load_file
+
+    model = small_cnn(image_size=8)
+    if name == "poisoned":
+        model.load_state_dict(load_file(zoo["root"] / "backdoored.safetensors"))
+    else:
+        model.load_state_dict(torch.load(zoo["root"] / "clean.pt", weights_only=True))
+    return model.eval()
+
+
+def direct_scan(zoo: dict[str, Path], name: str, **settings: object) -> ScanResult:
+    """``neuralcleanse.scan`` of one model of the zoo, on the manifest's data and settings."""
+    data = np.load(zoo["root"] / "val.npz")
+    with torch_threads(1):
+        return scan(load_model(zoo, name), data["x"], data["y"],
+                    config=ScanConfig(**SEARCH, **settings), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -116,28 +151,84 @@ def test_a_bad_model_fails_alone_and_every_other_model_is_reported(baseline: tup
     assert "broken.pt" in broken.error and "\n" not in broken.error
     for name in ("clean", "poisoned"):
         m = by_name[name]
-        assert m.status == "done" and m.error is None and m.attempts == 1
+        # one task scanned its labels, one confirmed its borderline ones
+        assert m.status == "done" and m.error is None and m.attempts == 2
         assert (out / m.report / "report.html").is_file()
         assert (out / m.report / "triggers").is_dir()
         assert not (out / m.report / "partial").exists()  # the resume store is cleared
         result = ScanResult.from_json(out / m.report / "report.json")
-        assert m.verdict == ("backdoor" if result.flagged_labels else "clean")
+        assert m.verdict == result.verdict
         assert m.flagged_labels == result.flagged_labels
+        assert m.suspicious_labels == result.suspicious_labels
         assert m.min_norm == pytest.approx(float(result.norms.min()))
-        assert m.label_steps == sum(r.steps for r in result.labels)
+        conf = result.confirmation
+        assert conf["rule"] == "confirmed" and conf["candidates"]
+        # the work of both passes
+        assert m.label_steps == conf["first_run"]["label_steps"] + conf["runs_label_steps"]
         # the report's facts as the command line's scan writes them
         assert result.model_info["format"] == ("state_dict" if name == "clean" else
                                                "safetensors")
         assert result.model_info["output_source"] == "detected from the model's outputs"
         assert result.data_info["n_images"] == 600 and not result.partial
     assert by_name["poisoned"].flagged_labels == [0]  # the planted trigger's label
+    assert by_name["poisoned"].verdict == "backdoor"
     assert summary.interrupted is False
     written = ScanManySummary.from_dict(json.loads((out / "summary.json").read_text()))
     assert [(m.name, m.status, m.verdict) for m in written.models] == \
         [(m.name, m.status, m.verdict) for m in summary.models]
     last = events[-1]
     assert (last["done"], last["failed"], last["running"], last["total"]) == (2, 1, 0, 3)
-    assert {e["event"] for e in events} >= {"started", "scanning", "done", "failed"}
+    assert {e["event"] for e in events} >= {"started", "scanning", "confirming", "done",
+                                            "failed"}
+    for e in events:
+        if e["event"] == "done":  # the word of the verdict, and its labels
+            assert e["verdict"] == by_name[e["model"]].verdict
+            assert e["suspicious_labels"] == by_name[e["model"]].suspicious_labels
+        if e["event"] == "confirming":
+            assert e["status"] == "confirming" and e["running"] >= 1
+            result = ScanResult.from_json(out / "models" / e["model"] / "report.json")
+            assert e["confirm_labels"] == result.confirmation["candidates"]
+
+
+def test_each_model_gets_the_verdict_scan_gives_it(baseline: tuple, zoo: dict[str, Path]
+                                                   ) -> None:
+    """Same settings, same model: scan-many's graded result is the library's scan's, exactly."""
+    summary, out, _ = baseline
+    by_name = {m.name: m for m in summary.models}
+    for name, result in reports(out).items():
+        direct = direct_scan(zoo, name)
+        assert np.array_equal(direct.norms, result.norms), name
+        assert np.array_equal(direct.anomaly_index, result.anomaly_index), name
+        assert np.array_equal(direct.masks, result.masks), name
+        assert (direct.verdict, direct.flagged_labels, direct.suspicious_labels) == \
+            (result.verdict, result.flagged_labels, result.suspicious_labels), name
+        assert same_confirmation(direct.confirmation, result.confirmation), name
+        assert direct.confirmation["runs"]  # the further runs were searched, and agree
+        m = by_name[name]
+        assert (m.verdict, m.flagged_labels, m.suspicious_labels) == \
+            (direct.verdict, direct.flagged_labels, direct.suspicious_labels)
+        assert m.min_norm == float(direct.norms.min())
+
+
+def test_summary_json_validates_against_its_schema(baseline: tuple) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    from neuralcleanse.io.json_schemas import load_schema
+
+    _, out, _ = baseline
+    document = json.loads((out / "summary.json").read_text())
+    jsonschema.Draft202012Validator(load_schema("summary")).validate(document)
+    assert document["totals"]["suspicious"] == sum(m["verdict"] == "suspicious"
+                                                   for m in document["models"])
+    for m in document["models"]:
+        assert "suspicious_labels" in m and "verdict" in m
+    # the verdict settings are recorded with the run's settings, not in the resume key
+    config = document["settings"]["config"]
+    assert (config["verdict"], config["confirm_seeds"], config["confirm_margin"]) == \
+        ("confirmed", 2, 1.0)
+    key = settings_key(ScanConfig(**SEARCH, verdict="paper", confirm_seeds=5,
+                                  confirm_margin=0.5, anomaly_threshold=3.0))
+    assert key == settings_key(ScanConfig(**SEARCH))
+    assert not {"verdict", "confirm_seeds", "confirm_margin", "anomaly_threshold"} & set(key)
 
 
 def test_label_chunks_merge_into_exactly_the_unsplit_scan(baseline: tuple, local_ray: object,
@@ -151,19 +242,11 @@ def test_label_chunks_merge_into_exactly_the_unsplit_scan(baseline: tuple, local
     for result in chunked.values():
         assert all(r.steps < SEARCH["steps"] for r in result.labels)
     poisoned = next(m for m in summary.models if m.name == "poisoned")
-    assert poisoned.attempts == 4  # chunks of 3, 3, 3 and 1 labels
-
-    # and the unsplit scan is the library's scan of the same model on the same data
-    from safetensors.torch import load_file
-
-    model = small_cnn(image_size=8)
-    model.load_state_dict(load_file(zoo["root"] / "backdoored.safetensors"))
-    data = np.load(zoo["root"] / "val.npz")
-    with torch_threads(1):
-        direct = scan(model.eval(), data["x"], data["y"], config=ScanConfig(**SEARCH),
-                      progress=False)
-    assert np.array_equal(direct.norms, chunked["poisoned"].norms)
-    assert direct.flagged_labels == chunked["poisoned"].flagged_labels == [0]
+    assert poisoned.attempts == 5  # chunks of 3, 3, 3 and 1 labels, and the confirmation
+    # the confirmation searched its candidates once for all chunks, with the further seeds
+    conf = chunked["poisoned"].confirmation
+    assert set(conf["runs"]) == {str(t) for t in conf["candidates"]}
+    assert all(len(norms) == 2 for norms in conf["runs"].values())
 
 
 def test_a_worker_killed_mid_task_is_retried_and_nothing_is_lost(
@@ -174,8 +257,8 @@ def test_a_worker_killed_mid_task_is_retried_and_nothing_is_lost(
     summary = scan_many(zoo["manifest"], tmp_path, labels_per_task=5, max_retries=2)
     by_name = {m.name: m for m in summary.models}
     assert by_name["poisoned"].status == "done"
-    assert by_name["poisoned"].attempts == 4  # two chunks, each run twice
-    assert by_name["clean"].attempts == 2
+    assert by_name["poisoned"].attempts == 6  # two chunks and the confirmation, each twice
+    assert by_name["clean"].attempts == 3
     assert_same_results(reports(tmp_path), reports(out))
 
 
@@ -244,6 +327,78 @@ def test_without_ray_the_same_tasks_run_in_turn_with_the_same_results(
     first = next(e for e in events if e["model"] == "clean" and e["event"] == "scanning")
     assert (first["labels_done"], first["labels_total"]) == (4, 10)
     assert_same_results(reports(again), reports(out))
+
+
+# -- the verdict rule and the confirmation task -----------------------------------------------
+def test_the_paper_rule_submits_no_confirmation_task(
+        baseline: tuple, zoo: dict[str, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _, out, _ = baseline
+    confirmations: list[list[int]] = []
+    submit = runner.Driver.merge
+
+    def spy(self: runner.Driver, m: runner.ModelRun) -> None:
+        submit(self, m)
+        if m.state == "confirming":
+            confirmations.append(m.confirming)
+
+    monkeypatch.setattr(runner.Driver, "merge", spy)
+    events: list[dict] = []
+    summary = scan_many(zoo["manifest"], tmp_path, config={"verdict": "paper"}, parallel=False,
+                        on_progress=events.append)
+    assert confirmations == []
+    assert not [e for e in events if e["event"] == "confirming"]
+    assert summary.settings["config"]["verdict"] == "paper"
+    confirmed = reports(out)
+    by_name = {m.name: m for m in summary.models}
+    for name, result in reports(tmp_path).items():
+        assert by_name[name].attempts == 1  # the labels' task alone
+        assert result.confirmation["rule"] == "paper" and "runs" not in result.confirmation
+        # the published rule on one run: the confirmed scan's first pass, exactly
+        first = confirmed[name].confirmation["first_run"]
+        assert [r.norm for r in result.labels] == first["norms"]
+        assert result.flagged_labels == first["flagged"]
+        assert result.suspicious_labels == [] == by_name[name].suspicious_labels
+        assert result.verdict == by_name[name].verdict == ("backdoor" if first["flagged"]
+                                                           else "clean")
+        assert by_name[name].label_steps == first["label_steps"]
+    assert by_name["poisoned"].verdict == "backdoor"
+
+    # resumed under the confirmed rule, a model finished under the paper rule is not reused
+    events.clear()
+    scan_many(zoo["manifest"], tmp_path, parallel=False, resume=True, on_progress=events.append)
+    assert not [e for e in events if e["event"] == "skipped"]
+    assert_same_results(reports(tmp_path), confirmed)
+
+
+def test_a_run_stopped_in_a_confirmation_resumes_with_the_confirmation_alone(
+        baseline: tuple, zoo: dict[str, Path], tmp_path: Path) -> None:
+    base_summary, out, _ = baseline
+
+    def stop_at_the_confirmation(event: dict) -> None:
+        if event["event"] == "confirming":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        scan_many(zoo["manifest"], tmp_path, labels_per_task=5, parallel=False,
+                  on_progress=stop_at_the_confirmation)
+    # the first pass of the first model is complete and kept; nothing was reported
+    assert len(list((tmp_path / "models" / "clean" / "partial").glob("label_*.json"))) == 10
+    assert not (tmp_path / "models" / "clean" / "report.json").exists()
+
+    events: list[dict] = []
+    summary = scan_many(zoo["manifest"], tmp_path, labels_per_task=5, parallel=False,
+                        resume=True, on_progress=events.append)
+    clean = [e for e in events if e["model"] == "clean"]
+    assert [e["event"] for e in clean] == ["confirming", "done"]  # no label searched again
+    assert (clean[0]["labels_done"], clean[0]["labels_total"]) == (10, 10)
+    by_name = {m.name: m for m in summary.models}
+    assert by_name["clean"].attempts == 1  # the confirmation's task alone
+    assert [(m.name, m.status, m.verdict, m.flagged_labels, m.suspicious_labels, m.min_norm,
+             m.label_steps) for m in summary.models] == \
+        [(m.name, m.status, m.verdict, m.flagged_labels, m.suspicious_labels, m.min_norm,
+          m.label_steps) for m in base_summary.models]
+    assert_same_results(reports(tmp_path), reports(out))
 
 
 # -- the manifest, checked before any work ----------------------------------------------------

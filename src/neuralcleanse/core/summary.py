@@ -10,12 +10,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from neuralcleanse.core.errors import InputError
+from neuralcleanse.core.verdict import VERDICTS, verdict_word
 
 SUMMARY_SCHEMA_VERSION = 1
 #: What happened to one model: scanned to the end, or stopped by an error of its own.
 STATUSES = ("done", "failed")
-#: The verdict of a scanned model (``None`` when it failed).
-VERDICTS = ("backdoor", "clean")
 
 
 @dataclass
@@ -26,8 +25,13 @@ class ModelOutcome:
         name: The model's name in the manifest (unique; names its report folder).
         model: The model file as the manifest gives it.
         status: ``"done"`` or ``"failed"``.
-        verdict: ``"backdoor"`` (a label flagged), ``"clean"``, or ``None`` when it failed.
+        verdict: The model's graded verdict, as ``neuralcleanse scan`` gives it:
+            ``"backdoor"`` (a label flagged), ``"suspicious"`` (nothing flagged, but a label
+            crossed the threshold in a single run that the confirmation did not uphold),
+            ``"clean"``, or ``None`` when it failed.
         flagged_labels: The flagged labels, smallest trigger first.
+        suspicious_labels: The suspicious labels, smallest trigger first (never flagged ones;
+            empty under the ``"paper"`` rule).
         max_anomaly_index: The largest anomaly index over the labels (``None`` if failed).
         min_norm: The smallest trigger norm (``None`` if failed).
         label_steps: Optimisation steps summed over the labels.
@@ -44,6 +48,7 @@ class ModelOutcome:
     status: str
     verdict: str | None = None
     flagged_labels: list[int] = field(default_factory=list)
+    suspicious_labels: list[int] = field(default_factory=list)
     max_anomaly_index: float | None = None
     min_norm: float | None = None
     label_steps: int = 0
@@ -73,6 +78,11 @@ class ModelOutcome:
                                               and outcome.verdict not in VERDICTS):
             raise InputError(f"summary entry {outcome.name!r} has status {outcome.status!r} "
                              f"and verdict {outcome.verdict!r}")
+        if outcome.verdict is not None and outcome.verdict != verdict_word(
+                outcome.flagged_labels, outcome.suspicious_labels):
+            raise InputError(f"summary entry {outcome.name!r} has verdict {outcome.verdict!r}, "
+                             f"which does not fit its flagged labels {outcome.flagged_labels} "
+                             f"and suspicious labels {outcome.suspicious_labels}")
         return outcome
 
 
@@ -98,6 +108,11 @@ class ScanManySummary:
         return [m for m in self.models if m.verdict == "backdoor"]
 
     @property
+    def suspicious(self) -> list[ModelOutcome]:
+        """Models with nothing flagged but a suspicious label (the ``"suspicious"`` verdict)."""
+        return [m for m in self.models if m.verdict == "suspicious"]
+
+    @property
     def failed(self) -> list[ModelOutcome]:
         """Models stopped by an error of their own."""
         return [m for m in self.models if m.status == "failed"]
@@ -105,6 +120,7 @@ class ScanManySummary:
     def totals(self) -> dict[str, Any]:
         """Counts and sums over the run."""
         return {"models": len(self.models), "flagged": len(self.flagged),
+                "suspicious": len(self.suspicious),
                 "clean": sum(m.verdict == "clean" for m in self.models),
                 "failed": len(self.failed),
                 "label_steps": sum(m.label_steps for m in self.models),
@@ -133,10 +149,12 @@ class ScanManySummary:
                    interrupted=bool(data.get("interrupted", False)))
 
     def summary(self) -> str:
-        """One line: how many models were flagged, clean and failed."""
+        """One line: how many models were flagged, suspicious, clean and failed."""
         t = self.totals()
-        line = (f"{t['models']} model(s): {t['flagged']} flagged, {t['clean']} clean, "
-                f"{t['failed']} failed")
+        line = (f"{t['models']} model(s): {t['flagged']} flagged, {t['suspicious']} "
+                f"suspicious, {t['clean']} clean, {t['failed']} failed")
         if self.flagged:
             line += " — flagged: " + ", ".join(m.name for m in self.flagged)
+        if self.suspicious:
+            line += " — suspicious: " + ", ".join(m.name for m in self.suspicious)
         return line + (" (interrupted)" if self.interrupted else "")

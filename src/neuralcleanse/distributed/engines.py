@@ -6,7 +6,8 @@ Ray that it starts and stops (no dashboard, quiet logs, its temporary folder und
 temporary directory), on a Ray cluster given by address, or on the Ray this process has already
 started; a task whose worker dies is run again by Ray (``max_retries``), errors of the task's own
 never are (``retry_exceptions=False``). :class:`Sequential` runs them in this process, the
-chunks of a model before the next model, when Ray is not installed or not wanted.
+chunks and the confirmation of a model before the next model, when Ray is not installed or not
+wanted.
 """
 
 from __future__ import annotations
@@ -21,14 +22,17 @@ from collections.abc import Callable
 from typing import Any
 
 from neuralcleanse.core.errors import InputError, one_line
-from neuralcleanse.distributed.tasks import inspect_model, scan_chunk
+from neuralcleanse.distributed.tasks import confirm_labels, inspect_model, scan_chunk
 
 INSTALL_HINT = "pip install 'neuralcleanse[distributed]'"
 _warned_no_ray = False
 
 
 class Sequential:
-    """Tasks run one after another in this process (no Ray); chunks before new models."""
+    """Tasks run one after another in this process (no Ray); a model's searches first.
+
+    A model's label chunks and its confirmation run before the next model is looked at.
+    """
 
     worker = False
     name = "sequential"
@@ -39,7 +43,8 @@ class Sequential:
 
     def submit(self, tag: Any, fn: Callable[..., Any], *args: Any) -> None:
         """Queue a task."""
-        (self.chunks if fn is scan_chunk else self.others).append((tag, fn, args))
+        searches = fn is scan_chunk or fn is confirm_labels
+        (self.chunks if searches else self.others).append((tag, fn, args))
 
     def pending(self) -> int:
         """Tasks not yet run."""
@@ -97,7 +102,7 @@ class RayEngine:
         self._check_resources(cpus, gpus)
         self.remote = {fn: ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=max_retries,
                                       retry_exceptions=False)(fn)
-                       for fn in (inspect_model, scan_chunk)}
+                       for fn in (inspect_model, scan_chunk, confirm_labels)}
         self.refs: dict[Any, Any] = {}
 
     def _check_resources(self, cpus: float, gpus: float) -> None:

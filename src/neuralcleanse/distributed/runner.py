@@ -3,12 +3,21 @@
 Every model gets one task that looks at it (:func:`~neuralcleanse.distributed.tasks.inspect_model`)
 and then one task per chunk of its labels (:func:`~neuralcleanse.distributed.tasks.scan_chunk`).
 The driver merges a model's chunks with :meth:`ScanResult.from_labels` (the labels' searches are
-independent, so the merge is the unsplit scan), writes its report into ``OUT/models/<name>``
-as ``neuralcleanse scan`` does, and at the end the run's summary into ``OUT``.
+independent, so the merge is the unsplit scan's first pass). Under the ``"confirmed"`` verdict
+rule it then plans the confirmation of the borderline labels
+(:func:`~neuralcleanse.search.confirm.plan_confirmation`) and, when there are some, submits one
+more task that searches them with the further seeds
+(:func:`~neuralcleanse.distributed.tasks.confirm_labels`); the graded result
+(:func:`~neuralcleanse.search.confirm.apply_confirmation`) is what ``neuralcleanse scan`` gives.
+The driver writes the model's report into ``OUT/models/<name>`` as ``neuralcleanse scan`` does,
+and at the end the run's summary into ``OUT``.
 
 ``OUT/.scan-many/`` holds the run's own state: the outcome of each finished model with the
-fingerprint of its model, data and settings (``resume`` skips a model whose outcome matches),
-and one marker per task attempt (the ``attempts`` of the summary).
+fingerprint of its model, data and settings and its verdict settings (``resume`` skips a model
+whose outcome matches both), and one marker per task attempt (the ``attempts`` of the summary).
+A model's first-pass labels stay in ``OUT/models/<name>/partial/`` until its report is written,
+so a run interrupted during a confirmation resumes with the confirmation alone (run again from
+its start: its searches are not saved as they go).
 """
 
 from __future__ import annotations
@@ -31,22 +40,27 @@ from neuralcleanse.core.summary import ModelOutcome, ScanManySummary
 from neuralcleanse.distributed.engines import RayEngine, Sequential, make_engine
 from neuralcleanse.distributed.manifest import ModelSpec, build_config, read_manifest
 from neuralcleanse.distributed.tasks import (
+    CONFIRM_TASK,
     PARTIAL_DIR,
     STATE_DIR,
     TEST_CRASH_ENV,
     ChunkDone,
+    ConfirmDone,
     ModelFacts,
     RunContext,
     TaskFailure,
     attempts_dir,
+    confirm_labels,
     count_attempts,
     inspect_model,
     model_dir,
     scan_chunk,
     settings_key,
+    verdict_settings,
 )
 from neuralcleanse.io.report import atomic_write, write_report
 from neuralcleanse.io.resume import PartialStore
+from neuralcleanse.search.confirm import apply_confirmation, plan_confirmation
 
 OUTCOME_KIND = "neuralcleanse scan-many outcome"
 Progress = Callable[[dict[str, Any]], None]
@@ -58,9 +72,13 @@ class ModelRun:
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
-        self.state = "waiting"  # inspecting, scanning, done, failed
+        self.state = "waiting"  # inspecting, scanning, confirming, done, failed
         self.facts: ModelFacts | None = None
         self.results: dict[int, LabelResult] = {}
+        self.first: ScanResult | None = None  # the merged first pass, while it is confirmed
+        self.confirming: list[int] = []  # the labels its confirmation searches again
+        self.confirm_searches = 0  # label searches of the confirmation (labels x seeds)
+        self.label_steps = 0  # steps of the first pass and of the confirmation
         self.chunks_left = 0
         self.seconds = 0.0
         self.attempts = 0
@@ -73,7 +91,7 @@ class ModelRun:
             return 1.0
         if self.facts is None or not self.facts.labels:
             return 0.0
-        return len(self.results) / len(self.facts.labels)
+        return len(self.results) / (len(self.facts.labels) + self.confirm_searches)
 
 
 class Driver:
@@ -109,6 +127,9 @@ class Driver:
             if kind == "inspect":
                 m.attempts += value.attempts - 1  # retries of the look count, not the look
                 self.inspected(m, value)
+            elif kind == "confirm":
+                m.attempts += value.attempts
+                self.confirmed(m, value)
             else:
                 m.attempts += value.attempts
                 self.chunk_done(m, value)
@@ -146,8 +167,8 @@ class Driver:
             task = f"labels{chunk[0]}"
             self.engine.submit(("chunk", i, task), scan_chunk, m.spec, self.cfg, self.ctx, facts,
                                chunk, task)
-        if not chunks:
-            return self.finish(m)
+        if not chunks:  # every label was saved by an earlier run
+            return self.merge(m)
         self.emit("scanning", m)
         return None
 
@@ -164,7 +185,7 @@ class Driver:
             if not store.path(r.label).exists():  # a worker that does not share this disk
                 store.save(r)
         if m.chunks_left == 0:
-            return self.finish(m)
+            return self.merge(m)
         self.emit("chunk", m)
         return None
 
@@ -185,7 +206,8 @@ class Driver:
         try:
             data = read_json_file(path)
             if not isinstance(data, dict) or data.get("kind") != OUTCOME_KIND \
-                    or data.get("fingerprint") != key:
+                    or data.get("fingerprint") != key \
+                    or data.get("verdict_settings") != verdict_settings(self.cfg):
                 return False
             outcome = ModelOutcome.from_dict(data.get("outcome"))
         except (InputError, OSError):
@@ -196,18 +218,54 @@ class Driver:
         self.emit("skipped", m)
         return True
 
-    def finish(self, m: ModelRun) -> None:
-        """Merge the chunks, write the model's report, record its outcome."""
+    def merge(self, m: ModelRun) -> None:
+        """Merge the chunks (the first pass); confirm its borderline labels, or finish."""
         facts = m.facts
         assert facts is not None
+        first = self.recorded(m, lambda: ScanResult.from_labels(
+            list(m.results.values()), nb_classes=facts.nb_classes,
+            anomaly_threshold=self.cfg.anomaly_threshold, config=self.cfg.to_dict(),
+            model_info=facts.model_info, data_info=facts.data_info,
+            versions=facts.versions, wall_seconds=m.seconds, partial=False))
+        m.label_steps = sum(r.steps for r in first.labels)
+        labels = plan_confirmation(first, self.cfg)
+        if not labels:  # the paper rule, or nothing to confirm
+            return self.finish(m, self.recorded(
+                m, lambda: apply_confirmation(first, {}, self.cfg, 0.0)))
+        m.first, m.confirming, m.state = first, labels, "confirming"
+        m.confirm_searches = len(labels) * self.cfg.confirm_seeds
+        self.engine.submit(("confirm", self.models.index(m), CONFIRM_TASK), confirm_labels,
+                           m.spec, self.cfg, self.ctx, facts, labels)
+        self.emit("confirming", m)
+        return None
+
+    def confirmed(self, m: ModelRun, value: ConfirmDone | TaskFailure) -> None:
+        """Grade the first pass with the confirmation's further runs; finish the model."""
+        if m.state != "confirming":
+            return None
+        if isinstance(value, TaskFailure):
+            return self.fail(m, value.error)
+        first = m.first
+        assert first is not None
+        m.label_steps += sum(r.steps for runs in value.runs.values() for r in runs)
+        result = self.recorded(m, lambda: apply_confirmation(first, value.runs, self.cfg,
+                                                             value.seconds))
+        m.first = None
+        return self.finish(m, result)
+
+    @staticmethod
+    def recorded(m: ModelRun, work: Callable[[], ScanResult]) -> ScanResult:
+        """``work()``, its warnings (e.g. all norms equal) kept among the model's."""
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = ScanResult.from_labels(
-                list(m.results.values()), nb_classes=facts.nb_classes,
-                anomaly_threshold=self.cfg.anomaly_threshold, config=self.cfg.to_dict(),
-                model_info=facts.model_info, data_info=facts.data_info,
-                versions=facts.versions, wall_seconds=m.seconds, partial=False)
+            result = work()
         m.warnings += [str(w.message) for w in caught if str(w.message) not in m.warnings]
+        return result
+
+    def finish(self, m: ModelRun, result: ScanResult) -> None:
+        """Write the model's (graded) report, record its outcome."""
+        facts = m.facts
+        assert facts is not None
         folder = model_dir(self.out, m.spec.name)
         try:
             write_report(result, folder)
@@ -219,18 +277,19 @@ class Driver:
         indices = [r.anomaly_index for r in result.labels]
         m.outcome = ModelOutcome(
             name=m.spec.name, model=m.spec.given, status="done",
-            verdict="backdoor" if result.flagged_labels else "clean",
-            flagged_labels=[int(t) for t in result.flagged_labels],
+            verdict=result.verdict, flagged_labels=[int(t) for t in result.flagged_labels],
+            suspicious_labels=[int(t) for t in result.suspicious_labels],
             max_anomaly_index=_finite(max(indices)) if indices else None,
             min_norm=_finite(min(norms)) if norms else None,
-            label_steps=int(sum(r.steps for r in result.labels)),
+            label_steps=int(m.label_steps),
             wall_seconds=round(m.seconds, 3), report=f"models/{m.spec.name}",
             attempts=m.attempts, warnings=list(m.warnings))
         try:
             self.outcome_path(m).parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.outcome_path(m), dumps({"kind": OUTCOME_KIND,
-                                                      "fingerprint": facts.key,
-                                                      "outcome": m.outcome.to_dict()}))
+            atomic_write(self.outcome_path(m), dumps({
+                "kind": OUTCOME_KIND, "fingerprint": facts.key,
+                "verdict_settings": verdict_settings(self.cfg),
+                "outcome": m.outcome.to_dict()}))
         except OSError as exc:  # only resume needs it
             m.warnings.append(f"resume will scan it again: {one_line(exc)}")
         m.state = "done"
@@ -258,16 +317,20 @@ class Driver:
             "event": event, "model": m.spec.name if m else None,
             "done": sum(x.state == "done" for x in self.models),
             "failed": sum(x.state == "failed" for x in self.models),
-            "running": sum(x.state in ("inspecting", "scanning") for x in self.models),
+            "running": sum(x.state in ("inspecting", "scanning", "confirming")
+                           for x in self.models),
             "total": len(self.models), "elapsed_seconds": elapsed,
             "eta_seconds": elapsed * (1 - fraction) / fraction if 0 < fraction else None}
         if m is not None:
             info["status"] = m.state
             if m.facts is not None:
                 info["labels_done"], info["labels_total"] = len(m.results), len(m.facts.labels)
+            if m.state == "confirming":
+                info["confirm_labels"] = list(m.confirming)
             if m.outcome is not None:
                 info.update(verdict=m.outcome.verdict, error=m.outcome.error,
-                            flagged_labels=m.outcome.flagged_labels)
+                            flagged_labels=m.outcome.flagged_labels,
+                            suspicious_labels=m.outcome.suspicious_labels)
         self.on_progress(info)
 
     def summary(self, *, settings: dict[str, Any], interrupted: bool) -> ScanManySummary:
@@ -342,7 +405,7 @@ def run_many(manifest: Any, out: str | Path, *, config: Any = None, address: str
     engine = make_engine(parallel, address, cpus_per_scan, gpus_per_scan, max_retries)
     ctx = RunContext(out=str(folder), cpus=float(cpus_per_scan), gpus=float(gpus_per_scan),
                      worker=engine.worker, crash_once=os.environ.get(TEST_CRASH_ENV) or None)
-    settings = {"config": settings_key(cfg) | {"anomaly_threshold": cfg.anomaly_threshold},
+    settings = {"config": settings_key(cfg) | verdict_settings(cfg),
                 "labels_per_task": labels_per_task, "cpus_per_scan": cpus_per_scan,
                 "gpus_per_scan": gpus_per_scan, "max_retries": max_retries, "resume": resume,
                 "engine": engine.name, "manifest": plan.source}

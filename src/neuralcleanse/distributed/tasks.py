@@ -1,6 +1,6 @@
-"""The work of one task of ``scan_many``: look at a model, or scan a chunk of its labels.
+"""The work of one task of ``scan_many``: look at a model, scan some labels, or confirm some.
 
-Both functions run in a Ray worker, or in the calling process when Ray is not used. They load
+The functions run in a Ray worker, or in the calling process when Ray is not used. They load
 the model and the data themselves, through the library's framework-neutral entry points (the
 same loading as ``neuralcleanse scan``), so a task needs only the manifest entry and the run's
 settings. An error of the model's own (its file, its data, its options, or anything else that
@@ -9,10 +9,16 @@ one-line message, so the run goes on with the other models and Ray does not retr
 that dies is another matter: Ray runs the task again (``max_retries``), and the retry takes up
 the labels the dead attempt had already saved in the model's ``partial/`` folder.
 
+The confirmation task (:func:`confirm_labels`, the ``"confirmed"`` verdict rule) searches a
+model's borderline labels again with the further seeds. Its results are not saved as they
+come: a retried or resumed confirmation runs again from the start (the first pass's labels stay
+in ``partial/`` until the model's report is written, so only the confirmation is redone).
+
 Test hook: when the run's driver has the environment variable :data:`TEST_CRASH_ENV` set to a
 model's name, the first attempt of each of that model's label-chunk tasks that runs in a Ray
 worker ends its process (``os._exit(1)``) right after saving its first label, as a worker
-killed mid-task would. Only the tests set it.
+killed mid-task would, and so does the first attempt of its confirmation task once its
+searches are done. Only the tests set it.
 """
 
 from __future__ import annotations
@@ -41,6 +47,12 @@ TEST_CRASH_ENV = "NEURALCLEANSE_SCAN_MANY_TEST_CRASH"
 MODELS_DIR = "models"
 PARTIAL_DIR = "partial"
 STATE_DIR = ".scan-many"
+#: The name of a model's confirmation task (in the attempt markers and the driver's records).
+CONFIRM_TASK = "confirm"
+#: Settings that decide the verdict but do not shape the first pass's label results: they are
+#: left out of the resume store's fingerprint (:func:`settings_key`), so saved labels are taken
+#: up under another threshold or verdict rule.
+VERDICT_SETTINGS = ("anomaly_threshold", "verdict", "confirm_seeds", "confirm_margin")
 
 
 @dataclass(frozen=True)
@@ -92,6 +104,16 @@ class ChunkDone:
 
 
 @dataclass
+class ConfirmDone:
+    """The further runs of a model's borderline labels: per label, its results in seed order."""
+
+    runs: dict[int, list[LabelResult]]
+    seconds: float = 0.0
+    attempts: int = 1
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
 class TaskFailure:
     """An error of the model's own, as one line."""
 
@@ -133,8 +155,18 @@ def _mark_attempt(ctx: RunContext, name: str, task: str) -> int:
 
 
 def settings_key(cfg: ScanConfig) -> dict[str, Any]:
-    """The search settings that shape the labels' results (as the resume store records them)."""
-    return {k: v for k, v in cfg.to_dict().items() if k not in ("progress", "anomaly_threshold")}
+    """The search settings that shape the labels' results (as the resume store records them).
+
+    ``progress`` and the :data:`VERDICT_SETTINGS` are left out.
+    """
+    return {k: v for k, v in cfg.to_dict().items()
+            if k != "progress" and k not in VERDICT_SETTINGS}
+
+
+def verdict_settings(cfg: ScanConfig) -> dict[str, Any]:
+    """The :data:`VERDICT_SETTINGS` of ``cfg`` (what a finished model's verdict depends on)."""
+    values = cfg.to_dict()
+    return {k: values[k] for k in VERDICT_SETTINGS}
 
 
 def _limit_threads(ctx: RunContext) -> None:
@@ -296,8 +328,47 @@ def scan_chunk(spec: ModelSpec, cfg: ScanConfig, ctx: RunContext, facts: ModelFa
             # runs it on all of them), so its warnings are not either
             warnings.filterwarnings("ignore", category=RuntimeWarning,
                                     module=r"neuralcleanse\.core\.(results|outliers)")
-            result = api.scan(clf, images, targets, config=cfg.replace(progress=False),
+            # the first pass only (the paper rule runs no confirmation): the driver confirms
+            # the model's borderline labels once all its chunks are in
+            result = api.scan(clf, images, targets,
+                              config=cfg.replace(progress=False, verdict="paper"),
                               labels=labels, on_label_done=save, done=done)
         return ChunkDone(labels=[r for r in result.labels if r.label in labels])
 
     return _run(ctx, spec.name, task, work)
+
+
+def confirm_labels(spec: ModelSpec, cfg: ScanConfig, ctx: RunContext, facts: ModelFacts,
+                   labels: list[int]) -> ConfirmDone | TaskFailure:
+    """Search a model's borderline labels again with the further seeds (the confirmation).
+
+    The searches are :func:`neuralcleanse.search.confirm.search_confirmations`, as
+    :func:`neuralcleanse.scan` runs them; nothing is saved while they run (a retried attempt
+    starts over).
+
+    Args:
+        spec: The model's manifest entry.
+        cfg: The run's search settings.
+        ctx: The run's context.
+        facts: What :func:`inspect_model` found (output kind, layout, fingerprint).
+        labels: The labels to confirm (:func:`~neuralcleanse.search.confirm.plan_confirmation`
+            of the first pass).
+
+    Returns:
+        Per label its further runs, or a :class:`TaskFailure`.
+    """
+    from neuralcleanse.search.confirm import search_confirmations
+
+    def work(attempt: int) -> ConfirmDone:
+        _, clf, images, targets, key = _load(spec, cfg, ctx, output=facts.output,
+                                             channels_first=facts.channels_first)
+        if key != facts.key:
+            raise InputError(f"the model file {str(spec.model)!r} or its data changed while "
+                             "it was being scanned")
+        runs = search_confirmations(clf, images, targets, cfg.replace(progress=False),
+                                    list(labels))
+        if ctx.worker and ctx.crash_once == spec.name and attempt == 1:
+            os._exit(1)  # the test hook: a worker killed before it could report
+        return ConfirmDone(runs={int(t): list(r) for t, r in runs.items()})
+
+    return _run(ctx, spec.name, CONFIRM_TASK, work)

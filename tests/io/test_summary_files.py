@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from browser import chromium, console_messages, run_chromium
+from neuralcleanse.core.errors import InputError
 from neuralcleanse.core.summary import ModelOutcome, ScanManySummary
 from neuralcleanse.io.summary_files import (
     CSV_COLUMNS,
@@ -31,11 +32,13 @@ HOSTILE = '<script>alert("x")</script>'
 def outcome(name: str, *, verdict: str | None = "clean", norm: float | None = 20.0,
             index: float | None = 1.0, flagged: list[int] | None = None, seconds: float = 1.0,
             steps: int = 100, attempts: int = 1, error: str | None = None,
-            model: str | None = None, warnings: list[str] | None = None) -> ModelOutcome:
+            model: str | None = None, warnings: list[str] | None = None,
+            suspicious: list[int] | None = None) -> ModelOutcome:
     failed = verdict is None
     return ModelOutcome(
         name=name, model=model or f"zoo/{name}.pt", status="failed" if failed else "done",
-        verdict=verdict, flagged_labels=flagged or [], max_anomaly_index=index,
+        verdict=verdict, flagged_labels=flagged or [], suspicious_labels=suspicious or [],
+        max_anomaly_index=index,
         min_norm=norm, label_steps=0 if failed else steps, wall_seconds=seconds,
         report=None if failed else f"models/{name}", error=error, attempts=attempts,
         warnings=warnings or [])
@@ -77,7 +80,7 @@ def test_summary_json_round_trips(tmp_path: Path) -> None:
 
     data = json.loads(paths.json.read_text(), parse_constant=refuse)
     assert data["schema_version"] == 1 and data["interrupted"] is True
-    assert data["totals"] == {"models": 5, "flagged": 2, "clean": 2, "failed": 1,
+    assert data["totals"] == {"models": 5, "flagged": 2, "suspicious": 0, "clean": 2, "failed": 1,
                               "label_steps": 340, "model_seconds": 123.75,
                               "wall_seconds": 42.5}
     back = ScanManySummary.from_dict(data)
@@ -112,7 +115,8 @@ def test_csv_has_one_row_per_model_in_manifest_order(tmp_path: Path) -> None:
     assert [r["name"] for r in rows] == ["alpha", "bravo", "charlie", "delta", "echo"]
     bravo = rows[1]
     assert bravo == {"name": "bravo", "model": "zoo/bravo.pt", "status": "done",
-                     "verdict": "backdoor", "flagged_labels": "3 7", "max_anomaly_index": "4.25",
+                     "verdict": "backdoor", "flagged_labels": "3 7", "suspicious_labels": "",
+                     "max_anomaly_index": "4.25",
                      "min_norm": "9.5", "label_steps": "40", "wall_seconds": "2.5",
                      "attempts": "1", "error": "", "report": "models/bravo/report.html",
                      "warnings": ""}
@@ -222,8 +226,8 @@ def test_index_shows_totals_verdict_and_interruption(tmp_path: Path) -> None:
     assert 'class="verdict flagged"' in page and "Backdoor suspected in 2 of 5" in page
     assert 'id="interrupted"' in page
     totals = re.search(r'id="totals">(.*?)</div>\s*<h2', page, re.S).group(1)
-    assert re.findall(r"<b>([^<]*)</b>", totals) == ["5", "2", "2", "1", "340", "42.5 s",
-                                                      "123.8 s"]
+    assert re.findall(r"<b>([^<]*)</b>", totals) == ["5", "2", "0", "2", "1", "340",
+                                                      "42.5 s", "123.8 s"]
     clean = ScanManySummary(models=[outcome("a"), outcome("b", verdict=None)])
     page = render_index(clean)
     assert 'class="verdict clean"' in page and 'id="interrupted"' not in page
@@ -231,6 +235,95 @@ def test_index_shows_totals_verdict_and_interruption(tmp_path: Path) -> None:
     assert 'class="verdict failed"' in render_index(failed)
     for kind in ("backdoor", "clean", "failed"):
         assert f'class="badge {kind}"' in render_index(make_summary())
+
+
+# -- the graded verdict: suspicious models ---------------------------------------------------
+def graded_summary() -> ScanManySummary:
+    """A backdoor with a suspicious label beside it, a suspicious model, a clean one."""
+    return ScanManySummary(models=[
+        outcome("evil", verdict="backdoor", flagged=[3], suspicious=[5], index=4.0),
+        outcome("odd", verdict="suspicious", suspicious=[2, 7], index=1.5),
+        outcome("fine")])
+
+
+def test_suspicious_models_are_counted_listed_and_read_back(tmp_path: Path) -> None:
+    summary = graded_summary()
+    assert [m.name for m in summary.suspicious] == ["odd"]
+    assert [m.name for m in summary.flagged] == ["evil"]
+    t = summary.totals()
+    assert (t["flagged"], t["suspicious"], t["clean"]) == (1, 1, 1)
+    assert summary.summary() == ("3 model(s): 1 flagged, 1 suspicious, 1 clean, 0 failed"
+                                 " — flagged: evil — suspicious: odd")
+    paths = write_summary(summary, tmp_path)
+    data = json.loads(paths.json.read_text())
+    assert data["totals"]["suspicious"] == 1
+    assert [m["suspicious_labels"] for m in data["models"]] == [[5], [2, 7], []]
+    assert ScanManySummary.from_dict(data) == summary
+    rows = read_csv(paths.csv)
+    assert [(r["verdict"], r["flagged_labels"], r["suspicious_labels"]) for r in rows] == [
+        ("backdoor", "3", "5"), ("suspicious", "", "2 7"), ("clean", "", "")]
+
+
+def test_a_summary_written_before_the_graded_verdict_is_read(tmp_path: Path) -> None:
+    data = json.loads(write_summary(make_summary(), tmp_path).json.read_text())
+    del data["totals"]["suspicious"]
+    for m in data["models"]:
+        del m["suspicious_labels"]
+    back = ScanManySummary.from_dict(data)
+    assert [m.suspicious_labels for m in back.models] == [[]] * 5
+    assert [m.verdict for m in back.models] == [m.verdict for m in make_summary().models]
+
+
+@pytest.mark.parametrize(("verdict", "flagged", "suspicious"), [
+    ("suspicious", [], []), ("clean", [], [4]), ("suspicious", [1], [4]), ("backdoor", [], [4]),
+    ("maybe", [], [])])
+def test_an_entry_whose_verdict_does_not_fit_its_labels_is_refused(
+        verdict: str, flagged: list[int], suspicious: list[int]) -> None:
+    entry = outcome("x").to_dict() | {"verdict": verdict, "flagged_labels": flagged,
+                                      "suspicious_labels": suspicious}
+    with pytest.raises(InputError, match="verdict"):
+        ModelOutcome.from_dict(entry)
+
+
+def test_index_shows_suspicious_models(tmp_path: Path) -> None:
+    page = render_index(graded_summary())
+    assert 'class="verdict flagged"' in page  # a backdoor outranks a suspicious model
+    assert "Suspicious: odd" in page
+    assert 'class="badge suspicious"' in page and '<tr class="suspicious" data-name="odd">' in page
+    totals = re.search(r'id="totals">(.*?)</div>\s*<h2', page, re.S).group(1)
+    assert re.findall(r"<b>([^<]*)</b>", totals)[:5] == ["3", "1", "1", "1", "0"]
+    assert re.search(r'data-sort="2">2, 7</td>', page)  # sorted by how many labels it lists
+    only = render_index(ScanManySummary(models=graded_summary().models[1:]))
+    assert 'class="verdict suspicious"' in only
+    assert "No backdoor confirmed; 1 of 2 model(s) suspicious" in only
+
+
+def test_graded_summaries_validate_against_the_schema(tmp_path: Path) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    from neuralcleanse.io.json_schemas import load_schema
+
+    validator = jsonschema.Draft202012Validator(load_schema("summary"))
+    data = json.loads(write_summary(graded_summary(), tmp_path).json.read_text())
+    assert list(validator.iter_errors(data)) == []
+    old = json.loads(json.dumps(data))  # written before the graded verdict: still valid
+    del old["totals"]["suspicious"]
+    for m in old["models"]:
+        if m["verdict"] != "suspicious":
+            del m["suspicious_labels"]
+    assert list(validator.iter_errors(old)) == []
+
+    def broken(model: int, **change: object) -> dict:
+        doc = json.loads(json.dumps(data))
+        doc["models"][model].update(change)
+        return doc
+
+    for doc in (broken(1, suspicious_labels=[]), broken(1, flagged_labels=[1]),
+                broken(2, suspicious_labels=[3]), broken(1, suspicious_labels=[2, 2]),
+                broken(1, verdict="unsure"), broken(0, suspicious_labels=[-1])):
+        assert list(validator.iter_errors(doc)), doc["models"]
+    missing = json.loads(json.dumps(data))
+    del missing["models"][1]["suspicious_labels"]
+    assert list(validator.iter_errors(missing))  # a suspicious model names its labels
 
 
 # -- headless Chromium: sorting and layout --------------------------------------------------

@@ -34,11 +34,13 @@ from neuralcleanse.io.report_views import format_value
 SUMMARY_JSON = "summary.json"
 SUMMARY_CSV = "summary.csv"
 INDEX_HTML = "index.html"
-#: The columns of ``summary.csv``, in order (``report`` is the relative path of the model's
-#: ``report.html``, empty when it has none; ``warnings`` its scan's warnings, one line each).
-CSV_COLUMNS = ("name", "model", "status", "verdict", "flagged_labels", "max_anomaly_index",
-               "min_norm", "label_steps", "wall_seconds", "attempts", "error", "report",
-               "warnings")
+#: The columns of ``summary.csv``, in order (``verdict`` is backdoor, suspicious or clean, empty
+#: for a failed model; the label columns are space-separated labels; ``report`` is the relative
+#: path of the model's ``report.html``, empty when it has none; ``warnings`` its scan's
+#: warnings, one line each).
+CSV_COLUMNS = ("name", "model", "status", "verdict", "flagged_labels", "suspicious_labels",
+               "max_anomaly_index", "min_norm", "label_steps", "wall_seconds", "attempts",
+               "error", "report", "warnings")
 #: Between the warnings of one model in its ``warnings`` cell.
 WARNING_SEPARATOR = " | "
 #: First characters that make a spreadsheet read a cell as a formula (or split it).
@@ -115,6 +117,7 @@ def csv_row(outcome: ModelOutcome) -> list[str]:
 
     return [text(outcome.name), text(outcome.model), text(outcome.status),
             text(outcome.verdict), " ".join(str(int(t)) for t in outcome.flagged_labels),
+            " ".join(str(int(t)) for t in outcome.suspicious_labels),
             _number(outcome.max_anomaly_index), _number(outcome.min_norm),
             _number(outcome.label_steps), _number(outcome.wall_seconds),
             _number(outcome.attempts), text(outcome.error), text(report_path(outcome)),
@@ -152,25 +155,41 @@ def _row(index: int, outcome: ModelOutcome, out_dir: Path | None) -> dict[str, A
     return {"index": index, "m": outcome, "kind": kind,
             "href": report_href(link) if link else None,
             "flagged": ", ".join(str(t) for t in outcome.flagged_labels),
+            "suspicious": ", ".join(str(t) for t in outcome.suspicious_labels),
             "sort": {"index": str(index), "anomaly": _number(outcome.max_anomaly_index),
                      "norm": _number(outcome.min_norm),
                      "steps": _number(outcome.label_steps),
                      "seconds": _number(outcome.wall_seconds),
                      "attempts": _number(outcome.attempts),
                      "flagged": _number(len(outcome.flagged_labels)
-                                            if outcome.status == "done" else None)}}
+                                            if outcome.status == "done" else None),
+                     "suspicious": _number(len(outcome.suspicious_labels)
+                                               if outcome.status == "done" else None)}}
+
+
+def _names(models: list[ModelOutcome]) -> str:
+    names = ", ".join(m.name for m in models[:10])
+    return names + (f" and {len(models) - 10} more" if len(models) > 10 else "")
 
 
 def _verdict(summary: ScanManySummary) -> dict[str, str]:
     totals = summary.totals()
+    suspicious = (f" Suspicious: {_names(summary.suspicious)} (a label crossed the threshold "
+                  "in a single run only)." if summary.suspicious else "")
     if summary.flagged:
-        names = ", ".join(m.name for m in summary.flagged[:10])
-        more = f" and {len(summary.flagged) - 10} more" if len(summary.flagged) > 10 else ""
         return {"kind": "flagged",
                 "title": f"Backdoor suspected in {totals['flagged']} of {totals['models']} "
                          "model(s)",
-                "text": f"Flagged: {names}{more}. Each flagged model has a label reachable "
-                        "with an unusually small trigger; its report shows the trigger."}
+                "text": f"Flagged: {_names(summary.flagged)}. Each flagged model has a label "
+                        "reachable with an unusually small trigger; its report shows the "
+                        f"trigger.{suspicious}"}
+    if summary.suspicious:
+        return {"kind": "suspicious",
+                "title": f"No backdoor confirmed; {totals['suspicious']} of "
+                         f"{totals['models']} model(s) suspicious",
+                "text": f"Suspicious: {_names(summary.suspicious)}. Each has a label whose "
+                        "trigger crossed the anomaly threshold in a single run but not on the "
+                        "median of its runs; its report shows the runs."}
     if summary.failed and not totals["clean"]:
         return {"kind": "failed", "title": "No model could be scanned",
                 "text": "Every model stopped with an error of its own; see the error column."}

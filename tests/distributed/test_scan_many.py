@@ -401,6 +401,28 @@ def test_a_run_stopped_in_a_confirmation_resumes_with_the_confirmation_alone(
     assert_same_results(reports(tmp_path), reports(out))
 
 
+def test_a_confirmation_that_fails_fails_its_model_alone(
+        zoo: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from neuralcleanse.distributed.tasks import ConfirmDone, TaskFailure
+
+    def broken_confirmation(spec: object, *args: object) -> object:
+        if spec.name == "clean":  # type: ignore[attr-defined]
+            return TaskFailure(error="out of memory in the confirmation", seconds=1.0)
+        return ConfirmDone(runs={})  # misses the planned labels
+
+    monkeypatch.setattr(runner, "confirm_labels", broken_confirmation)
+    summary = scan_many(zoo["manifest"], tmp_path, parallel=False)
+    by_name = {m.name: m for m in summary.models}
+    assert [m.status for m in summary.models] == ["failed"] * 3
+    assert by_name["clean"].error == "out of memory in the confirmation"
+    assert by_name["clean"].attempts == 2  # its chunk and its confirmation
+    assert by_name["poisoned"].error.startswith("cannot grade its confirmation: ")
+    assert "\n" not in by_name["poisoned"].error
+    assert not (tmp_path / "models" / "clean" / "report.json").exists()
+    # the first pass is kept for a resume
+    assert len(list((tmp_path / "models" / "clean" / "partial").glob("label_*.json"))) == 10
+
+
 # -- the manifest, checked before any work ----------------------------------------------------
 def write(path: Path, text: str) -> Path:
     path.write_text(text)

@@ -248,8 +248,11 @@ class Driver:
         first = m.first
         assert first is not None
         m.label_steps += sum(r.steps for runs in value.runs.values() for r in runs)
-        result = self.recorded(m, lambda: apply_confirmation(first, value.runs, self.cfg,
-                                                             value.seconds))
+        try:
+            result = self.recorded(m, lambda: apply_confirmation(first, value.runs, self.cfg,
+                                                                 value.seconds))
+        except InputError as exc:  # runs that do not fit the plan: this model's, not the run's
+            return self.fail(m, f"cannot grade its confirmation: {one_line(exc)}")
         m.first = None
         return self.finish(m, result)
 

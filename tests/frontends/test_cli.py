@@ -118,7 +118,8 @@ def test_scan_flags_the_backdoor_and_exits_1(reference: dict, files: dict[str, P
     assert report["data_info"]["x_key"] == "x" and report["data_info"]["y_key"] == "y"
     assert report["config"]["steps"] == 60 and report["config"]["mini_batches"] == 4
     html = (out / "report.html").read_text()
-    assert f"Backdoor suspected: label {demo.TARGET_LABEL}" in html
+    assert f"Backdoor: label {demo.TARGET_LABEL}" in html
+    assert report["verdict"] == "backdoor" and report["confirmation"]["rule"] == "confirmed"
 
 
 def test_stamped_example_per_flagged_label_holds_the_models_prediction(

@@ -73,7 +73,8 @@ def test_json_format_prints_one_document_that_is_the_report(
     validator = jsonschema.Draft202012Validator(load_schema("report"))
     assert [e.message for e in validator.iter_errors(document)] == []
     assert [e.message for e in validator.iter_errors(report)] == []
-    assert "BACKDOOR suspected" in printed.err and "report:" in printed.err  # notes: stderr
+    assert "BACKDOOR: label(s)" in printed.err and "report:" in printed.err  # notes: stderr
+    assert document["verdict"] == "backdoor" and "confirmation" in document
 
 
 def test_fail_on_never_exits_0_on_a_flagged_model(
@@ -83,7 +84,7 @@ def test_fail_on_never_exits_0_on_a_flagged_model(
     assert flagged
     assert cli.run(scan(files, tmp_path / "collect", "--fail-on", "never")) == cli.EXIT_CLEAN
     assert on_disk(tmp_path / "collect")["flagged_labels"] == flagged  # the same verdict
-    assert "BACKDOOR suspected" in capsys.readouterr().out
+    assert "BACKDOOR: label(s)" in capsys.readouterr().out
 
 
 def test_quiet_prints_nothing_on_stdout(files: dict[str, Path], tmp_path: Path,
@@ -107,7 +108,8 @@ def test_errors_still_exit_2_and_print_no_document(
     assert cli.run(argv) == cli.EXIT_USAGE
     printed = capsys.readouterr()
     assert printed.out == "" and printed.err.startswith("neuralcleanse: error: ")
-    for flag, value in (("--format", "yaml"), ("--fail-on", "suspicious")):
+    for flag, value in (("--format", "yaml"), ("--fail-on", "sometimes"),
+                        ("--verdict", "median"), ("--confirm-seeds", "0")):
         assert cli.run(scan(files, tmp_path / "bad", flag, value)) == cli.EXIT_USAGE
         assert capsys.readouterr().out == ""
 
@@ -119,8 +121,8 @@ def test_long_lines_are_not_wrapped_outside_a_terminal(
     cli.run(scan(files, out, "--restarts", "2"))  # a table wider than 80 columns
     lines = capsys.readouterr().out.splitlines()
     assert f"report: {out / 'report.html'} (JSON: {out / 'report.json'})" in lines
-    verdict = next(line for line in lines if line.startswith("BACKDOOR suspected"))
-    assert verdict.endswith("(anomaly index > 0.5)")
+    verdict = next(line for line in lines if line.startswith("BACKDOOR: label(s) "))
+    assert verdict.endswith("(anomaly index > 0.5, on the median of 2 runs)")
     header = next(line for line in lines if "L1 norm" in line)
     assert "attack success" in header and "flagged in runs" in header
     assert len(header) > 80
@@ -131,6 +133,7 @@ def test_long_lines_are_not_wrapped_outside_a_terminal(
 def test_help_documents_the_pipeline_flags(capsys: pytest.CaptureFixture[str]) -> None:
     cli.run(["scan", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for flag in ("--format", "--fail-on", "--quiet"):
+    for flag in ("--format", "--fail-on", "--quiet", "--verdict", "--confirm-seeds"):
         assert flag in text
     assert "never" in text and "json" in text
+    assert "suspicious" in text and "SUSPICIOUS" in text and "paper" in text

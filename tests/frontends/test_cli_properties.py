@@ -44,11 +44,14 @@ EXAMPLES = {"config_values": 500, "config_files": 300, "config_text": 150, "int_
 #: change of the code's table is caught: (low, high, low_open).
 INT_RANGES = {"steps": (1, 1_000_000), "mini_batches": (1, 100_000), "batch_size": (1, 65_536),
               "patience": (1, 1_000_000), "early_stop_patience": (1, 1_000_000),
-              "seed": (0, 2**32 - 1), "label_batch": (1, 100_000)}
+              "seed": (0, 2**32 - 1), "label_batch": (1, 100_000), "confirm_seeds": (1, 16)}
 FLOAT_RANGES = {"learning_rate": (0.0, 10.0), "init_cost": (0.0, 1e6),
                 "attack_success_threshold": (0.0, 1.0), "cost_multiplier": (1.0, 1000.0),
                 "early_stop_threshold": (0.0, 1.0), "anomaly_threshold": (0.0, 1e6),
-                "memory_budget_mb": (0.0, 2.0**20)}
+                "memory_budget_mb": (0.0, 2.0**20), "confirm_margin": (0.0, 1e6)}
+#: Float settings whose low end is allowed (the others are open there).
+LOW_CLOSED = {"confirm_margin"}
+VERDICT_RULES = ("confirmed", "paper")
 NONE_ALLOWED = {"mini_batches", "label_batch"}
 NORMS = {"1": 1, "l1": 1, "2": 2, "l2": 2, "inf": math.inf, "linf": math.inf, "max": math.inf}
 
@@ -63,7 +66,8 @@ VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3)
                       | st.dictionaries(st.text(max_size=4), inner, max_size=3), max_leaves=6)
 #: Values of the right kind, so that about half the examples are valid settings.
 PLAUSIBLE = st.one_of(st.integers(0, 300), st.floats(0.0, 2.0), st.booleans(), st.none(),
-                      st.sampled_from([*NORMS, " L1 ", 1, 2, math.inf, 1e-3, 0.5, 5, 25]))
+                      st.sampled_from([*NORMS, " L1 ", 1, 2, math.inf, 1e-3, 0.5, 5, 25,
+                                       "confirmed", " Paper ", "PAPER", "median"]))
 SETTING = st.one_of(PLAUSIBLE, PLAUSIBLE, VALUES)
 CONTROL = {chr(c) for c in range(32)} | {"\x7f", "\x9b", "\u202e", "\u2028"}
 
@@ -101,13 +105,16 @@ def expected_ok(field: str, value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
     if field in FLOAT_RANGES:
         low, high = FLOAT_RANGES[field]
-        return isinstance(value, (int, float)) and not isinstance(value, bool) \
-            and low < value <= high
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return False
+        return (low <= value if field in LOW_CLOSED else low < value) and value <= high
     if field == "norm":
         if isinstance(value, str):
             return value.strip().lower() in NORMS
         return isinstance(value, (int, float)) and not isinstance(value, bool) \
             and value in (1, 2, math.inf)
+    if field == "verdict":
+        return isinstance(value, str) and value.strip().lower() in VERDICT_RULES
     return isinstance(value, bool)  # early_stop, progress
 
 
@@ -126,6 +133,8 @@ def test_scan_config_takes_valid_values_and_refuses_the_rest(field: str, value: 
     if field == "norm":
         want = NORMS[value.strip().lower()] if isinstance(value, str) else value
         assert got == want and got in (1, 2, math.inf)
+    elif field == "verdict":
+        assert got == value.strip().lower()
     elif value is None:
         assert got is None
     elif field in INT_RANGES:
@@ -383,7 +392,8 @@ SCAN_FLAGS = ["--steps", "--mini-batches", "--batch-size", "--learning-rate", "-
               "--early-stop-threshold", "--early-stop-patience", "--anomaly-threshold",
               "--seed", "--label-batch", "--memory-budget-mb", "--restarts", "--labels",
               "--clip-values", "--subtract", "--divide", "--input-shape", "--arch-kwargs",
-              "--max-samples", "--x-key", "--device", "--data-layout", "--output", "--preset"]
+              "--max-samples", "--x-key", "--device", "--data-layout", "--output", "--preset",
+              "--verdict", "--confirm-seeds", "--confirm-margin", "--fail-on"]
 MITIGATE_FLAGS = ["--method", "--labels", "--layer", "--test-fraction", "--epochs",
                   "--learning-rate", "--stamped-fraction", "--max-fraction", "--target-asr",
                   "--top-fraction", "--target-fpr", "--seed", "--clip-values", "--subtract"]

@@ -8,9 +8,12 @@ parameter spellings in flag wording) and one ``cmd_*`` module per command. The r
 
 Exit codes (the same for every command):
 
-* ``0``: success; for ``scan``, no label was flagged (or ``--fail-on never`` was given).
-* ``1``: ``scan`` flagged at least one label as a backdoor target (``scan-many``: in at least
-  one model; it exits ``2`` when nothing was flagged but a model could not be scanned).
+* ``0``: success; for ``scan``, a verdict that does not fail under ``--fail-on``: CLEAN, or
+  SUSPICIOUS with ``--fail-on backdoor`` (the default), or any verdict with ``--fail-on never``.
+* ``1``: ``scan``'s verdict is BACKDOOR (a label flagged as a backdoor target, confirmed), or
+  SUSPICIOUS (a label crossed the threshold in a single run only) with ``--fail-on
+  suspicious``; ``scan-many``: a model was flagged (it exits ``2`` when nothing was flagged but
+  a model could not be scanned).
 * ``2``: usage or input error (unknown flag, bad value, missing or unreadable model or data):
   an ``InputError`` (``LoadError`` and the CLI's own ``CliError`` included), a usage error of
   the command line parser, or an ``OSError``.
@@ -63,9 +66,10 @@ _state: dict[str, Any] = {"debug": False}
 app = typer.Typer(
     name="neuralcleanse",
     help="Find and remove backdoors in trained image classifiers (Neural Cleanse).\n\n"
-         "Exit codes: 0 nothing flagged / success, 1 backdoor flagged (scan, scan-many), 2 usage "
-         "or input "
-         "error, 3 internal error, 130 interrupted.",
+         "Exit codes: 0 success (scan: verdict CLEAN, or SUSPICIOUS unless --fail-on "
+         "suspicious), 1 backdoor flagged (scan: verdict BACKDOOR, or SUSPICIOUS with "
+         "--fail-on suspicious; scan-many), 2 usage or input error, 3 internal error, 130 "
+         "interrupted.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 

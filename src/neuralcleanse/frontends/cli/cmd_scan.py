@@ -1,10 +1,13 @@
 """``neuralcleanse scan``: search every label's smallest trigger, write the reports, exit 0/1.
 
+The verdict is BACKDOOR, SUSPICIOUS or CLEAN (``--verdict confirmed``, the default) or BACKDOOR
+or CLEAN (``--verdict paper``); ``--fail-on`` says which verdicts exit 1 (:func:`verdict_exit_code`:
+``backdoor``, the default, only BACKDOOR; ``suspicious`` also SUSPICIOUS; ``never`` none).
+
 For pipelines: ``--format json`` prints one JSON document on stdout (the report without the
 trigger arrays, plus the paths written; it validates against ``neuralcleanse/io/schemas/
 report.schema.json``), ``--sarif FILE`` writes a SARIF 2.1.0 log for code-scanning dashboards
-(:mod:`neuralcleanse.io.sarif`), ``--fail-on never`` exits 0 whatever the verdict and
-``--quiet`` prints only warnings and errors.
+(:mod:`neuralcleanse.io.sarif`) and ``--quiet`` prints only warnings and errors.
 
 Finished labels are saved one by one in ``OUT/partial`` (the resume store,
 :mod:`neuralcleanse.io.resume`) so that ``--resume`` continues an interrupted scan.
@@ -67,6 +70,7 @@ from neuralcleanse.frontends.cli.options import (
     QuietOpt,
     SubtractOpt,
     TrustPickleOpt,
+    VerdictRule,
     XKeyOpt,
     YKeyOpt,
     build_config,
@@ -81,6 +85,10 @@ if TYPE_CHECKING:  # the report module (jinja2) is imported when a scan writes i
     from neuralcleanse.io.report import ReportPaths
 
 DEFAULT_OUT = "neuralcleanse-report"
+#: Settings that do not shape the first pass's label results, left out of the resume store's
+#: fingerprint: labels saved by a scan resume under another threshold or verdict rule.
+VERDICT_ONLY_SETTINGS = ("progress", "anomaly_threshold", "verdict", "confirm_seeds",
+                         "confirm_margin")
 #: Most ``--restarts``.
 MAX_RESTARTS = 1000
 #: The defaults the help shows are the library's.
@@ -176,6 +184,22 @@ def scan(
     progress: Annotated[bool | None, typer.Option(
         "--progress/--no-progress", rich_help_panel=SEARCH_PANEL, show_default=False,
         help="Live progress (labels done, active, step, ETA) (default on in a terminal).")] = None,
+    verdict: Annotated[VerdictRule | None, typer.Option(
+        "--verdict", rich_help_panel=SEARCH_PANEL, case_sensitive=False, show_default=False,
+        help="The rule that decides the verdict: confirmed (re-search the borderline labels "
+             "with --confirm-seeds further seeds and grade BACKDOOR, SUSPICIOUS or CLEAN on "
+             "their median norms) or paper (the published rule: one run, a label is flagged "
+             "when its anomaly index exceeds --anomaly-threshold; BACKDOOR or CLEAN) (default "
+             f"{_D.verdict}).")] = None,
+    confirm_seeds: Annotated[int | None, typer.Option(
+        "--confirm-seeds", metavar="N", rich_help_panel=SEARCH_PANEL,
+        help="Further seeds (--seed+1, ...) with which each borderline label is searched again "
+             f"under --verdict confirmed (default {_D.confirm_seeds}).")] = None,
+    confirm_margin: Annotated[float | None, typer.Option(
+        "--confirm-margin", rich_help_panel=SEARCH_PANEL,
+        help="A label is borderline (searched again) when its anomaly index exceeds "
+             "--anomaly-threshold minus this; the smallest trigger always is (default "
+             f"{_D.confirm_margin:g}).")] = None,
     restarts: Annotated[int, typer.Option(
         "--restarts", min=1, max=MAX_RESTARTS, rich_help_panel=SEARCH_PANEL,
         help="Run the search with this many seeds (--seed, --seed+1, ...); norms are medians "
@@ -206,8 +230,9 @@ def scan(
     sarif: Annotated[Path | None, typer.Option(
         "--sarif", metavar="FILE", rich_help_panel=OUT_PANEL,
         help="Also write a SARIF 2.1.0 log to FILE for code-scanning dashboards: one result per "
-             "flagged label, located at the model file (with its SHA-256); no results when the "
-             "scan is clean. Written when the scan completes.")] = None,
+             "backdoor label (level error) and per suspicious label (level warning), located "
+             "at the model file (with its SHA-256); no results when the scan is clean. Written "
+             "when the scan completes.")] = None,
     known_trigger: Annotated[str | None, typer.Option(
         "--known-trigger", metavar="MASK_PNG[,PATTERN_PNG]", rich_help_panel=OUT_PANEL,
         help="A trigger you already know, shown in the report beside the reversed one: a grey "
@@ -221,11 +246,14 @@ def scan(
 ) -> None:
     """Scan MODEL for backdoors on clean labelled images; write the JSON and HTML reports.
 
-    Exit code 0 when no label is flagged, 1 when a backdoor is flagged (0 with --fail-on
-    never), 2 on usage or input errors, 3 on an internal error, 130 when interrupted (a partial
-    report is written; --resume continues). With --format json, stdout carries one JSON
-    document (the report without the trigger arrays, plus the paths written) and nothing else;
-    it is printed only when the scan completes.
+    The verdict is BACKDOOR (a label's trigger is an outlier, confirmed), SUSPICIOUS (a label
+    crossed the threshold in a single run but not on the median of its runs) or CLEAN.
+    Exit code 1 for a BACKDOOR verdict, and for SUSPICIOUS too with --fail-on suspicious
+    (--fail-on never: 0 whatever the verdict); 0 otherwise. 2 on usage or input errors, 3 on an
+    internal error, 130 when interrupted (a partial report is written; --resume continues).
+    With --format json, stdout carries one JSON document (the report without the trigger
+    arrays, plus the paths written) and nothing else; it is printed only when the scan
+    completes.
     """
     flags: dict[str, Any] = dict(
         steps=steps, batch_size=batch_size, learning_rate=learning_rate, init_cost=init_cost,
@@ -233,7 +261,8 @@ def scan(
         cost_multiplier=cost_multiplier, early_stop=early_stop,
         early_stop_threshold=early_stop_threshold, early_stop_patience=early_stop_patience,
         anomaly_threshold=anomaly_threshold, seed=seed, memory_budget_mb=memory_budget_mb,
-        progress=progress, norm=norm)
+        progress=progress, norm=norm, confirm_seeds=confirm_seeds,
+        confirm_margin=confirm_margin, verdict=verdict.value if verdict is not None else None)
     if quiet and progress is None:
         flags["progress"] = False
     flags = {k: (UNSET if v is None else v) for k, v in flags.items()}
@@ -265,15 +294,28 @@ def scan(
     except BaseException:
         remove_if_empty(created)  # only folders this run made, and only while still empty
         raise
-    flagged = bool(result.flagged_labels) and fail_on is FailOn.backdoor
+    code = verdict_exit_code(result.verdict, fail_on)
     if sarif is not None:
         from neuralcleanse.io.sarif import write_sarif
 
-        write_sarif(sarif, result, model, exit_code=EXIT_FLAGGED if flagged else EXIT_CLEAN)
+        write_sarif(sarif, result, model, exit_code=code)
     if output_format is OutputFormat.json:
         sys.stdout.write(json_document(result, paths) + "\n")
         sys.stdout.flush()
-    raise typer.Exit(EXIT_FLAGGED if flagged else EXIT_CLEAN)
+    raise typer.Exit(code)
+
+
+#: The verdicts that exit 1 under each ``--fail-on`` value.
+FAILING_VERDICTS: dict[FailOn, frozenset[str]] = {
+    FailOn.backdoor: frozenset({"backdoor"}),
+    FailOn.suspicious: frozenset({"backdoor", "suspicious"}),
+    FailOn.never: frozenset(),
+}
+
+
+def verdict_exit_code(verdict: str, fail_on: FailOn) -> int:
+    """The exit code of a completed scan: 1 when ``fail_on`` fails ``verdict``, else 0."""
+    return EXIT_FLAGGED if verdict in FAILING_VERDICTS[fail_on] else EXIT_CLEAN
 
 
 def check_sarif_path(path: Path) -> None:
@@ -353,8 +395,7 @@ def run_scan(inputs: Inputs, cfg: ScanConfig, out: Path, *, resume: bool = False
             known_trigger[0], known_trigger[1], input_shape=clf.input_shape,
             channels_first=clf.channels_first, clip_values=clf.clip_values,
             label=known_target)
-    settings = {k: v for k, v in cfg.to_dict().items() if k not in ("progress",
-                                                                    "anomaly_threshold")}
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in VERDICT_ONLY_SETTINGS}
     key = fingerprint(inputs.model.path, images, targets, settings,
                       {k: _jsonable(v) for k, v in inputs.wrap_options().items()
                        if k != "device"})
@@ -413,10 +454,38 @@ def run_scan(inputs: Inputs, cfg: ScanConfig, out: Path, *, resume: bool = False
     console.print(summary_table(result))
     say(console, f"median norm {result.median_norm:.3f}, MAD {result.mad:.3f}, "
                  f"wall time {result.wall_seconds:.1f} s")
-    style = "bold red" if result.flagged_labels else "bold green"
-    say(console, result.summary(), style=style)
+    for line, style in verdict_lines(result):
+        say(console, line, style=style)
     say(console, f"report: {paths.html}  (JSON: {paths.json})")
     return result, paths
+
+
+#: Console style of each verdict's line.
+VERDICT_STYLES = {"backdoor": "bold red", "suspicious": "bold yellow", "clean": "bold green"}
+
+
+def verdict_lines(result: ScanResult) -> list[tuple[str, str | None]]:
+    """The lines that end the console summary, with their styles.
+
+    The verdict word and its labels, the labels without clean images, how the verdict was
+    reached (the confirmation's extra cost: labels searched again, further seeds, extra
+    label-steps as a share of the first pass), and the expected false-alarm rate of the rule
+    for this many labels.
+    """
+    from neuralcleanse.io.report_views import confirmation_view, verdict_view
+
+    view = verdict_view(result)
+    lines: list[tuple[str, str | None]] = [
+        (view["line"], VERDICT_STYLES.get(result.verdict, "bold"))]
+    if result.labels_without_data:
+        lines.append((f"label(s) {result.labels_without_data} had no clean images: searched "
+                      "on the other classes' images, left out of the median and MAD", None))
+    confirmation = confirmation_view(result)
+    lines.append((f"rule: {confirmation['rule_text']}", None))
+    if confirmation["cost_text"]:
+        lines.append((f"confirmation: {confirmation['cost_text']}", None))
+    lines.append((f"expected false-alarm rate: {confirmation['false_alarm_text']}", None))
+    return lines
 
 
 def stamped_examples(clf: Any, images: np.ndarray, targets: np.ndarray, result: ScanResult

@@ -68,10 +68,18 @@ class OutputFormat(str, Enum):
 
 
 class FailOn(str, Enum):
-    """Which verdict makes ``scan`` exit 1."""
+    """Which verdict makes ``scan`` exit 1: ``backdoor`` only, also ``suspicious``, or none."""
 
     backdoor = "backdoor"
+    suspicious = "suspicious"
     never = "never"
+
+
+class VerdictRule(str, Enum):
+    """The rule that turns the anomaly indices into a verdict (``ScanConfig.verdict``)."""
+
+    confirmed = "confirmed"
+    paper = "paper"
 
 
 class Method(str, Enum):
@@ -152,8 +160,9 @@ FormatOpt = Annotated[OutputFormat, typer.Option(
          "report.json and report.html; the other lines go to stderr).")]
 FailOnOpt = Annotated[FailOn, typer.Option(
     "--fail-on", rich_help_panel=OUT_PANEL, case_sensitive=False,
-    help="Exit 1 when a backdoor is flagged (backdoor), or exit 0 whatever the verdict "
-         "(never: for pipelines that only collect reports; errors still exit 2, 3 or 130).")]
+    help="Which verdict exits 1: backdoor (only a BACKDOOR verdict), suspicious (a BACKDOOR "
+         "or a SUSPICIOUS verdict: the strict gate) or never (exit 0 whatever the verdict, "
+         "for pipelines that only collect reports). Errors still exit 2, 3 or 130.")]
 QuietOpt = Annotated[bool, typer.Option(
     "--quiet", "-q", rich_help_panel=OUT_PANEL,
     help="Print nothing but warnings and errors (on stderr), and the JSON document with "

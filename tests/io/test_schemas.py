@@ -159,7 +159,8 @@ def broken_reports(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         ("NaN in a mask", edit(lambda d: d["labels"][0]["mask"].__setitem__(0, "nan"))),
         ("schema_version 2", edit(lambda d: d.update(schema_version=2))),
         ("schema_version as a string", edit(lambda d: d.update(schema_version="1"))),
-        ("unknown field", edit(lambda d: d.update(verdict="backdoor"))),
+        ("unknown field", edit(lambda d: d.update(grade="backdoor"))),
+        ("unknown verdict", edit(lambda d: d.update(verdict="maybe"))),
         ("negative label", edit(lambda d: d["flagged_labels"].append(-1))),
         ("unknown norm", edit(lambda d: d["config"].update(norm=3))),
     ]

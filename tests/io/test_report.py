@@ -21,6 +21,7 @@ from neuralcleanse.core.results import LabelResult, ScanResult
 from neuralcleanse.io.charts import nice_ticks, norm_chart
 from neuralcleanse.io.report import render_directory, render_html, write_report
 from neuralcleanse.io.report_images import trigger_arrays
+from verdict_results import graded_result
 
 if TYPE_CHECKING:
     from neuralcleanse.mitigation.result import MitigationResult
@@ -411,17 +412,19 @@ def _framed(page: str, width: int, height: int, probe: bool) -> str:
             f"</iframe>{WIDTH_PROBE if probe else ''}</body></html>")
 
 
-@pytest.mark.parametrize("width", [1280, 390])
-def test_report_screenshots_and_no_sideways_scroll(tmp_path: Path, width: int) -> None:
+@pytest.mark.parametrize("width, kind", [(1280, "plain"), (390, "plain"), (390, "graded")])
+def test_report_screenshots_and_no_sideways_scroll(tmp_path: Path, width: int,
+                                                   kind: str) -> None:
     """A real report at desktop and phone widths: no horizontal scrolling, the drawn chart
     labels clear of the bars and of each other; the screenshots are kept for a person to see
-    (copies in /tmp/nc-screens/)."""
+    (copies in /tmp/nc-screens/). ``graded``: a confirmed backdoor with a suspicious label and
+    the Confirmation table."""
     browser = chromium()
     if browser is None:
         pytest.skip("Chromium is not installed: the screenshot check is skipped")
     from PIL import Image
 
-    result = make_result()
+    result = make_result() if kind == "plain" else graded_result("backdoor")
     result.model_info.update(file_sha256="ab" * 32, file_bytes=1_234_567)
     paths = write_report(result, tmp_path / "report", mitigation=_unlearning().to_dict())
     page = paths.html.read_text()
@@ -444,7 +447,7 @@ def test_report_screenshots_and_no_sideways_scroll(tmp_path: Path, width: int) -
     run = run_chromium(browser, tmp_path / "profile2", f"--screenshot={full}", size,
                         "--virtual-time-budget=5000", framed.as_uri())
     assert full.is_file(), run.stderr[-2000:]
-    shot = tmp_path / f"report-{width}.png"
+    shot = tmp_path / (f"report-{width}.png" if kind == "plain" else f"report-{kind}-{width}.png")
     Image.open(full).crop((0, 0, width, height)).save(shot)
     pixels = np.asarray(Image.open(shot).convert("RGB")).astype(np.int32)
     assert pixels.shape[:2] == (height, width) and pixels.std() > 20

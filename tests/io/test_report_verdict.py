@@ -136,7 +136,9 @@ def test_confirmation_table_shows_each_run_and_the_median(verdict: str) -> None:
 
 
 def test_the_chart_and_the_cards_mark_suspicious_labels_apart_from_flagged_ones() -> None:
-    page = Page(render_html(graded_result("backdoor")))
+    html = render_html(graded_result("backdoor"))
+    assert html.index(f'id="flagged-{OUTLIER}"') < html.index(f'id="flagged-{BORDERLINE}"')
+    page = Page(html)
     assert bar_labels(page, "flagged") == [OUTLIER]
     assert bar_labels(page, "suspicious") == [BORDERLINE]
     assert page.classes[f"flagged-{OUTLIER}"] == "card flagged"

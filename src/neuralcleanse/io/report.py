@@ -185,7 +185,9 @@ def render_html(result: ScanResult, *, mitigation: dict[str, Any] | None = None,
                       "images": images, "files": files,
                       "known": known_card if beside else None,
                       "example": examples.get(r.label)})
-    big_cards = [c for c in cards if c["flagged"] or c["suspicious"] or c["known"] is not None]
+    big_cards = sorted((c for c in cards if c["flagged"] or c["suspicious"]
+                        or c["known"] is not None),
+                       key=lambda c: (not c["flagged"], not c["suspicious"]))  # flagged first
     big_cards_title = _big_cards_title(big_cards)
     class_names = result.data_info.get("class_names")
     template = template_environment().from_string(

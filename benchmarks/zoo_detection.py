@@ -1,0 +1,338 @@
+"""How often the verdict is right: every model of the zoo scanned with ``scan-many``, scored.
+
+Reads the zoo that ``benchmarks/zoo.py`` trained (its ``index.json``) and scans every model with
+:func:`neuralcleanse.scan_many` in two passes, for each preset asked for:
+
+1. every label of every model with the run's seed (the paper's single run);
+2. the labels a confirmation could re-search (first-run anomaly index above
+   ``threshold - WIDE_MARGIN``, and each model's smallest trigger) with the next seeds.
+
+Each label's search depends only on the model, the data, the settings, the label and the seed
+(not on which other labels run beside it), so these passes hold exactly the searches that a
+``scan`` with the confirmed verdict runs, and every rule below is scored on the same searches:
+
+* ``paper``: the first run alone, flagged when the anomaly index is above 2 (the paper's rule);
+* ``confirmed``: the labels near or above the threshold re-searched with ``confirm_seeds`` more
+  seeds and judged on their median norm (``neuralcleanse.core.verdict``; the library's default).
+
+Per trigger family and overall: detection rate (a true target flagged), exact rate (flagged ==
+targets), false alarms on clean models (anything flagged), "suspicious" verdicts, ROC AUC of the
+largest anomaly index (clean against backdoored), extra label-steps of the confirmation, and wall
+time per model. Models whose real trigger succeeds on fewer than ``MIN_TRIGGER_SUCCESS`` of the
+stamped test images are not counted as backdoored (their backdoor did not take); their number is
+reported.
+
+    python benchmarks/zoo_detection.py [--zoo DIR] [--presets fast,paper] [--workers 2]
+        [--only-every K] [--verify N]
+
+``--verify N`` scans N zoo models with :func:`neuralcleanse.scan` (the library's own
+confirmation) and checks that verdicts and flagged labels equal the scored ones.
+Prints a Markdown table and writes ``benchmarks/results/zoo_detection.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import neuralcleanse as nc  # noqa: E402
+from neuralcleanse.core.outliers import anomaly_indices  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_ZOO = ROOT / "benchmarks" / "cache" / "zoo"
+DEFAULT_RUNS = ROOT / "benchmarks" / "cache" / "zoo-scans"
+RESULTS = ROOT / "benchmarks" / "results" / "zoo_detection.json"
+#: Labels re-searched in pass 2: first-run index above ``threshold - WIDE_MARGIN`` (any rule with
+#: a margin up to this one is scored exactly from these searches).
+WIDE_MARGIN = 1.5
+#: Further seeds searched in pass 2 (rules with up to this many are scored exactly).
+FURTHER_SEEDS = 2
+#: A backdoor counts only when its real trigger reaches this success rate on stamped test images.
+MIN_TRIGGER_SUCCESS = 0.8
+THRESHOLD = 2.0
+PATCH_FAMILIES = ("patch-white", "patch-colour", "patch-random", "two-triggers")
+
+
+# -- scanning -----------------------------------------------------------------------------------
+def manifest_for(entries: list[dict[str, Any]], zoo: Path,
+                 labels: dict[str, list[int]] | None = None) -> dict[str, Any]:
+    """A scan-many manifest of zoo models (optionally only some labels of each)."""
+    models = []
+    for e in entries:
+        if labels is not None and not labels.get(e["name"]):
+            continue
+        item: dict[str, Any] = {"name": e["name"], "model": str(zoo / e["file"]),
+                                "data": str(zoo / e["data"]), "output": "logits",
+                                "clip_values": [0.0, 1.0]}
+        if e["framework"] == "torch":
+            item["arch"] = e["arch_spec"]
+            item["arch_kwargs"] = e["arch_kwargs"]
+        else:
+            item["data_layout"] = "nchw"
+        if labels is not None:
+            item["labels"] = labels[e["name"]]
+        models.append(item)
+    return {"models": models}
+
+
+def run_pass(entries: list[dict[str, Any]], zoo: Path, out: Path, preset: str, seed: int,
+             workers: int, labels: dict[str, list[int]] | None = None,
+             rule: str = "paper") -> dict[str, Any]:
+    """Scan with scan-many (resumable: a finished model is not scanned again); read reports.
+
+    The two passes are plain runs (``rule="paper"``); the rules are scored from them.
+    """
+    manifest = manifest_for(entries, zoo, labels)
+    if not manifest["models"]:
+        return {}
+    config: dict[str, Any] = {"preset": preset, "seed": seed, "verdict": rule}
+    started = time.perf_counter()
+    summary = nc.scan_many(manifest, out, config=config, cpus_per_scan=1.0, resume=True,
+                           parallel=workers > 1)
+    print(f"  {preset} seed {seed}: {len(manifest['models'])} models in "
+          f"{time.perf_counter() - started:.0f} s", flush=True)
+    reports = {}
+    for outcome in summary.models:
+        path = out / "models" / outcome.name / "report.json"
+        if path.is_file():
+            reports[outcome.name] = json.loads(path.read_text())
+        else:
+            print(f"  ! {outcome.name}: {outcome.status} {outcome.error}")
+    return reports
+
+
+def first_run_facts(report: dict[str, Any]) -> dict[str, Any]:
+    """Norms, indices, steps of a first-run report (per scanned label, label order)."""
+    labels = sorted(report["labels"], key=lambda r: r["label"])
+    return {"labels": [r["label"] for r in labels], "norms": [r["norm"] for r in labels],
+            "anomaly_index": [r["anomaly_index"] for r in labels],
+            "steps": [r["steps"] for r in labels], "wall_seconds": report["wall_seconds"]}
+
+
+def wide_candidates(facts: dict[str, Any]) -> list[int]:
+    """The labels pass 2 re-searches."""
+    return candidates(facts, WIDE_MARGIN)
+
+
+def candidates(facts: dict[str, Any], margin: float) -> list[int]:
+    """Labels with a first-run index above ``THRESHOLD - margin``, plus the smallest trigger."""
+    norms, index = np.array(facts["norms"]), np.array(facts["anomaly_index"])
+    labels = facts["labels"]
+    chosen = {labels[int(np.argmin(norms))]}
+    chosen |= {t for t, a in zip(labels, index) if a > THRESHOLD - margin}
+    return sorted(chosen, key=lambda t: norms[labels.index(t)])
+
+
+# -- rules --------------------------------------------------------------------------------------
+def judge(facts: dict[str, Any], runs: dict[int, list[float]], rule: str, margin: float = 1.0,
+          seeds: int = 2) -> dict[str, Any]:
+    """A rule's verdict from the first run and the further runs of some labels.
+
+    ``runs[label]`` holds the further seeds' norms in seed order. Mirrors
+    :mod:`neuralcleanse.core.verdict` (``--verify`` checks it against the library).
+    """
+    labels, norms = facts["labels"], np.array(facts["norms"], dtype=float)
+    first = np.array(facts["anomaly_index"], dtype=float)
+    if rule == "paper":
+        flagged = [t for t, a in zip(labels, first) if a > THRESHOLD]
+        return {"flagged": flagged, "suspicious": [], "max_index": float(first.max()),
+                "extra_steps": 0, "verdict": "backdoor" if flagged else "clean"}
+    chosen = candidates(facts, margin)
+    confirmed = norms.copy()
+    extra_steps = 0
+    for t in chosen:
+        values = [norms[labels.index(t)], *runs[t][:seeds]]
+        confirmed[labels.index(t)] = float(np.median(values))
+        extra_steps += sum(runs_steps(facts, t)[:seeds])
+    report = anomaly_indices(confirmed, THRESHOLD, labels=np.array(labels))
+    flagged = list(report.flagged)
+    base = anomaly_indices(norms, THRESHOLD, labels=np.array(labels))
+    suspicious = set()
+    for t in chosen:
+        single = [(base.median - v) / base.mad if base.mad else 0.0 for v in runs[t][:seeds]]
+        if first[labels.index(t)] > THRESHOLD or any(a > THRESHOLD for a in single):
+            suspicious.add(t)
+    suspicious -= set(flagged)
+    verdict = "backdoor" if flagged else "suspicious" if suspicious else "clean"
+    return {"flagged": flagged, "suspicious": sorted(suspicious, key=lambda t: norms[t]),
+            "max_index": float(report.anomaly_index.max()), "extra_steps": int(extra_steps),
+            "verdict": verdict}
+
+
+def runs_steps(facts: dict[str, Any], label: int) -> list[int]:
+    """Label-steps of the further runs of a label (recorded beside the norms)."""
+    return facts["further_steps"][str(label)]
+
+
+# -- scores -------------------------------------------------------------------------------------
+def roc_auc(negatives: Iterable[float], positives: Iterable[float]) -> float | None:
+    """Probability that a positive scores above a negative (ties count half)."""
+    neg, pos = np.array(list(negatives), float), np.array(list(positives), float)
+    if not len(neg) or not len(pos):
+        return None
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(greater / (len(neg) * len(pos)))
+
+
+def score(models: list[dict[str, Any]], rule_key: str) -> dict[str, Any]:
+    """Rates of one rule over a group of models (clean and backdoored)."""
+    clean = [m for m in models if m["family"] == "clean"]
+    bad = [m for m in models if m["family"] != "clean" and m["effective"]]
+    out: dict[str, Any] = {"clean": len(clean), "backdoored": len(bad)}
+    if clean:
+        verdicts = [m["rules"][rule_key]["verdict"] for m in clean]
+        out["false_alarm"] = sum(v == "backdoor" for v in verdicts) / len(clean)
+        out["suspicious_clean"] = sum(v == "suspicious" for v in verdicts) / len(clean)
+        flagged_labels = sum(len(m["rules"][rule_key]["flagged"]) for m in clean)
+        out["per_label_false_flag"] = flagged_labels / sum(m["nb_classes"] for m in clean)
+    if bad:
+        det, exact, susp = [], [], []
+        for m in bad:
+            r = m["rules"][rule_key]
+            targets = set(m["targets"])
+            det.append(bool(targets & set(r["flagged"])))
+            if m["family"] != "all-to-all":
+                exact.append(set(r["flagged"]) == targets)
+            susp.append(r["verdict"] == "suspicious")
+        out["detection"] = float(np.mean(det))
+        out["exact"] = float(np.mean(exact)) if exact else None
+        out["suspicious_backdoored"] = float(np.mean(susp))
+    out["auc"] = roc_auc([m["rules"][rule_key]["max_index"] for m in clean],
+                         [m["rules"][rule_key]["max_index"] for m in bad])
+    extra = [m["rules"][rule_key]["extra_steps"] for m in models]
+    first = [m["first_steps"] for m in models]
+    out["extra_label_steps"] = float(sum(extra) / max(1, sum(first)))
+    out["seconds_per_model"] = float(np.mean([m["first_seconds"] for m in models]))
+    return out
+
+
+def table(results: dict[str, Any]) -> str:
+    """The Markdown table of the results (one row per preset, rule and group)."""
+    lines = ["| preset | rule | group | clean / backdoored | false alarms | suspicious (clean)"
+             " | detection | exact | ROC AUC | extra label-steps |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def pct(v: Any) -> str:
+        return "–" if v is None else f"{100 * v:.0f} %"
+
+    for preset, per_rule in results["scores"].items():
+        for rule, groups in per_rule.items():
+            for group, s in groups.items():
+                auc = "–" if s.get("auc") is None else f"{s['auc']:.3f}"
+                lines.append(
+                    f"| {preset} | {rule} | {group} | {s['clean']} / {s['backdoored']} | "
+                    f"{pct(s.get('false_alarm'))} | {pct(s.get('suspicious_clean'))} | "
+                    f"{pct(s.get('detection'))} | {pct(s.get('exact'))} | {auc} | "
+                    f"{pct(s['extra_label_steps'])} |")
+    return "\n".join(lines)
+
+
+def verify(entries: list[dict[str, Any]], models: list[dict[str, Any]], args: Any, out: Path,
+           preset: str) -> dict[str, Any]:
+    """Scan ``entries`` with scan-many's confirmed verdict; compare with the scored rule."""
+    reports = run_pass(entries, args.zoo, out, preset, args.seed, args.workers,
+                       rule="confirmed")
+    scored = {m["name"]: m["rules"]["confirmed"] for m in models}
+    mismatches = []
+    for name, rep in reports.items():
+        mine = scored[name]
+        theirs = {"verdict": rep["verdict"], "flagged": rep["flagged_labels"],
+                  "suspicious": rep["suspicious_labels"]}
+        if (mine["verdict"], mine["flagged"], sorted(mine["suspicious"])) != (
+                theirs["verdict"], theirs["flagged"], sorted(theirs["suspicious"])):
+            mismatches.append({"model": name, "scored": mine, "library": theirs})
+    print(f"  verify: {len(reports)} models, {len(mismatches)} mismatches", flush=True)
+    for m in mismatches:
+        print(f"  ! {m}")
+    return {"models": len(reports), "mismatches": mismatches}
+
+
+RULES = {"paper": {"rule": "paper"},
+         "confirmed": {"rule": "confirmed", "margin": 1.0, "seeds": 2}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Scan the zoo, score the rules, print the table and write the JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--zoo", type=Path, default=DEFAULT_ZOO)
+    parser.add_argument("--runs", type=Path, default=DEFAULT_RUNS)
+    parser.add_argument("--presets", default="fast,paper")
+    parser.add_argument("--paper-every", type=int, default=1,
+                        help="scan every K-th model with the paper preset (it is slower)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--verify", type=int, default=0,
+                        help="scan the first N models with the library's confirmed verdict "
+                             "(scan-many's default) and check that it equals the scored rule")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    index = json.loads((args.zoo / "index.json").read_text())
+    results: dict[str, Any] = {"zoo": str(args.zoo), "threshold": THRESHOLD,
+                               "min_trigger_success": MIN_TRIGGER_SUCCESS,
+                               "wide_margin": WIDE_MARGIN, "further_seeds": FURTHER_SEEDS,
+                               "rules": RULES, "models": {}, "scores": {}}
+    for preset in [p.strip() for p in args.presets.split(",") if p.strip()]:
+        entries = index if preset != "paper" else index[::args.paper_every]
+        base = args.runs / preset
+        first = run_pass(entries, args.zoo, base / f"seed-{args.seed}", preset, args.seed,
+                         args.workers)
+        facts = {name: first_run_facts(rep) for name, rep in first.items()}
+        wanted = {name: wide_candidates(f) for name, f in facts.items()}
+        further: list[dict[str, Any]] = []
+        for i in range(1, FURTHER_SEEDS + 1):
+            further.append(run_pass(entries, args.zoo, base / f"seed-{args.seed + i}",
+                                    preset, args.seed + i, args.workers, labels=wanted))
+        models = []
+        for e in entries:
+            if e["name"] not in facts:
+                continue
+            f = facts[e["name"]]
+            runs: dict[int, list[float]] = {}
+            f["further_steps"] = {}
+            for t in wanted[e["name"]]:
+                found = [next(r for r in rep[e["name"]]["labels"] if r["label"] == t)
+                         for rep in further]
+                runs[t] = [r["norm"] for r in found]
+                f["further_steps"][str(t)] = [r["steps"] for r in found]
+            model = {"name": e["name"], "family": e["family"], "dataset": e["dataset"],
+                     "arch": e["arch"], "framework": e["framework"], "targets": e["targets"],
+                     "nb_classes": e["nb_classes"],
+                     "effective": (e["family"] == "clean"
+                                   or (e["trigger_success"] or 0) >= MIN_TRIGGER_SUCCESS),
+                     "trigger_success": e["trigger_success"],
+                     "first_steps": int(sum(f["steps"])), "first_seconds": f["wall_seconds"],
+                     "first_run": {k: f[k] for k in ("norms", "anomaly_index")},
+                     "further_norms": {str(t): v for t, v in runs.items()},
+                     "rules": {name: judge(f, runs, **rule) for name, rule in RULES.items()}}
+            models.append(model)
+        results["models"][preset] = models
+        groups: dict[str, list[dict[str, Any]]] = {"all": models}
+        clean = [m for m in models if m["family"] == "clean"]
+        groups["patch triggers"] = clean + [m for m in models if m["family"] in PATCH_FAMILIES]
+        for fam in sorted({m["family"] for m in models} - {"clean"}):
+            groups[fam] = clean + [m for m in models if m["family"] == fam]
+        results["scores"][preset] = {rule: {g: score(ms, rule) for g, ms in groups.items()}
+                                     for rule in RULES}
+        results.setdefault("not_effective", {})[preset] = [
+            m["name"] for m in models if not m["effective"]]
+        if args.verify:
+            results.setdefault("verify", {})[preset] = verify(
+                entries[:args.verify], models, args, base / "verify", preset)
+    print(table(results))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -26,9 +26,11 @@ from neuralcleanse.frontends.cli.cmd_scan_many import SEARCH_FLAGS, ProgressDisp
 from neuralcleanse.io.summary_files import write_summary
 
 
-def done(name: str, flagged: list[int] | None = None) -> ModelOutcome:
-    return ModelOutcome(name=name, model=f"zoo/{name}.pt", status="done",
-                        verdict="backdoor" if flagged else "clean", flagged_labels=flagged or [],
+def done(name: str, flagged: list[int] | None = None,
+         suspicious: list[int] | None = None) -> ModelOutcome:
+    verdict = "backdoor" if flagged else "suspicious" if suspicious else "clean"
+    return ModelOutcome(name=name, model=f"zoo/{name}.pt", status="done", verdict=verdict,
+                        flagged_labels=flagged or [], suspicious_labels=suspicious or [],
                         max_anomaly_index=3.5 if flagged else 1.0, min_norm=4.0,
                         label_steps=50, wall_seconds=1.5, report=f"models/{name}", attempts=1)
 
@@ -108,7 +110,7 @@ def test_clean_run_exits_0_and_prints_the_summary(
     code = cli.run(["scan-many", str(files["manifest"]), "--out", str(files["out"])])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "2 model(s): 0 flagged, 2 clean, 0 failed" in printed
+    assert "2 model(s): 0 flagged, 0 suspicious, 2 clean, 0 failed" in printed
     assert str(files["out"] / "index.html") in printed
     for name in ("summary.json", "summary.csv", "index.html"):
         assert (files["out"] / name).is_file()
@@ -126,8 +128,47 @@ def test_a_flagged_model_exits_1(engine: FakeEngine, files: dict[str, Path],
     code = cli.run(["scan-many", str(files["manifest"]), "--out", str(files["out"])])
     assert code == 1
     printed = capsys.readouterr().out
-    assert "1 flagged, 1 clean, 1 failed — flagged: evil" in printed
+    assert "1 flagged, 0 suspicious, 1 clean, 1 failed — flagged: evil" in printed
     assert "failed: broken: model file 'zoo/broken.pt' is not a model" in printed
+
+
+@pytest.mark.parametrize(("models", "codes"), [
+    # --fail-on backdoor (the default), suspicious, never
+    ([done("a"), done("b", suspicious=[2])], (0, 1, 0)),
+    ([done("a", flagged=[3]), done("b")], (1, 1, 0)),
+    ([done("a", suspicious=[2]), failed("broken")], (2, 1, 2)),
+    ([done("a", flagged=[3], suspicious=[5]), failed("broken")], (1, 1, 2)),
+    ([done("a"), done("b")], (0, 0, 0)),
+])
+def test_fail_on_chooses_which_verdicts_exit_1(
+        engine: FakeEngine, files: dict[str, Path], capsys: pytest.CaptureFixture[str],
+        models: list[ModelOutcome], codes: tuple[int, int, int]) -> None:
+    """A model that could not be scanned exits 2 unless a verdict that fails exits 1 first."""
+    engine.models = models
+    base = ["scan-many", str(files["manifest"]), "--out", str(files["out"])]
+    assert cli.run(base) == codes[0]
+    assert cli.run([*base, "--fail-on", "suspicious"]) == codes[1]
+    assert cli.run([*base, "--fail-on", "NEVER"]) == codes[2]
+    assert cli.run([*base, "--fail-on", "always"]) == 2  # not a choice
+    assert "--fail-on" in capsys.readouterr().err
+
+
+def test_suspicious_models_are_named_in_the_summary_line(
+        engine: FakeEngine, files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    engine.models = [done("a"), done("odd", suspicious=[2, 7])]
+    assert cli.run(["scan-many", str(files["manifest"]), "--out", str(files["out"])]) == 0
+    printed = capsys.readouterr().out
+    assert "2 model(s): 0 flagged, 1 suspicious, 1 clean, 0 failed — suspicious: odd" in printed
+    written = json.loads((files["out"] / "summary.json").read_text())
+    assert written["totals"]["suspicious"] == 1
+    assert written["models"][1]["suspicious_labels"] == [2, 7]
+
+
+def test_the_help_documents_the_exit_codes() -> None:
+    text = typer.main.get_command(cli.app).commands["scan-many"].help
+    for words in ("BACKDOOR", "SUSPICIOUS", "--fail-on suspicious", "--fail-on never",
+                  "2 when a model could not be scanned", "130"):
+        assert words in " ".join(text.split()), words
 
 
 def test_a_model_that_could_not_be_scanned_exits_2(
@@ -261,6 +302,33 @@ def test_search_flags_are_laid_over_the_manifest(engine: FakeEngine,
                                      "early_stop": False, "seed": 3}
 
 
+def test_verdict_flags_are_passed_into_the_settings(engine: FakeEngine,
+                                                   files: dict[str, Path]) -> None:
+    code = cli.run(["scan-many", str(files["manifest"]), "--out", str(files["out"]),
+                    "--verdict", "PAPER", "--confirm-seeds", "3", "--confirm-margin", "0.5"])
+    assert code == 0
+    assert engine.call["config"] == {"verdict": "paper", "confirm_seeds": 3,
+                                     "confirm_margin": 0.5}
+    engine.calls.clear()
+    assert cli.run(["scan-many", str(files["manifest"]), "--out", str(files["out"]),
+                    "--verdict", "confirmed"]) == 0
+    assert engine.call["config"] == {"verdict": "confirmed"}
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--verdict", "majority"], "--verdict"),
+    (["--confirm-seeds", "0"], "--confirm-seeds"),
+    (["--confirm-margin", "-1"], "--confirm-margin"),
+])
+def test_bad_verdict_settings_exit_2_before_any_work(
+        engine: FakeEngine, files: dict[str, Path], capsys: pytest.CaptureFixture[str],
+        args: list[str], expected: str) -> None:
+    argv = ["scan-many", str(files["manifest"]), "--out", str(files["out"]), *args]
+    assert cli.run(argv) == 2
+    assert expected in capsys.readouterr().err
+    assert engine.calls == []
+
+
 def test_scan_many_takes_scan_s_search_flags_as_they_are() -> None:
     commands = typer.main.get_command(cli.app).commands
     scan = {p.name: p for p in commands["scan"].params}
@@ -290,6 +358,9 @@ def test_progress_display_counts_models_and_eta() -> None:
     assert display.text().startswith("8/8 models · 0 running · 1 failed · ETA 2:02:02")
     display({"model": "vgg", "status": "scanning", "labels_done": 4, "labels_total": 10})
     assert display.text().endswith(" · vgg: scanning 4/10 labels")
+    display({"model": "vgg", "status": "confirming", "labels_done": 10, "labels_total": 10,
+             "confirm_labels": [3, 5]})
+    assert display.text().endswith(" · vgg: confirming 2 label(s)")
     display({"model": "vgg", "status": "done", "labels_done": 10, "labels_total": 10})
     assert display.text().endswith(" · vgg: done")
     display("not an event")  # type: ignore[arg-type]
@@ -358,12 +429,16 @@ def test_end_to_end_on_two_tiny_models(tmp_path: Path, capsys: pytest.CaptureFix
     assert [m.name for m in summary.models] == ["model0", "model1"], printed.err
     assert all(m.status == "done" for m in summary.models), [m.error for m in summary.models]
     assert code == (1 if summary.flagged else 0)
+    assert all(m.verdict in ("backdoor", "suspicious", "clean") for m in summary.models)
     assert summary.summary() in printed.out
     for m in summary.models:
         report = json.loads((out / "models" / m.name / "report.json").read_text())
         assert len(report["labels"]) == 10
         assert max(label["steps"] for label in report["labels"]) <= 10
         assert sorted(report["flagged_labels"]) == sorted(m.flagged_labels)
+        assert (report["verdict"], report["suspicious_labels"]) == (m.verdict,
+                                                                    m.suspicious_labels)
+        assert report["confirmation"]["rule"] == "confirmed"  # the default rule, as scan's
     page = (out / "index.html").read_text()
     assert re.findall(r'href="(models/[^"]+)"', page) == ["models/model0/report.html",
                                                           "models/model1/report.html"]

@@ -1,5 +1,9 @@
 """``neuralcleanse scan-many``: scan every model of a manifest (or of a folder), exit 0/1/2/130.
 
+Each model gets the graded verdict ``neuralcleanse scan`` gives it (backdoor, suspicious or
+clean; ``--verdict``); ``--fail-on`` chooses which verdicts of any model exit 1
+(:data:`~neuralcleanse.frontends.cli.cmd_scan.FAILING_VERDICTS`, as for ``scan``).
+
 The work is :func:`neuralcleanse.frontends.api.scan_many` (on Ray, or one model after another
 with ``--sequential``); this module turns flags into its arguments, shows a live progress
 display on a terminal, and prints the one-line summary and where ``index.html`` is.
@@ -15,6 +19,7 @@ import inspect
 import math
 import sys
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,7 +27,7 @@ import typer
 from rich.console import Console
 
 from neuralcleanse.core.summary import ScanManySummary
-from neuralcleanse.frontends.cli.cmd_scan import scan
+from neuralcleanse.frontends.cli.cmd_scan import FAILING_VERDICTS, scan
 from neuralcleanse.frontends.cli.folders import prepare_folder, remove_if_empty
 from neuralcleanse.frontends.cli.inputs import clip_range, preprocessing_values
 from neuralcleanse.frontends.cli.messages import (
@@ -47,6 +52,7 @@ from neuralcleanse.frontends.cli.options import (
     DataLayout,
     DeviceOpt,
     DivideOpt,
+    FailOn,
     InputShapeOpt,
     LayoutOpt,
     MaxSamplesOpt,
@@ -74,7 +80,8 @@ SCAN_MANY_OUTPUTS = (SUMMARY_JSON, SUMMARY_CSV, INDEX_HTML, "models/")
 SEARCH_FLAGS = ("config", "preset", "steps", "mini_batches", "batch_size", "learning_rate",
                 "init_cost", "norm", "attack_success_threshold", "patience", "cost_multiplier",
                 "early_stop", "early_stop_threshold", "early_stop_patience",
-                "anomaly_threshold", "seed", "label_batch", "memory_budget_mb", "labels")
+                "anomaly_threshold", "verdict", "confirm_seeds", "confirm_margin", "seed",
+                "label_batch", "memory_budget_mb", "labels")
 MANIFEST_SUFFIXES = (".toml", ".json")
 MAX_RETRIES = 100
 RUN_PANEL = "Where and how the models run"
@@ -128,6 +135,12 @@ def scan_many(
         "--progress/--no-progress", rich_help_panel=OUT_PANEL, show_default=False,
         help="Live display of models done, running and failed, and the ETA (default: on in "
              "a terminal).")] = None,
+    fail_on: Annotated[FailOn, typer.Option(
+        "--fail-on", rich_help_panel=OUT_PANEL, case_sensitive=False,
+        help="Which verdict of any model exits 1: backdoor (a model with a BACKDOOR "
+             "verdict), suspicious (a BACKDOOR or a SUSPICIOUS verdict: the strict gate) or "
+             "never (no verdict exits 1). A model that could not be scanned still exits "
+             "2, an interruption 130.")] = FailOn.backdoor,
     arch: ArchOpt = None,
     arch_kwargs: ArchKwargsOpt = None,
     trust_pickle: TrustPickleOpt = False,
@@ -148,9 +161,16 @@ def scan_many(
 
     MANIFEST is a TOML/JSON manifest, or a folder of model files with --data (model flags such
     as --arch apply to each). Each model's report goes to OUT/models/NAME/; OUT/index.html,
-    summary.json and summary.csv list them all. Exit code 0 when every model was scanned and
-    none flagged, 1 when a backdoor is flagged, 2 on bad input or when a model could not be
-    scanned, 130 when interrupted (the summary is written; --resume continues).
+    summary.json and summary.csv list them all. Each model gets scan's verdict: BACKDOOR (a
+    label's trigger is an outlier, confirmed), SUSPICIOUS (a label crossed the threshold in a
+    single run but not on the median of its runs) or CLEAN; --verdict paper gives the
+    published one-run rule (BACKDOOR or CLEAN).
+
+    Exit codes: 1 when a model's verdict is BACKDOOR (--fail-on backdoor, the default), or
+    BACKDOOR or SUSPICIOUS (--fail-on suspicious); no verdict exits 1 with --fail-on never.
+    Otherwise 2 when a model could not be scanned (also on bad input, before any work), else
+    0. 3 on an internal error, 130 when interrupted (the summary is written; --resume
+    continues).
     """
     check_resources(cpus_per_scan, gpus_per_scan)
     if sequential and address is not None:
@@ -184,11 +204,15 @@ def scan_many(
     except BaseException:
         remove_if_empty(created)  # only folders this run made, and only while still empty
         raise
-    raise typer.Exit(finish(console, summary, out))
+    raise typer.Exit(finish(console, summary, out, fail_on))
 
 
-def finish(console: Console, summary: ScanManySummary, out: Path) -> int:
+def finish(console: Console, summary: ScanManySummary, out: Path,
+           fail_on: FailOn = FailOn.backdoor) -> int:
     """Print the run's summary line, failed models and index path; return the exit code.
+
+    The code is 1 when a model's verdict is one that ``fail_on`` fails, else 2 when a model
+    could not be scanned, else 0.
 
     Raises:
         Interrupted: When the run was interrupted (exit code 130).
@@ -198,14 +222,15 @@ def finish(console: Console, summary: ScanManySummary, out: Path) -> int:
     if len(summary.failed) > 10:
         say(console, f"... and {len(summary.failed) - 10} more failed model(s): see "
                      f"{out / SUMMARY_CSV}", style="yellow")
-    style = "bold red" if summary.flagged else "yellow" if summary.failed else "bold green"
+    style = ("bold red" if summary.flagged else "bold yellow" if summary.suspicious
+             else "yellow" if summary.failed else "bold green")
     say(console, summary.summary(), style=style)
     index = out / INDEX_HTML
     say(console, f"summary: {index}  (JSON: {out / SUMMARY_JSON}, CSV: {out / SUMMARY_CSV})")
     if summary.interrupted:
         raise Interrupted(f"interrupted: {len(summary.models)} model(s) in the summary "
                           f"{index}; rerun with --resume to continue")
-    if summary.flagged:
+    if any(m.verdict in FAILING_VERDICTS[fail_on] for m in summary.models):
         return EXIT_FLAGGED
     return EXIT_USAGE if summary.failed else EXIT_CLEAN
 
@@ -309,8 +334,8 @@ def search_config(search: dict[str, Any], preset_given: bool) -> dict[str, Any] 
     """
     preset: Preset = search.pop("preset")
     config_file: Path | None = search.pop("config")
-    flags = {k: (UNSET if v is None else v) for k, v in search.items()
-             if k not in ("mini_batches", "label_batch")}
+    flags = {k: (UNSET if v is None else v.value if isinstance(v, Enum) else v)
+             for k, v in search.items() if k not in ("mini_batches", "label_batch")}
     flags["mini_batches"] = parse_auto_int(search.get("mini_batches"), "--mini-batches", "all")
     flags["label_batch"] = parse_auto_int(search.get("label_batch"), "--label-batch", "auto")
     build_config(preset, config_file, {**flags, "progress": False})  # checks every value
@@ -360,7 +385,8 @@ class ProgressDisplay:
         self.enabled = enabled
         self.state: dict[str, Any] = {"done": 0, "total": None, "running": 0, "failed": 0,
                                       "eta": "–", "model": None, "status": None,
-                                      "labels_done": None, "labels_total": None}
+                                      "labels_done": None, "labels_total": None,
+                                      "confirm_labels": None}
         self._progress: Any = None
         self._task: Any = None
 
@@ -384,7 +410,7 @@ class ProgressDisplay:
         """The line beside the bar, e.g. ``3/8 models · 2 running · 1 failed · ETA 1:05``.
 
         The model of the latest event follows, with its state and labels when known
-        (``· resnet: scanning 4/10 labels``).
+        (``· resnet: scanning 4/10 labels``, ``· resnet: confirming 2 label(s)``).
         """
         s = self.state
         total = "?" if s["total"] is None else s["total"]
@@ -394,7 +420,9 @@ class ProgressDisplay:
             line += f" · {printable(s['model'])[:40]}"
             if s["status"]:
                 line += f": {printable(s['status'])[:20]}"
-                if s["labels_total"] and s["status"] not in ("done", "failed"):
+                if s["status"] == "confirming" and s["confirm_labels"]:
+                    line += f" {s['confirm_labels']} label(s)"
+                elif s["labels_total"] and s["status"] not in ("done", "failed"):
                     line += f" {s['labels_done'] or 0}/{s['labels_total']} labels"
         return line
 
@@ -416,6 +444,9 @@ class ProgressDisplay:
                 value = event.get(key)
                 ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
                 self.state[key] = value if ok else None
+            confirming = event.get("confirm_labels")
+            self.state["confirm_labels"] = len(confirming) if isinstance(confirming, list) \
+                else None
         if self._progress is not None:
             self._progress.update(self._task, description=self.text(),
                                   completed=self.state["done"], total=self.state["total"])

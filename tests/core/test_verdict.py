@@ -200,7 +200,7 @@ def test_a_borderline_label_whose_further_runs_are_larger_is_only_suspicious() -
     assert out.verdict == "suspicious" and out.suspicious_labels == [3]
     assert out.label(3).norm == 19.9
     assert out.confirmation["first_run"]["flagged"] == [3]
-    assert "suspicious" in out.summary() and "[3]" in out.summary()
+    assert out.summary().startswith("SUSPICIOUS:") and "[3]" in out.summary()
 
 
 def test_a_label_crossing_in_one_further_run_only_is_suspicious() -> None:

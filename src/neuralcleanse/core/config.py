@@ -156,10 +156,11 @@ class ScanConfig:
     def art_defaults(cls, **overrides: Any) -> ScanConfig:
         """Return the defaults of ART's ``KerasNeuralCleanse`` (norm 2, multiplier 1.5, ...).
 
-        One step is one pass over the clean data, as in ART.
+        One step is one pass over the clean data, and the verdict is the single run's (the
+        ``"paper"`` rule), as in ART.
         """
         base = dict(norm=2, cost_multiplier=1.5, early_stop_threshold=0.99,
-                    early_stop_patience=10, mini_batches=None)
+                    early_stop_patience=10, mini_batches=None, verdict="paper")
         base.update(overrides)
         return cls(**base)
 

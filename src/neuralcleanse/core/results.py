@@ -429,17 +429,18 @@ class ScanResult:
     def summary(self) -> str:
         """A short human-readable verdict (a second line names labels without clean images).
 
-        A ``"suspicious"`` verdict reads "no backdoor found ..., but label(s) ... are
-        suspicious", naming the labels that crossed the threshold in a single run only.
+        It starts with the verdict word (BACKDOOR, SUSPICIOUS or CLEAN); a suspicious verdict
+        names the labels that crossed the threshold in a single run only.
         """
         if self.flagged_labels:
-            text = (f"BACKDOOR suspected: label(s) {self.flagged_labels} flagged "
+            text = (f"BACKDOOR: label(s) {self.flagged_labels} flagged "
                     f"(anomaly index > {self.anomaly_threshold:g})")
+        elif self.suspicious_labels:
+            text = (f"SUSPICIOUS: no backdoor confirmed, but label(s) {self.suspicious_labels} "
+                    f"crossed anomaly index {self.anomaly_threshold:g} in a single run and the "
+                    "further runs did not confirm it")
         else:
-            text = f"no backdoor found (no anomaly index > {self.anomaly_threshold:g})"
-            if self.suspicious_labels:
-                text += (f", but label(s) {self.suspicious_labels} are suspicious: they crossed "
-                         "it in a single run and the further runs did not confirm it")
+            text = f"CLEAN: no backdoor found (no anomaly index > {self.anomaly_threshold:g})"
         if self.labels_without_data:
             text += (f"\nlabel(s) {self.labels_without_data} had no clean images: searched on "
                      "the other classes' images, left out of the median and MAD")

@@ -31,6 +31,9 @@ from neuralcleanse.core.outliers import anomaly_indices
 VERDICTS = ("backdoor", "suspicious", "clean")
 #: The rules that decide the verdict (``ScanConfig.verdict``).
 RULES = ("confirmed", "paper")
+#: Settings that decide the verdict but do not shape any label's search: resume fingerprints
+#: leave them out, so labels saved under one rule or threshold are taken up under another.
+VERDICT_SETTINGS = ("anomaly_threshold", "verdict", "confirm_seeds", "confirm_margin")
 
 #: Per-label false-flag rate of each rule, measured on the clean models of the model zoo
 #: (``benchmarks/zoo_detection.py``) with the default settings; ``None`` until measured.

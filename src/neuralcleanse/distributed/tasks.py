@@ -38,6 +38,7 @@ import numpy as np
 from neuralcleanse.core.config import ScanConfig
 from neuralcleanse.core.errors import InputError, one_line
 from neuralcleanse.core.results import LabelResult
+from neuralcleanse.core.verdict import VERDICT_SETTINGS
 from neuralcleanse.distributed.manifest import ModelSpec, library_wording
 
 #: Environment variable of the test hook (see the module's docstring).
@@ -49,10 +50,6 @@ PARTIAL_DIR = "partial"
 STATE_DIR = ".scan-many"
 #: The name of a model's confirmation task (in the attempt markers and the driver's records).
 CONFIRM_TASK = "confirm"
-#: Settings that decide the verdict but do not shape the first pass's label results: they are
-#: left out of the resume store's fingerprint (:func:`settings_key`), so saved labels are taken
-#: up under another threshold or verdict rule.
-VERDICT_SETTINGS = ("anomaly_threshold", "verdict", "confirm_seeds", "confirm_margin")
 
 
 @dataclass(frozen=True)

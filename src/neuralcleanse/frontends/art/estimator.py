@@ -23,6 +23,7 @@ from neuralcleanse.core.results import LabelResult, ScanResult
 from neuralcleanse.frontends.art.base import P
 from neuralcleanse.frontends.art.classifier import ArtClassifier
 from neuralcleanse.frontends.art.inputs import target_label, to_numpy
+from neuralcleanse.search.confirm import apply_confirmation
 from neuralcleanse.search.reverse import reverse_engineer
 
 #: The mitigation types :meth:`NeuralCleanseEstimator.mitigate` accepts.
@@ -117,12 +118,14 @@ class NeuralCleanseEstimator(ArtClassifier[P]):
         images, labels = self._search_data(x_val, y_val)
         results = self._reverse(images, labels, None)
         config = self._parameters.search
-        self._scan = ScanResult.from_labels(
+        first = ScanResult.from_labels(
             results, nb_classes=self.nb_classes, anomaly_threshold=config.anomaly_threshold,
             config=config.to_dict(), model_info=self._clf.describe(),
             data_info={"n_images": int(len(images)),
                        "class_counts": class_counts(labels, self.nb_classes)},
             versions=versions(), wall_seconds=time.perf_counter() - started)
+        # ART's verdict is the single run's (the paper rule): graded, nothing re-searched
+        self._scan = apply_confirmation(first, {}, config, 0.0)
         return [(r.label, r.mask, r.pattern) for r in self._flagged(self._scan)]
 
     @staticmethod

@@ -28,6 +28,7 @@ from neuralcleanse.core.config import FAST_PRESET, MAX_SEED, ScanConfig
 from neuralcleanse.core.errors import InputError
 from neuralcleanse.core.results import LabelResult, ScanResult
 from neuralcleanse.core.strict_json import dumps
+from neuralcleanse.core.verdict import VERDICT_SETTINGS
 from neuralcleanse.frontends.cli.folders import (
     PARTIAL_DIR,
     SCAN_OUTPUTS,
@@ -87,8 +88,7 @@ if TYPE_CHECKING:  # the report module (jinja2) is imported when a scan writes i
 DEFAULT_OUT = "neuralcleanse-report"
 #: Settings that do not shape the first pass's label results, left out of the resume store's
 #: fingerprint: labels saved by a scan resume under another threshold or verdict rule.
-VERDICT_ONLY_SETTINGS = ("progress", "anomaly_threshold", "verdict", "confirm_seeds",
-                         "confirm_margin")
+VERDICT_ONLY_SETTINGS = ("progress", *VERDICT_SETTINGS)
 #: Most ``--restarts``.
 MAX_RESTARTS = 1000
 #: The defaults the help shows are the library's.

@@ -19,13 +19,14 @@ from neuralcleanse.mitigation import (  # noqa: E402
 __all__ = ["FilteringReport", "InputFilter", "KerasNeuralCleanse", "LabelResult",
            "MitigationResult", "PruningReport", "PyTorchNeuralCleanse", "ScanConfig",
            "ScanResult", "UnlearningReport", "__version__", "anomaly_indices", "load_data",
-           "load_model", "mitigate", "scan", "scan_many"]
+           "load_filter", "load_model", "mitigate", "scan", "scan_many"]
 
 #: Names loaded on first use, so that importing neuralcleanse imports no deep-learning framework.
 #: load_model / load_data import no framework themselves (a file's loader imports its own), but
 #: their modules are only needed by callers who read files.
 _LAZY = {"KerasNeuralCleanse": "frontends.art", "PyTorchNeuralCleanse": "frontends.art",
-         "load_model": "backends.loading", "load_data": "io.data_files"}
+         "load_model": "backends.loading", "load_data": "io.data_files",
+         "load_filter": "io.filter_files"}
 
 
 def __getattr__(name: str) -> object:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -104,6 +105,10 @@ class InputFilter:
         scale: Spread of the clean score per flagged label.
         threshold: Overall score above which an input is refused.
         report: What was measured when the filter was fitted (set by :func:`filter_inputs`).
+        file_info: What a filter file recorded about the fitting (set by
+            :func:`~neuralcleanse.io.filter_files.load_filter`, kept when the filter is saved
+            again): ``n_neurons``, ``target_fpr``, ``false_positive_rate``, ``detection_rate``,
+            ``top_fraction`` and ``model_sha256``.
     """
 
     def __init__(self, classifier: Classifier, layer: str | int | None,
@@ -116,6 +121,7 @@ class InputFilter:
         self.scale = dict(scale)
         self.threshold = float(threshold)
         self.report: FilteringReport | None = None
+        self.file_info: dict[str, Any] = {}
 
     @property
     def nb_classes(self) -> int:
@@ -145,6 +151,63 @@ class InputFilter:
         return out
 
     __call__ = predict
+
+    def decisions(self, x: np.ndarray, batch_size: int = 256) -> FilterDecisions:
+        """Score every input, refuse those above the threshold, predict the others.
+
+        Returns:
+            The :class:`FilterDecisions`: per input its score, whether it is refused and the
+            model's predicted label (``-1`` for a refused input).
+        """
+        images = model_images(self.classifier, x, "x")
+        scores = self.scores(images, batch_size=batch_size)
+        refused = scores > self.threshold
+        predictions = self.classifier.predict_labels(images, batch_size=batch_size)
+        predictions = np.where(refused, -1, predictions).astype(np.int64)
+        return FilterDecisions(scores=scores, refused=refused, predictions=predictions,
+                               threshold=self.threshold)
+
+    def save(self, path: str | Path, *, model_sha256: str | None = None) -> Path:
+        """Write the filter to a small JSON file that :func:`~neuralcleanse.load_filter` reads.
+
+        The file holds the layer, the trigger neurons, centre and spread of each flagged
+        label, the threshold, the target and measured rates, and the model facts the filter
+        depends on (input shape, layout, value range, output kind, preprocessing); never the
+        model itself. It is written completely before it replaces an existing file.
+
+        Args:
+            path: The file to write (``.json`` by convention).
+            model_sha256: The SHA-256 of the model file the filter was fitted on (64 hex
+                digits), checked when the filter is loaded with ``model_path=``; default: the
+                one the filter was loaded with, if any.
+
+        Returns:
+            The path written.
+
+        Raises:
+            InputError: When the filter has no finite threshold or ``model_sha256`` is not
+                64 hex digits.
+        """
+        from neuralcleanse.io.filter_files import write_filter
+
+        return write_filter(self, path, model_sha256=model_sha256)
+
+
+@dataclass
+class FilterDecisions:
+    """What an :class:`InputFilter` decided for a batch of inputs.
+
+    Attributes:
+        scores: Suspicion score of each input (larger means more trigger-like).
+        refused: Whether each input is refused (its score exceeds ``threshold``).
+        predictions: The model's predicted label of each input, ``-1`` where it is refused.
+        threshold: The filter's threshold.
+    """
+
+    scores: np.ndarray
+    refused: np.ndarray
+    predictions: np.ndarray
+    threshold: float
 
 
 def _check_options(top_fraction: float, target_fpr: float, batch_size: int

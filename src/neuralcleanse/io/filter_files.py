@@ -320,7 +320,7 @@ def _fields(data: Any, name: str, needed: tuple[str, ...], optional: tuple[str, 
 def _parse_document(document: Any, path: Path) -> FilterFile:
     """Check every field of a parsed filter document; InputErrors name the field."""
     document = json_object(document, "the document")
-    fmt = required(document, "format")
+    fmt = document.get("format")
     if fmt != FILTER_FORMAT:
         raise InputError(f"{_field('format')} must be {FILTER_FORMAT!r} (got {shown(fmt)}): "
                          "this is not an input filter file")
@@ -499,8 +499,8 @@ def load_filter(path: str | Path, model: Any, *, model_path: str | Path | None =
         InputTypeError: On a model of an unsupported type.
     """
     spec = read_filter_file(path)
-    if model_path is not None:
-        _check_sha256(spec, Path(model_path), bool(ignore_sha256))
+    mismatch = None if model_path is None else _check_sha256(spec, Path(model_path),
+                                                             bool(ignore_sha256))
     _check_options(spec, output=output, channels_first=channels_first,
                    clip_values=clip_values, preprocessing=preprocessing)
     clf = _wrapped(spec, model, preprocessing, device)
@@ -510,13 +510,16 @@ def load_filter(path: str | Path, model: Any, *, model_path: str | Path | None =
                       "false_positive_rate": spec.false_positive_rate,
                       "detection_rate": spec.detection_rate, "top_fraction": spec.top_fraction,
                       "model_sha256": spec.model["file_sha256"]}
+    if mismatch is not None:  # said once the filter is known to fit the model
+        warnings.warn(mismatch, UserWarning, stacklevel=2)
     return filt
 
 
-def _check_sha256(spec: FilterFile, model_path: Path, ignore: bool) -> None:
+def _check_sha256(spec: FilterFile, model_path: Path, ignore: bool) -> str | None:
+    """Refuse a model file whose SHA-256 differs; with ``ignore``, return the warning."""
     expected = spec.model["file_sha256"]
     if expected is None:  # the file records none: nothing to compare
-        return
+        return None
     if not model_path.is_file():
         raise LoadError(f"model_path {str(model_path)!r} is not a file, so its SHA-256 cannot "
                         f"be checked against the one {spec.where} records")
@@ -524,12 +527,11 @@ def _check_sha256(spec: FilterFile, model_path: Path, ignore: bool) -> None:
 
     actual = sha256_of(model_path)
     if actual == expected:
-        return
+        return None
     text = (f"{spec.where} was fitted on a model file with SHA-256 {expected[:16]}..., but "
             f"{str(model_path)!r} has SHA-256 {actual[:16]}...")
     if ignore:
-        warnings.warn(f"{text}; using the filter anyway, as asked", UserWarning, stacklevel=3)
-        return
+        return f"{text}; using the filter anyway, as asked"
     raise LoadError(f"{text}: use the filter with the model it was fitted on, or pass "
                     "ignore_sha256=True to use it anyway")
 
@@ -578,9 +580,12 @@ def _check_options(spec: FilterFile, *, output: Any, channels_first: Any, clip_v
         raise LoadError(f"{fitted} with preprocessing= {shown(recorded, 80)}, not with a "
                         "function: leave it out to use the file's")
     if not _same_preprocessing(preprocessing, recorded, model["input_shape"]):
-        raise LoadError(f"{fitted} with preprocessing= {shown(recorded, 80)}, but "
-                        f"{shown(_plain(preprocessing), 80)} was given; leave it out to use "
-                        "the file's")
+        given = shown(_plain(preprocessing), 80)
+        if recorded is None:
+            raise LoadError(f"{fitted} with no preprocessing, but preprocessing= {given} was "
+                            "given; leave it out")
+        raise LoadError(f"{fitted} with preprocessing= {shown(recorded, 80)}, but {given} was "
+                        "given; leave it out to use the file's")
 
 
 def _pair(values: tuple[float, float]) -> str:

@@ -1,4 +1,8 @@
-"""The ``neuralcleanse`` command line: ``scan``, ``scan-many``, ``mitigate``, ``report``, ``demo``.
+"""The ``neuralcleanse`` command line: scan, scan-many, mitigate, filter, report, demo.
+
+``mitigate --method filtering --save FILE`` writes the input filter as a small JSON file and
+``filter MODEL --filter FILE --data INPUTS [--out decisions.json]`` applies it: per input,
+whether it is refused, its score and the model's prediction for the accepted ones.
 
 The only part of neuralcleanse that knows about flags. One module per job: ``options`` (shared
 flags, parsers, settings files), ``inputs`` (model and data flags resolved), ``folders``
@@ -34,6 +38,7 @@ import typer
 from neuralcleanse import __version__
 from neuralcleanse.core.errors import InputError
 from neuralcleanse.frontends.cli.cmd_demo import demo
+from neuralcleanse.frontends.cli.cmd_filter import filter_command
 from neuralcleanse.frontends.cli.cmd_mitigate import mitigate
 from neuralcleanse.frontends.cli.cmd_report import report
 from neuralcleanse.frontends.cli.cmd_scan import scan
@@ -94,6 +99,7 @@ def _root(
 for _command in (scan, mitigate, report, demo):
     app.command(_command.__name__)(_command)
 app.command("scan-many")(scan_many)
+app.command("filter")(filter_command)
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -53,6 +53,7 @@ from neuralcleanse.frontends.cli.options import (
     parse_int_list,
 )
 from neuralcleanse.io.data_files import load_data, to_layout
+from neuralcleanse.io.filter_files import FILTER_JSON
 from neuralcleanse.mitigation import METHODS
 from neuralcleanse.mitigation.inputs import check_fraction, check_int, check_positive
 from neuralcleanse.mitigation.metrics import DEFAULT_TEST_FRACTION, check_test_fraction
@@ -91,22 +92,26 @@ def mitigate(
              "triggered inputs).")] = Method.unlearning,
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", rich_help_panel=OUT_PANEL,
-        help="Folder for mitigation.json, the repaired model and the re-rendered report "
-             "(default: the report folder); created if needed and checked before the model is "
-             "loaded. Those names (and report.json, copied from --report) are replaced; "
-             "nothing else in the folder is touched.")] = None,
+        help="Folder for mitigation.json, the repaired model (filtering: filter.json, the "
+             "input filter) and the re-rendered report (default: the report folder); created "
+             "if needed and checked before the model is loaded. Those names (and report.json, "
+             "copied from --report) are replaced; nothing else in the folder is touched.")
+    ] = None,
     save: Annotated[Path | None, typer.Option(
         "--save", rich_help_panel=OUT_PANEL,
         help="Where to save the repaired model (default: OUT/repaired_METHOD.pt, .safetensors "
              "for a safetensors model, or .keras; "
              "which a later run replaces). An existing file, and above all the input model "
              "itself (also through a link), is never replaced unless --overwrite-model is "
-             "given. Not for filtering, which leaves the model unchanged.")] = None,
+             "given. Filtering leaves the model unchanged and saves the input filter instead: "
+             "a .json file (default OUT/filter.json) that 'neuralcleanse filter' applies.")
+    ] = None,
     overwrite_model: Annotated[bool, typer.Option(
         "--overwrite-model", rich_help_panel=OUT_PANEL,
         help="Let the repaired model replace an existing file: the --save file, or the input "
              "model itself when --save (or the default path) names it. The new file is "
-             "written completely before it replaces the old one.")] = False,
+             "written completely before it replaces the old one. (A filter never replaces "
+             "the input model.)")] = False,
     labels: Annotated[str | None, typer.Option(
         "--labels", metavar="LIST", rich_help_panel=MITIGATION_PANEL,
         help="Labels to mitigate (default: the flagged ones).")] = None,
@@ -195,9 +200,9 @@ def mitigate(
         extra["test_fraction"] = options.pop("test_fraction")
     if test_data is not None and not test_data.exists():
         raise CliError(f"--test-data {qpath(test_data)} does not exist")
-    if save is not None and method is Method.filtering:
-        raise CliError("--save: filtering does not change the model, so there is no repaired "
-                       "model to save")
+    if save is not None and method is Method.filtering and save.suffix.lower() != ".json":
+        raise CliError(f"--save {qpath(save)}: filtering leaves the model unchanged and saves "
+                       "the input filter, a JSON file: give a name ending in .json")
     scan_result = ScanResult.from_json(report_json)
     for trigger in mitigation_module.select_triggers(scan_result, chosen):  # flagged, scanned
         if not (np.isfinite(trigger.mask).all() and np.isfinite(trigger.pattern).all()):
@@ -208,8 +213,14 @@ def mitigate(
     created = prepare_folder(target, "--out" if out is not None else "--report",
                              MITIGATE_OUTPUTS)
     try:
-        if save is not None:
+        filter_path: Path | None = None
+        if method is Method.filtering:
+            filter_path = save or target / FILTER_JSON
+            check_filter_save(filter_path, model, target, overwrite_model,
+                              explicit=save is not None)
+        elif save is not None:
             check_save(save, model, overwrite_model, explicit=True)
+        if save is not None:
             created += prepare_folder(save.parent, "--save's folder")
         inputs = load_inputs(model, data, arch=arch, arch_kwargs=arch_kwargs,
                              trust_pickle=trust_pickle, input_shape=input_shape,
@@ -251,6 +262,12 @@ def mitigate(
         saved = save_model(result, save_path)
         mitigation_dict["saved_model"] = saved
         say(console, f"repaired model: {saved}")
+    if filter_path is not None:
+        result.input_filter.save(filter_path,
+                                 model_sha256=inputs.model.info.get("file_sha256"))
+        mitigation_dict["saved_filter"] = str(filter_path)
+        say(console, f"input filter: {filter_path}  (apply it with: neuralcleanse filter "
+                     f"MODEL --filter {filter_path} --data INPUTS)")
     atomic_write(target / MITIGATION_JSON, dumps(mitigation_dict))
     if not same_file(report_json, target / REPORT_JSON):
         atomic_write(target / REPORT_JSON, report_json.read_bytes())
@@ -308,6 +325,28 @@ def check_save(path: Path, model: Path, overwrite: bool, explicit: bool) -> None
     elif explicit and (path.exists() or path.is_symlink()) and not overwrite:
         raise CliError(f"--save {shown} exists: choose another path, or add --overwrite-model "
                        "to replace it")
+
+
+def check_filter_save(path: Path, model: Path, out: Path, overwrite: bool,
+                      explicit: bool) -> None:
+    """Refuse a filter path that is the model, an output of this run, or an existing file.
+
+    An existing file is replaced when it is the default path, or with ``--overwrite-model``.
+    """
+    shown = qpath(path)
+    where = f"--save {shown}" if explicit else f"the filter's default path {shown}"
+    if path.is_dir():
+        raise CliError(f"{where} is a folder: give the file to write")
+    if same_file(path, model) or path.resolve() == model.resolve():
+        raise CliError(f"{where} is the input model, which the filter would replace: save it "
+                       "elsewhere")
+    outputs = [out / name.rstrip("/") for name in MITIGATE_OUTPUTS]
+    if any(same_file(path, o) or path.resolve() == o.resolve() for o in outputs):
+        raise CliError(f"{where} is a file this command writes into the output folder: "
+                       "choose another name")
+    if explicit and (path.exists() or path.is_symlink()) and not overwrite:
+        raise CliError(f"{where} exists: choose another path, or add --overwrite-model to "
+                       "replace it")
 
 
 def save_model(result: Any, path: Path) -> str:

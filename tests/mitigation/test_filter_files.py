@@ -20,7 +20,7 @@ import torch
 import neuralcleanse as nc
 from neuralcleanse.backends.torch.architectures import small_cnn
 from neuralcleanse.backends.torch.training import seeded, train_classifier
-from neuralcleanse.core.errors import InputError, LoadError
+from neuralcleanse.core.errors import InputError, InputTypeError, LoadError
 from neuralcleanse.core.results import LabelResult
 from neuralcleanse.frontends.api import prepare
 from neuralcleanse.io.digits import digits_images, stamp_square
@@ -343,6 +343,8 @@ def test_files_that_are_not_filter_files_at_all_are_refused(tmp_path: Path) -> N
                            (tmp_path / "missing.json", "does not exist")):
         with pytest.raises(LoadError, match=expected):
             read_filter_file(path)
+    with pytest.raises(InputTypeError, match="path must be a file path"):
+        read_filter_file(3)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("layer", "expected"), [

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -203,7 +204,7 @@ def write_filter(filt: InputFilter, path: str | Path, model_sha256: str | None =
     """
     from neuralcleanse.io.report import atomic_write
 
-    target = Path(path)
+    target = _path(path, "path")
     text = dumps(filter_document(filt, model_sha256)) + "\n"
     _parse_document(json.loads(text), target)  # what is written must load
     atomic_write(target, text)
@@ -248,7 +249,7 @@ def read_filter_file(path: str | Path) -> FilterFile:
             version, or with any field missing, unknown, of the wrong type or out of range;
             the message names the file and the field.
     """
-    p = Path(path)
+    p = _path(path, "path")
     where = f"filter file {str(p)!r}"
     if not p.exists():
         raise LoadError(f"{where} does not exist")
@@ -271,6 +272,12 @@ def read_filter_file(path: str | Path) -> FilterFile:
         return _parse_document(document, p)
     except InputError as exc:
         raise LoadError(f"{where}: {one_line(exc)}") from None
+
+
+def _path(value: Any, name: str) -> Path:
+    if not isinstance(value, (str, os.PathLike)):
+        raise InputTypeError(f"{name} must be a file path (got {type(value).__name__})")
+    return Path(value)
 
 
 def _field(name: str) -> str:
@@ -499,8 +506,8 @@ def load_filter(path: str | Path, model: Any, *, model_path: str | Path | None =
         InputTypeError: On a model of an unsupported type.
     """
     spec = read_filter_file(path)
-    mismatch = None if model_path is None else _check_sha256(spec, Path(model_path),
-                                                             bool(ignore_sha256))
+    mismatch = None if model_path is None else _check_sha256(
+        spec, _path(model_path, "model_path"), bool(ignore_sha256))
     _check_options(spec, output=output, channels_first=channels_first,
                    clip_values=clip_values, preprocessing=preprocessing)
     clf = _wrapped(spec, model, preprocessing, device)

@@ -1,4 +1,4 @@
-"""Reading clean labelled data from files.
+"""Reading clean labelled data (or, on request, unlabelled inputs) from files.
 
 :func:`load_data` reads ``.npz`` archives (image and label keys detected or given; see
 :mod:`~neuralcleanse.io.npz_files`) and folders of images with one sub-folder per class (see
@@ -31,25 +31,29 @@ class LoadedData:
 
     Attributes:
         x: Raw images, ``(N, H, W)``, ``(N, H, W, C)`` or ``(N, C, H, W)``, as stored.
-        y: Integer labels ``(N,)``.
+        y: Labels ``(N,)`` (or one-hot rows) as stored; ``None`` only when the data was read
+            with ``require_labels=False`` from an archive that holds no labels.
         info: Facts echoed in the report (source, keys, class names, ...).
     """
 
     x: np.ndarray
-    y: np.ndarray
+    y: np.ndarray | None
     info: dict[str, Any] = field(default_factory=dict)
 
 
 def load_data(path: str | Path, *, x_key: str | None = None, y_key: str | None = None,
-              image_size: tuple[int, int] | None = None, channels: int | None = None
-              ) -> LoadedData:
+              image_size: tuple[int, int] | None = None, channels: int | None = None,
+              require_labels: bool = True) -> LoadedData:
     """Read clean labelled images from an ``.npz`` archive or a folder of class folders.
 
     An ``.npz`` archive must be a zip of plain ``.npy`` arrays: arrays of Python objects are
     refused (reading them could run code), and so is an archive whose arrays declare more than
     :data:`~neuralcleanse.io.npz_files.MAX_NPZ_BYTES` or more than the memory available
     (checked from the headers, before anything is decompressed). The arrays are returned as
-    stored.
+    stored. With ``require_labels=False`` (inputs to classify or filter, which have no labels)
+    an archive without a label key is read with ``y`` set to ``None`` (``info["y_key"]`` is
+    ``None`` too), and an archive holding a single array, whatever its key, is read as the
+    images; labels that are there are still read, and checked as usual.
 
     An image folder holds one sub-folder per class, with the images directly inside it
     (hidden files and folders, whose names start with ``.``, are skipped; other files are
@@ -85,6 +89,8 @@ def load_data(path: str | Path, *, x_key: str | None = None, y_key: str | None =
         y_key: Key of the labels in the ``.npz`` (detected when omitted).
         image_size: ``(H, W)`` to resize folder images to (default: their common size).
         channels: 1 or 3 channels for folder images (default: 1 when every image is grey).
+        require_labels: Whether an ``.npz`` must hold labels (see above). A folder always
+            gives the labels of its class folders.
 
     Raises:
         LoadError: On a missing path, missing keys, unsafe or oversized archives, images that
@@ -98,7 +104,8 @@ def load_data(path: str | Path, *, x_key: str | None = None, y_key: str | None =
             raise LoadError("x_key= / y_key= apply to .npz files, not to image folders")
         return LoadedData(*read_image_folder(p, image_size=image_size, channels=channels))
     if p.suffix.lower() == ".npz":
-        return LoadedData(*read_npz(p, x_key=x_key, y_key=y_key))
+        return LoadedData(*read_npz(p, x_key=x_key, y_key=y_key,
+                                    require_labels=require_labels))
     raise LoadError(f"unsupported data {str(p)!r}: give an .npz file or a folder with one "
                     "sub-folder of images per class")
 

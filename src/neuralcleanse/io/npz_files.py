@@ -25,7 +25,11 @@ MAX_NPZ_BYTES = 8 * 2**30
 
 
 def _pick(keys: list[str], given: str | None, candidates: tuple[str, ...], what: str,
-          param: str, path: Path) -> str:
+          param: str, path: Path, required: bool = True) -> str | None:
+    """The key given (it must exist), else the first candidate present.
+
+    When none is present: a :class:`LoadError`, or ``None`` when the key is not ``required``.
+    """
     if given is not None:
         if given not in keys:
             raise LoadError(f"{path.name} has no key {given!r} ({param}); its keys are: "
@@ -34,16 +38,27 @@ def _pick(keys: list[str], given: str | None, candidates: tuple[str, ...], what:
     for key in candidates:
         if key in keys:
             return key
+    if not required:
+        return None
     raise LoadError(f"cannot tell which key of {path.name} holds the {what} (keys: "
                     f"{', '.join(keys)}); give {param}")
 
 
-def read_npz(path: Path, *, x_key: str | None, y_key: str | None
-             ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def read_npz(path: Path, *, x_key: str | None, y_key: str | None,
+             require_labels: bool = True
+             ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
     """Images, labels and facts for the report from an ``.npz`` archive.
 
     See :func:`~neuralcleanse.io.data_files.load_data` for the rules (keys detected or given,
     no arrays of Python objects, declared sizes checked before anything is decompressed).
+
+    Args:
+        path: The archive.
+        x_key: Key of the images (detected when ``None``).
+        y_key: Key of the labels (detected when ``None``).
+        require_labels: When ``False``, an archive without a label key gives ``None`` as its
+            labels (a ``y_key`` given must still exist), and an archive holding one array
+            only (``numpy.savez(path, x)`` names it ``arr_0``) gives it as the images.
 
     Raises:
         LoadError: On a file that is not an ``.npz``, missing keys, unsafe or oversized arrays,
@@ -60,22 +75,26 @@ def read_npz(path: Path, *, x_key: str | None, y_key: str | None
         raise LoadError(f"could not read {str(path)!r} as .npz: {one_line(exc)}") from None
     with archive:
         keys = list(archive.files)
-        xk = _pick(keys, x_key, IMAGE_KEYS, "images", "x_key=", path)
+        if x_key is None and y_key is None and not require_labels and len(keys) == 1:
+            x_key = keys[0]  # one array and no labels wanted: it can only be the images
+        xk = str(_pick(keys, x_key, IMAGE_KEYS, "images", "x_key=", path))  # required: a key
         if y_key is None and xk.startswith(("x_", "X_")):
             paired = "y_" + xk[2:]
             y_key = paired if paired in keys else None
-        yk = _pick(keys, y_key, LABEL_KEYS, "labels", "y_key=", path)
-        declared = {key: _declared_bytes(archive.zip, key, path) for key in {xk, yk}}
+        yk = _pick(keys, y_key, LABEL_KEYS, "labels", "y_key=", path, required=require_labels)
+        members = [xk] if yk is None or yk == xk else [xk, yk]
+        declared = {key: _declared_bytes(archive.zip, key, path) for key in members}
         _check_size(sum(declared.values()), path)
         try:
-            x, y = archive[xk], archive[yk]
+            x = archive[xk]
+            y = None if yk is None else archive[yk]
         except Exception as exc:  # noqa: BLE001 - a corrupt member (CRC, truncated data)
             raise LoadError(f"could not read {path.name}: {one_line(exc)}") from None
     for key, value in ((xk, x), (yk, y)):
-        if value.ndim == 0:
+        if value is not None and value.ndim == 0:
             raise LoadError(f"{path.name}: {key!r} holds a single value, not an array of "
                             f"{'images' if key == xk else 'labels'}")
-    if len(x) != len(y):
+    if y is not None and len(x) != len(y):
         raise LoadError(f"{path.name}: {xk!r} has {len(x)} images but {yk!r} has {len(y)} "
                         "labels")
     return x, y, {"source": str(path), "format": "npz", "x_key": xk, "y_key": yk,

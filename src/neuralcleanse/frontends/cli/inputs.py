@@ -38,9 +38,13 @@ OUTPUT_PROBE_IMAGES = 64
 
 
 class Inputs:
-    """Everything the model and data flags resolve to, shared by scan and mitigate."""
+    """Everything the model and data flags resolve to, shared by scan, mitigate and filter.
 
-    def __init__(self, model: LoadedModel, data: LoadedData, x: np.ndarray, y: np.ndarray,
+    ``y`` is ``None`` only for data read with ``require_labels=False`` that has no labels.
+    """
+
+    def __init__(self, model: LoadedModel, data: LoadedData, x: np.ndarray,
+                 y: np.ndarray | None,
                  channels_first: bool, clip_values: tuple[float, float] | None,
                  preprocessing: tuple[np.ndarray, np.ndarray] | None, output: str | None,
                  output_source: str, device: str | None) -> None:
@@ -80,10 +84,12 @@ def load_inputs(model_path: Path, data_path: Path, *, arch: str | None, arch_kwa
                 clip_values: str | None, subtract: str | None, divide: str | None,
                 output: OutputKind, device: str | None, x_key: str | None, y_key: str | None,
                 max_samples: int | None, data_layout: DataLayout, seed: int,
-                defaults: dict[str, Any] | None = None) -> Inputs:
+                defaults: dict[str, Any] | None = None, require_labels: bool = True) -> Inputs:
     """Load and check the model and the data named on the command line.
 
     ``defaults`` (a scan report's ``model_info``) fills the model flags that were not given.
+    ``require_labels=False`` reads data without labels too (``Inputs.y`` is then ``None``):
+    inputs to filter rather than clean data to scan with.
     """
     defaults = defaults or {}
     for path, what in ((model_path, "model file"), (data_path, "data path")):
@@ -114,12 +120,16 @@ def load_inputs(model_path: Path, data_path: Path, *, arch: str | None, arch_kwa
     elif target_shape is not None:
         image_size, channels = target_shape, 1
     data = load_data(data_path, x_key=x_key, y_key=y_key, image_size=image_size,
-                     channels=channels if channels in (1, 3) else None)
+                     channels=channels if channels in (1, 3) else None,
+                     require_labels=require_labels)
     x, note = to_layout(data.x, channels_first, data_layout.value)
     if note:
         data.info["layout_change"] = note
-    y = np.asarray(data.y)
+    y = None if data.y is None else np.asarray(data.y)
     if max_samples is not None and max_samples < len(x):
+        if y is None:
+            raise CliError("--max-samples draws a class-balanced sample, which needs labels: "
+                           "the data has none")
         if y.ndim != 1:
             raise CliError("--max-samples needs integer labels (the labels are not a vector)")
         keep = balanced_subsample(y, max_samples, seed)

@@ -70,6 +70,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     inputs_x = np.concatenate([x_test, stamp_square(x_test[others], 2)])
     inputs_y = np.concatenate([y_test, y_test[others]])
     np.savez(root / "inputs.npz", x=inputs_x, y=inputs_y)
+    np.savez(root / "unlabelled.npz", images=inputs_x)  # deployment inputs: no labels
+    np.savez(root / "one_array.npz", inputs_x)  # stored as 'arr_0'
     norms = [20.0, 22.0, 19.0, 4.0, 21.0, 23.0, 18.0, 20.5, 22.5, 21.5]
     result = ScanResult.from_labels(
         [label_result(t, n) for t, n in enumerate(norms)], nb_classes=10, anomaly_threshold=2.0,
@@ -97,10 +99,10 @@ def mitigate_args(files: dict, out: Path, *extra: str) -> list[str]:
 
 
 def filter_args(files: dict, filter_file: Path, *extra: str, model: str = "model.pt",
-                arch_kwargs: dict | None = None) -> list[str]:
+                arch_kwargs: dict | None = None, data: str = "inputs.npz") -> list[str]:
     arch = ARCH if arch_kwargs is None else [*ARCH[:3], json.dumps(arch_kwargs)]
     return ["filter", str(path(files, model)), "--filter", str(filter_file), "--data",
-            str(path(files, "inputs.npz")), *arch, *extra]
+            str(path(files, data)), *arch, *extra]
 
 
 def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
@@ -164,6 +166,49 @@ def test_filter_command_gives_the_decisions_of_python(files: dict, saved: Path, 
                                "refused")
 
 
+@pytest.mark.parametrize("data", ["unlabelled.npz", "one_array.npz"])
+def test_inputs_without_labels_are_filtered_with_a_null_label(
+        files: dict, saved: Path, data: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.run(filter_args(files, saved, "--format", "json")) == cli.EXIT_CLEAN
+    labelled = json.loads(capsys.readouterr().out)
+    code = cli.run(filter_args(files, saved, "--format", "json", data=data))
+    captured = capsys.readouterr()
+    assert code == cli.EXIT_CLEAN, captured.err
+    document = json.loads(captured.out)
+    assert [e["label"] for e in document["inputs"]] == [None] * len(files["inputs_x"])
+    without = [{k: v for k, v in e.items() if k != "label"} for e in document["inputs"]]
+    assert without == [{k: v for k, v in e.items() if k != "label"}
+                       for e in labelled["inputs"]]  # the same decisions, scores, predictions
+    assert document["n_refused"] == labelled["n_refused"] > 0
+    # the text form has no label column
+    assert cli.run(filter_args(files, saved, data=data)) == cli.EXIT_CLEAN
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["input", "decision", "score", "prediction"]
+    assert all(len(line.split()) == 4 for line in lines[1:len(files["inputs_x"]) + 1])
+
+
+def test_a_label_key_that_is_named_must_exist(files: dict, saved: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    args = filter_args(files, saved, "--y-key", "labels", data="unlabelled.npz")
+    assert cli.run(args) == cli.EXIT_USAGE
+    message = one_line_error(capsys)
+    assert "no key 'labels' (--y-key)" in message and "images" in message
+
+
+@pytest.mark.parametrize("command", ["scan", "mitigate"])
+def test_scan_and_mitigate_still_need_labels(files: dict, tmp_path: Path, command: str,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    args = mitigate_args(files, tmp_path / "out")
+    if command == "scan":
+        args = ["scan", str(path(files, "model.pt")), "--data", "DATA", "--out",
+                str(tmp_path / "out"), "--no-progress", *ARCH]
+    args[args.index("--data") + 1] = str(path(files, "unlabelled.npz"))
+    assert cli.run(args) == cli.EXIT_USAGE
+    message = one_line_error(capsys)
+    assert "cannot tell which key of unlabelled.npz holds the labels (keys: images); give " \
+           "--y-key" in message
+
+
 def test_mitigate_writes_filter_json_into_out_by_default(files: dict, tmp_path: Path) -> None:
     assert cli.run(mitigate_args(files, tmp_path)) == cli.EXIT_CLEAN
     assert json.loads((tmp_path / "filter.json").read_text())["format"] == \
@@ -222,7 +267,8 @@ def test_a_model_with_another_number_of_classes_is_refused(files: dict, saved: P
 def test_flags_that_contradict_the_filter_are_refused_in_flag_words(
         files: dict, saved: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for flags, expected in ((["--clip-values", "0,2"], "--clip-values 0,1, but --clip-values 0,2"),
-                            (["--subtract", "0.5"], "--subtract/--divide")):
+                            (["--subtract", "0.5"], "--subtract/--divide"),
+                            (["--output", "probabilities"], "whose --output is 'logits'")):
         assert cli.run(filter_args(files, saved, *flags)) == cli.EXIT_USAGE
         message = one_line_error(capsys)
         assert expected in message and "=" not in message.split("error: ", 1)[1], message

@@ -4,8 +4,10 @@ The filter file is one that ``neuralcleanse mitigate --method filtering --save F
 ``InputFilter.save``) wrote; it is read as untrusted JSON and checked against the model
 (:func:`neuralcleanse.io.filter_files.load_filter`). The model is loaded as ``scan`` loads it,
 with the same flags; the layout, value range, output kind and preprocessing default to what the
-filter file records. Everything that can be checked without the model (the filter file, the
-output path) is checked before the model is loaded.
+filter file records. The inputs need no labels (deployment inputs have none); labels the data
+holds are shown beside the decisions. Everything that can be checked without the model (the
+filter file, the output path) is checked before the model is loaded. The library's messages are
+put in flag wording by :func:`~neuralcleanse.frontends.cli.messages.to_flags`, as for scan.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from typing import Annotated, Any
 
 import typer
 
-from neuralcleanse.core.errors import LoadError
 from neuralcleanse.core.strict_json import dumps, finite_or_none
 from neuralcleanse.frontends.cli.cmd_mitigate import SCAN_ONLY_FORMATS
 from neuralcleanse.frontends.cli.folders import same_file
@@ -48,10 +49,6 @@ from neuralcleanse.frontends.cli.options import (
 #: The ``format`` of the decisions document (``--out`` and ``--format json``).
 DECISIONS_FORMAT = "neuralcleanse-filter-decisions"
 DECISIONS_SCHEMA_VERSION = 1
-#: The library's parameter spellings in load_filter's messages, and the flags that set them
-#: (``channels_first=`` is translated by :func:`~neuralcleanse.frontends.cli.messages.to_flags`).
-FILTER_SPELLINGS = (("ignore_sha256=True", "--ignore-sha256"), ("clip_values=", "--clip-values "),
-                    ("output= ", "--output "), ("preprocessing= ", "--subtract/--divide "))
 #: Most inputs scored in one forward pass (``--batch-size``).
 MAX_BATCH_SIZE = 65_536
 
@@ -64,9 +61,9 @@ def filter_command(
              "wrote. Read as untrusted data (nothing in it is run) and checked against MODEL.")],
     data: Annotated[Path, typer.Option(
         "--data", "-d", rich_help_panel=DATA_PANEL, show_default=False,
-        help="The inputs to filter: an .npz file or a folder with one sub-folder per class, "
-             "read as scan reads its data (labels are needed; they are shown beside the "
-             "decisions).")],
+        help="The inputs to filter: an .npz file (its labels, if it has any, are shown beside "
+             "the decisions; an archive of one array is read as the images) or a folder with "
+             "one sub-folder per class, read as scan reads its data.")],
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", rich_help_panel=OUT_PANEL,
         help="Also write the decisions as JSON to this file (replaced if it exists; never the "
@@ -117,22 +114,20 @@ def filter_command(
         raise CliError(f"{qpath(filter_file)} was fitted with a preprocessing function "
                        f"({spec.model['preprocessing']!r}), which the command line cannot "
                        "rebuild: give it as --subtract and --divide if it is (x - a) / b, or "
-                       "load the filter in Python with load_filter(..., preprocessing=...)")
+                       "load the filter in Python with load_filter, passing the function "
+                       "again")
     inputs = load_inputs(model, data, arch=arch, arch_kwargs=arch_kwargs,
                          trust_pickle=trust_pickle, input_shape=input_shape,
                          channels_first=channels_first, clip_values=clip_values,
                          subtract=subtract, divide=divide, output=output, device=device,
                          x_key=x_key, y_key=y_key, max_samples=None, data_layout=data_layout,
-                         seed=0, defaults=spec.model_defaults())
+                         seed=0, defaults=spec.model_defaults(), require_labels=False)
     if inputs.model.format in SCAN_ONLY_FORMATS:
         raise CliError(f"a {inputs.model.format} model can be scanned but not filtered (its "
                        "layers cannot be hooked here): save its state dict and use --arch")
-    try:
-        filt = load_filter(filter_file, inputs.model.model,
-                           model_path=model if model.is_file() else None,
-                           ignore_sha256=ignore_sha256, **inputs.wrap_options())
-    except LoadError as exc:
-        raise CliError(flag_wording(str(exc))) from None
+    filt = load_filter(filter_file, inputs.model.model,  # its errors: exit 2, in flag wording
+                       model_path=model if model.is_file() else None,
+                       ignore_sha256=ignore_sha256, **inputs.wrap_options())
     _, images, labels = api.prepare(filt.classifier, inputs.x, inputs.y)
     decided = filt.decisions(images, batch_size=batch_size)
     document = decisions_document(decided, labels, model=model, filter_file=filter_file,
@@ -151,13 +146,6 @@ def filter_command(
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
     raise typer.Exit(EXIT_CLEAN)
-
-
-def flag_wording(text: str) -> str:
-    """A load_filter message with its parameter spellings written as this command's flags."""
-    for spelling, flag in FILTER_SPELLINGS:
-        text = text.replace(spelling, flag)
-    return text
 
 
 def check_out(out: Path, inputs: tuple[Path, ...]) -> None:
@@ -179,13 +167,15 @@ def decisions_document(decided: Any, labels: Any, *, model: Path, filter_file: P
     """The decisions as JSON: the files, the threshold, the counts and one entry per input.
 
     Each input has ``index``, ``refused``, ``score`` (``null`` if not finite),
-    ``prediction`` (``null`` when refused) and ``label`` (the data's).
+    ``prediction`` (``null`` when refused) and ``label`` (the data's; ``null`` when
+    ``labels`` is ``None``, data without labels).
     """
     refused = [bool(r) for r in decided.refused]
+    known = [None] * len(refused) if labels is None else [int(t) for t in labels]
     entries = [{"index": i, "refused": r, "score": finite_or_none(score),
-                "prediction": None if r else int(pred), "label": int(label)}
+                "prediction": None if r else int(pred), "label": label}
                for i, (r, score, pred, label) in enumerate(
-                   zip(refused, decided.scores, decided.predictions, labels))]
+                   zip(refused, decided.scores, decided.predictions, known))]
     n = len(entries)
     return {"format": DECISIONS_FORMAT, "schema_version": DECISIONS_SCHEMA_VERSION,
             "model": str(model), "filter": str(filter_file), "data": str(data),
@@ -198,14 +188,16 @@ def decisions_document(decided: Any, labels: Any, *, model: Path, filter_file: P
 
 
 def decision_lines(document: dict[str, Any]) -> list[str]:
-    """One line per input: index, decision, score, prediction and label."""
-    lines = [f"{'input':>7}  {'decision':<8}  {'score':>9}  {'prediction':>10}  {'label':>5}"]
+    """One line per input: index, decision, score, prediction and label (when the data has)."""
+    labelled = any(entry["label"] is not None for entry in document["inputs"])
+    head = f"{'input':>7}  {'decision':<8}  {'score':>9}  {'prediction':>10}"
+    lines = [f"{head}  {'label':>5}" if labelled else head]
     for entry in document["inputs"]:
         score = "n/a" if entry["score"] is None else f"{entry['score']:.3f}"
         prediction = "-" if entry["prediction"] is None else str(entry["prediction"])
         decision = "REFUSED" if entry["refused"] else "accepted"
-        lines.append(f"{entry['index']:>7}  {decision:<8}  {score:>9}  {prediction:>10}  "
-                     f"{entry['label']:>5}")
+        line = f"{entry['index']:>7}  {decision:<8}  {score:>9}  {prediction:>10}"
+        lines.append(f"{line}  {entry['label']:>5}" if labelled else line)
     return lines
 
 

@@ -47,6 +47,10 @@ FLAG_SPELLINGS: tuple[tuple[str, str], ...] = (
     ("y_key=", "--y-key"),
     ("input_shape=", "--input-shape"),
     ("image_size=", "--input-shape"),  # load_data's parameter, set from --input-shape
+    ("ignore_sha256=True", "--ignore-sha256"),  # load_filter's
+    ("clip_values=", "--clip-values"),
+    ("output=", "--output"),
+    ("preprocessing=", "--subtract/--divide"),  # the (subtrahend, divisor) pair they build
 )
 #: A spelling starts a word: ``max_key=``, a path such as ``/tmp/arch=1.pt`` and a quoted value
 #: of the user's (``'x_key=1'``) are left alone.

@@ -30,6 +30,7 @@ from neuralcleanse.io.filter_files import (
     read_filter_file,
 )
 from neuralcleanse.mitigation import filter_inputs
+from neuralcleanse.mitigation.result import MitigationResult
 from torch_models import poisoned_training_set
 
 TARGET = 3
@@ -72,7 +73,8 @@ def case() -> dict[str, Any]:
     result = nc.mitigate(model, x[1000:1400], y[1000:1400], [trigger()], "filtering",
                          top_fraction=0.1)
     return {"model": model, "x": x[1000:1400], "y": y[1000:1400], "filter": result.model,
-            "inputs": np.concatenate([x_test, triggered]), "n_clean": len(x_test)}
+            "result": result, "inputs": np.concatenate([x_test, triggered]),
+            "n_clean": len(x_test)}
 
 
 def same_decisions(a: Any, b: Any) -> None:
@@ -118,6 +120,31 @@ def test_torch_filter_loads_back_to_the_same_decisions(case: dict, tmp_path: Pat
     # a loaded filter saves the same file again (its rates kept in file_info)
     again = loaded.save(tmp_path / "again.json")
     assert strict_json(again) == doc
+
+
+def test_a_filtering_result_saves_its_filter(case: dict, tmp_path: Path) -> None:
+    result = case["result"]
+    digest = hashlib.sha256(b"the model file").hexdigest()
+    written = result.save(tmp_path / "filter.json", model_sha256=digest)
+    assert written == str(tmp_path / "filter.json")
+    direct = case["filter"].save(tmp_path / "direct.json", model_sha256=digest)
+    assert strict_json(Path(written)) == strict_json(direct)
+    assert strict_json(Path(written))["model"]["file_sha256"] == digest
+    same_decisions(nc.load_filter(written, case["model"]).decisions(case["inputs"]),
+                   case["filter"].decisions(case["inputs"]))
+    # a result read back from JSON holds no filter
+    with pytest.raises(InputError, match="holds no input filter"):
+        MitigationResult.from_json(result.to_json()).save(tmp_path / "none.json")
+    assert not (tmp_path / "none.json").exists()
+
+
+def test_a_repaired_model_takes_no_model_sha256(case: dict, tmp_path: Path) -> None:
+    pruned = nc.mitigate(case["model"], case["x"], case["y"], [trigger()], "pruning",
+                         max_fraction=0.1)
+    with pytest.raises(InputError, match="model_sha256= applies to an input filter"):
+        pruned.save(tmp_path / "pruned.pt", model_sha256="0" * 64)
+    assert not (tmp_path / "pruned.pt").exists()
+    assert Path(pruned.save(tmp_path / "pruned.pt")).is_file()
 
 
 def test_layer_given_by_index_is_kept_with_its_name(case: dict, tmp_path: Path) -> None:

@@ -106,16 +106,37 @@ class MitigationResult:
             x = model_images(predictor, x, "x")  # type: ignore[arg-type]
         return predictor.predict(x, batch_size=batch_size)
 
-    def save(self, path: str | Path) -> str:
-        """Save the repaired model in its framework's format (pruning written into weights).
+    def save(self, path: str | Path, *, model_sha256: str | None = None) -> str:
+        """Save what the mitigation produced: the repaired model, or the input filter.
+
+        Pruning and unlearning save the repaired model in its framework's format (pruning
+        written into the weights). Filtering leaves the model unchanged and saves the input
+        filter instead, as :meth:`InputFilter.save
+        <neuralcleanse.mitigation.InputFilter.save>` does: a small JSON file that
+        :func:`~neuralcleanse.load_filter` reads back with the model it was fitted on.
+
+        Args:
+            path: The file to write (for a filter, ``.json`` by convention).
+            model_sha256: Filtering only: the SHA-256 of the model file the filter was
+                fitted on (64 hex digits), recorded in the filter file and checked when it is
+                loaded with ``model_path=``.
+
+        Returns:
+            The path written.
 
         Raises:
-            ValueError: For filtering, which leaves the model unchanged, or when the result
-                holds no model.
+            InputError: When the result holds no model or filter (it was read back from
+                JSON), or ``model_sha256`` is given for pruning or unlearning or is not 64
+                hex digits.
         """
         if self.method == "filtering":
-            raise InputError("filtering does not change the model, so there is no repaired "
-                             "model to save; keep result.to_json() for the filter's settings")
+            if self.input_filter is None:
+                raise InputError("this MitigationResult holds no input filter (read back from "
+                                 "JSON?)")
+            return str(self.input_filter.save(path, model_sha256=model_sha256))
+        if model_sha256 is not None:
+            raise InputError(f"model_sha256= applies to an input filter, not to a {self.method} "
+                             "result, whose repaired model is saved as it is")
         if self.classifier is None:
             raise InputError("this MitigationResult holds no model (read back from JSON?)")
         return self.classifier.save(str(path))

@@ -267,6 +267,36 @@ def test_mitigation_shows_one_held_out_clean_accuracy_with_its_count() -> None:
     assert measured and "48 images held out" in measured.group(1) and "seed 7" in measured.group(1)
 
 
+def _mitigation_details(page: str) -> dict[str, str]:
+    section = page[page.index('id="mitigation"'):page.index("Every label")]
+    return dict(re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td></tr>", section))
+
+
+def test_mitigation_shows_where_the_filter_or_the_model_was_saved() -> None:
+    from dataclasses import replace
+
+    from neuralcleanse.mitigation.filtering import FilteringReport
+
+    unlearning = _unlearning()
+    filtering = replace(unlearning, method="filtering", report=FilteringReport(
+        layer="final_layer_input", n_neurons=32, neurons={BACKDOOR: [4, 9]}, threshold=1.5,
+        target_fpr=0.05, false_positive_rate=0.0625, detection_rate=0.9,
+        detection_rate_by_label={BACKDOOR: 0.9}, measurements=unlearning.report.measurements,
+        split=unlearning.report.split))
+    saved = {**filtering.to_dict(), "saved_filter": "deploy/<filter>.json"}
+    details = _mitigation_details(render_html(make_result(), mitigation=saved))
+    assert details["input filter saved to"] == "deploy/&lt;filter&gt;.json"  # escaped
+    assert "repaired model saved to" not in details
+    assert details["layer"] == "final_layer_input"  # the filtering section itself
+    repaired = {**unlearning.to_dict(), "saved_model": "out/repaired_unlearning.pt"}
+    details = _mitigation_details(render_html(make_result(), mitigation=repaired))
+    assert details["repaired model saved to"] == "out/repaired_unlearning.pt"
+    assert "input filter saved to" not in details
+    # a mitigation.json that saved nothing (or an older one) shows neither
+    details = _mitigation_details(render_html(make_result(), mitigation=filtering.to_dict()))
+    assert not {"input filter saved to", "repaired model saved to"} & set(details)
+
+
 def test_pruning_curve_never_mixes_the_fitting_and_held_out_splits() -> None:
     from neuralcleanse.io.charts import pruning_chart
 

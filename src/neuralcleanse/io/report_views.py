@@ -127,6 +127,8 @@ def mitigation_view(data: dict[str, Any]) -> dict[str, Any]:
                          f"{split.get('n_fit')} / {split.get('n_test')} ({how})"))
     if data.get("saved_model"):
         details.append(("repaired model saved to", str(data["saved_model"])))
+    if data.get("saved_filter"):
+        details.append(("input filter saved to", str(data["saved_filter"])))
     if isinstance(data.get("wall_seconds"), (int, float)):
         details.append(("wall time", f"{data['wall_seconds']:.3g} s"))
     curve = [p for p in report.get("curve") or [] if isinstance(p, dict)]

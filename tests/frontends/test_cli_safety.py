@@ -236,13 +236,90 @@ def test_mitigate_save_onto_another_existing_file_needs_the_flag(
     assert new.is_file()
 
 
-def test_mitigate_save_with_filtering_is_refused(files: dict[str, Path], scanned: Path,
-                                                 tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_mitigate_filtering_save_must_be_a_json_file(files: dict[str, Path], scanned: Path,
+                                                    tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
     code = cli.run(mitigate_args(files, scanned, "--save", str(tmp_path / "x.pt"),
                                  "--method", "filtering"))
     assert code == cli.EXIT_USAGE
-    assert "--save" in one_line_error(capsys)
+    message = one_line_error(capsys)
+    assert "--save" in message and "a name ending in .json" in message
+    assert not (tmp_path / "x.pt").exists()
+
+
+def _save_targets(files: dict[str, Path], scanned: Path, out: Path, test_data: Path
+                  ) -> dict[str, tuple[Path, str]]:
+    """Save paths that name an input or an output of the run, and the refusal each gets."""
+    links = out.parent / "links"
+    links.mkdir()
+    (links / "data.npz").symlink_to(files["data"])
+    (links / "report.json").hardlink_to(scanned / "report.json")
+    return {
+        "data": (files["data"], "is the data (--data)"),
+        "data through a link": (links / "data.npz", "is the data (--data)"),
+        "test data": (test_data, "is the test data (--test-data)"),
+        "scan report": (scanned / "report.json", "is the scan report (--report)"),
+        "scan report, hard link": (links / "report.json", "is the scan report (--report)"),
+        "mitigation.json": (out / "mitigation.json", "a file this command writes into the output"),
+        "report.json copy": (out / "report.json", "a file this command writes into the output"),
+        "report.html": (out / "report.html", "a file this command writes into the output"),
+        "a trigger image": (out / "triggers" / "label_7_mask.png",
+                            "a folder of files this command writes"),
+    }
+
+
+@pytest.mark.parametrize("method", ["unlearning", "pruning"])
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_mitigate_save_never_replaces_an_input_or_an_output_of_the_run(
+        files: dict[str, Path], scanned: Path, tmp_path: Path, method: str, overwrite: bool,
+        capsys: pytest.CaptureFixture[str], no_loading: list[Any]) -> None:
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "mitigation.json").write_text("an earlier run's results")
+    test_data = tmp_path / "test.npz"
+    test_data.write_bytes(files["data"].read_bytes())
+    watched = [files["data"], scanned / "report.json", test_data, out / "mitigation.json"]
+    before = {p: p.read_bytes() for p in watched}
+    extra = ["--overwrite-model"] if overwrite else []  # replaces the model, never these
+    for name, (target, expected) in _save_targets(files, scanned, out, test_data).items():
+        code = cli.run(mitigate_args(files, scanned, "--method", method, "--out", str(out),
+                                     "--test-data", str(test_data), "--save", str(target),
+                                     *extra))
+        assert code == cli.EXIT_USAGE, name
+        message = one_line_error(capsys)
+        assert expected in message and "--save" in message, (name, message)
+    assert {p: p.read_bytes() for p in watched} == before
+    assert sorted(p.name for p in out.iterdir()) == ["mitigation.json"]
+    assert no_loading == []
+
+
+def test_mitigate_save_into_the_report_folder_it_writes_is_refused(
+        files: dict[str, Path], scanned: Path, capsys: pytest.CaptureFixture[str],
+        no_loading: list[Any]) -> None:
+    """Without --out the report folder is the output folder: its report is input and output."""
+    before = {p: p.read_bytes() for p in scanned.iterdir() if p.is_file()}
+    for target, expected in ((scanned / "report.json", "is the scan report (--report)"),
+                             (scanned / "mitigation.json", "a file this command writes")):
+        for method in ("unlearning", "filtering"):
+            assert cli.run(mitigate_args(files, scanned, "--method", method, "--save",
+                                         str(target))) == cli.EXIT_USAGE
+            assert expected in one_line_error(capsys)
+    assert {p: p.read_bytes() for p in scanned.iterdir() if p.is_file()} == before
+    assert not (scanned / "mitigation.json").exists()
+
+
+def test_mitigate_filter_is_never_saved_over_the_scan_report(
+        files: dict[str, Path], scanned: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], no_loading: list[Any]) -> None:
+    report = scanned / "report.json"
+    before = report.read_bytes()
+    for extra in ([], ["--overwrite-model"]):
+        code = cli.run(mitigate_args(files, scanned, "--method", "filtering", "--out",
+                                     str(tmp_path / "m"), "--save", str(report), *extra))
+        assert code == cli.EXIT_USAGE
+        assert "is the scan report (--report), which the filter would replace" in \
+            one_line_error(capsys)
+    assert report.read_bytes() == before
 
 
 # -- fail before the work --------------------------------------------------------------------

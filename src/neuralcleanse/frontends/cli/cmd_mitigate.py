@@ -1,7 +1,9 @@
 """``neuralcleanse mitigate``: remove a flagged backdoor, save the repaired model, measure it.
 
 Everything that can be checked without the model (the report, the labels, the mitigation
-flags, the output folder and the save path) is checked before the model is loaded.
+flags, the output folder and the save path) is checked before the model is loaded. The save
+path is never one of the run's inputs (the data, the test data, the scan report; the model only
+with ``--overwrite-model``) nor a file the run writes (:func:`check_save_path`).
 """
 
 from __future__ import annotations
@@ -104,7 +106,9 @@ def mitigate(
              "which a later run replaces). An existing file, and above all the input model "
              "itself (also through a link), is never replaced unless --overwrite-model is "
              "given. Filtering leaves the model unchanged and saves the input filter instead: "
-             "a .json file (default OUT/filter.json) that 'neuralcleanse filter' applies.")
+             "a .json file (default OUT/filter.json) that 'neuralcleanse filter' applies. "
+             "Never the data, the test data, the scan report or a file this run writes "
+             "(mitigation.json, report.json, report.html, the trigger images).")
     ] = None,
     overwrite_model: Annotated[bool, typer.Option(
         "--overwrite-model", rich_help_panel=OUT_PANEL,
@@ -212,14 +216,18 @@ def mitigate(
     target = out or report_dir
     created = prepare_folder(target, "--out" if out is not None else "--report",
                              MITIGATE_OUTPUTS)
+    inputs_given = [("--data", data, "the data"), ("--report", report_json, "the scan report")]
+    if test_data is not None:
+        inputs_given.append(("--test-data", test_data, "the test data"))
     try:
         filter_path: Path | None = None
         if method is Method.filtering:
             filter_path = save or target / FILTER_JSON
-            check_filter_save(filter_path, model, target, overwrite_model,
-                              explicit=save is not None)
+            check_save_path(filter_path, "filter", model=model, inputs=inputs_given,
+                            out=target, overwrite=overwrite_model, explicit=save is not None)
         elif save is not None:
-            check_save(save, model, overwrite_model, explicit=True)
+            check_save_path(save, "repaired model", model=model, inputs=inputs_given,
+                            out=target, overwrite=overwrite_model, explicit=True)
         if save is not None:
             created += prepare_folder(save.parent, "--save's folder")
         inputs = load_inputs(model, data, arch=arch, arch_kwargs=arch_kwargs,
@@ -239,7 +247,8 @@ def mitigate(
             suffix = (".keras" if keras else ".safetensors"
                       if inputs.model.format == "safetensors" else ".pt")
             save_path = save_target(save or target / f"repaired_{method.value}{suffix}", keras)
-            check_save(save_path, model, overwrite_model, explicit=save is not None)
+            check_save_path(save_path, "repaired model", model=model, inputs=inputs_given,
+                            out=target, overwrite=overwrite_model, explicit=save is not None)
         if test_data is not None:
             test = load_data(test_data, x_key=x_key, y_key=y_key,
                              image_size=inputs.x.shape[1:3] if not inputs.channels_first
@@ -263,8 +272,7 @@ def mitigate(
         mitigation_dict["saved_model"] = saved
         say(console, f"repaired model: {saved}")
     if filter_path is not None:
-        result.input_filter.save(filter_path,
-                                 model_sha256=inputs.model.info.get("file_sha256"))
+        result.save(filter_path, model_sha256=inputs.model.info.get("file_sha256"))
         mitigation_dict["saved_filter"] = str(filter_path)
         say(console, f"input filter: {filter_path}  (apply it with: neuralcleanse filter "
                      f"MODEL --filter {filter_path} --data INPUTS)")
@@ -312,38 +320,65 @@ def save_target(path: Path, keras: bool) -> Path:
     return path.resolve() if path.is_symlink() else path
 
 
-def check_save(path: Path, model: Path, overwrite: bool, explicit: bool) -> None:
-    """Refuse to replace the input model or (an explicit ``--save``) any existing file."""
-    shown = qpath(path)
-    if path.is_dir():
-        raise CliError(f"--save {shown} is a folder: give the file to write")
-    if same_file(path, model) or path.resolve() == model.resolve():
-        if not overwrite:
-            where = f"--save {shown}" if explicit else f"the default save path {shown}"
-            raise CliError(f"{where} is the input model, which the repaired model would "
-                           "replace: save elsewhere, or add --overwrite-model if you mean it")
-    elif explicit and (path.exists() or path.is_symlink()) and not overwrite:
-        raise CliError(f"--save {shown} exists: choose another path, or add --overwrite-model "
-                       "to replace it")
+def check_save_path(path: Path, saving: str, *, model: Path,
+                    inputs: list[tuple[str, Path, str]], out: Path, overwrite: bool,
+                    explicit: bool) -> None:
+    """Refuse a save path that would destroy the user's input or another output of the run.
 
+    Refused whatever the flags: a folder; one of ``inputs`` (``(flag, path, what)``: the data,
+    the scan report, the test data); a file this run writes into the output folder ``out``
+    (:data:`~neuralcleanse.frontends.cli.folders.MITIGATE_OUTPUTS`, the trigger images
+    included), which would replace what was saved, or be replaced by it. The input model is
+    refused unless ``overwrite`` lets the repaired model replace it (a filter never does); any
+    other existing file needs ``overwrite`` when the path was given (``explicit``). Paths are
+    compared after resolving links, and hard links to one file count as that file.
 
-def check_filter_save(path: Path, model: Path, out: Path, overwrite: bool,
-                      explicit: bool) -> None:
-    """Refuse a filter path that is the model, an output of this run, or an existing file.
+    Args:
+        path: Where the ``saving`` (``"repaired model"`` or ``"filter"``) is to be written.
+        saving: What is saved, for the message.
+        model: The input model's path.
+        inputs: The other input files, as ``(flag, path, what)``.
+        out: The output folder.
+        overwrite: ``--overwrite-model``.
+        explicit: Whether the path is ``--save``'s (else the default path).
 
-    An existing file is replaced when it is the default path, or with ``--overwrite-model``.
+    Raises:
+        CliError: When the path is refused (one line naming it and why).
     """
     shown = qpath(path)
-    where = f"--save {shown}" if explicit else f"the filter's default path {shown}"
+    if explicit:
+        where = f"--save {shown}"
+    else:
+        where = (f"the filter's default path {shown}" if saving == "filter" else
+                 f"the default save path {shown}")
+
+    def same(other: Path) -> bool:
+        return same_file(path, other) or path.resolve() == other.resolve()
+
     if path.is_dir():
         raise CliError(f"{where} is a folder: give the file to write")
-    if same_file(path, model) or path.resolve() == model.resolve():
-        raise CliError(f"{where} is the input model, which the filter would replace: save it "
-                       "elsewhere")
-    outputs = [out / name.rstrip("/") for name in MITIGATE_OUTPUTS]
-    if any(same_file(path, o) or path.resolve() == o.resolve() for o in outputs):
-        raise CliError(f"{where} is a file this command writes into the output folder: "
-                       "choose another name")
+    if same(model):
+        if saving == "filter":
+            raise CliError(f"{where} is the input model, which the filter would replace: save "
+                           "it elsewhere")
+        if not overwrite:
+            raise CliError(f"{where} is the input model, which the repaired model would "
+                           "replace: save elsewhere, or add --overwrite-model if you mean it")
+        return
+    for flag, given, what in inputs:
+        if same(given):
+            raise CliError(f"{where} is {what} ({flag}), which the {saving} would replace: "
+                           "save it elsewhere")
+    for name in MITIGATE_OUTPUTS:
+        written = out / name.rstrip("/")
+        if name.endswith("/"):
+            if path.resolve().is_relative_to(written.resolve()):
+                raise CliError(f"{where} is inside {qpath(written)}, a folder of files this "
+                               "command writes: save it elsewhere")
+        elif same(written):
+            raise CliError(f"{where} is {qpath(name)}, a file this command writes into the "
+                           f"output folder, which would replace the {saving}: choose another "
+                           "name")
     if explicit and (path.exists() or path.is_symlink()) and not overwrite:
         raise CliError(f"{where} exists: choose another path, or add --overwrite-model to "
                        "replace it")

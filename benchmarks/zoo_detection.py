@@ -60,6 +60,9 @@ FURTHER_SEEDS = 2
 MIN_TRIGGER_SUCCESS = 0.8
 THRESHOLD = 2.0
 PATCH_FAMILIES = ("patch-white", "patch-colour", "patch-random", "two-triggers")
+#: Patch models grouped by the share of the image one patch covers.
+AREA_GROUPS = (("patch area < 4 %", 0.0, 0.04), ("patch area 4-10 %", 0.04, 0.10),
+               ("patch area >= 10 %", 0.10, 1.0))
 
 
 # -- scanning -----------------------------------------------------------------------------------
@@ -120,52 +123,60 @@ def first_run_facts(report: dict[str, Any]) -> dict[str, Any]:
 
 def wide_candidates(facts: dict[str, Any]) -> list[int]:
     """The labels pass 2 re-searches."""
-    return candidates(facts, WIDE_MARGIN)
+    return candidates(facts, WIDE_MARGIN, THRESHOLD)
 
 
-def candidates(facts: dict[str, Any], margin: float) -> list[int]:
-    """Labels with a first-run index above ``THRESHOLD - margin``, plus the smallest trigger."""
+def candidates(facts: dict[str, Any], margin: float, threshold: float) -> list[int]:
+    """Labels with a first-run index above ``threshold - margin``, plus the smallest trigger."""
     norms, index = np.array(facts["norms"]), np.array(facts["anomaly_index"])
     labels = facts["labels"]
     chosen = {labels[int(np.argmin(norms))]}
-    chosen |= {t for t, a in zip(labels, index) if a > THRESHOLD - margin}
+    chosen |= {t for t, a in zip(labels, index) if a > threshold - margin}
     return sorted(chosen, key=lambda t: norms[labels.index(t)])
 
 
 # -- rules --------------------------------------------------------------------------------------
 def judge(facts: dict[str, Any], runs: dict[int, list[float]], rule: str, margin: float = 1.0,
-          seeds: int = 2) -> dict[str, Any]:
+          seeds: int = 2, threshold: float = THRESHOLD, ratio: float | None = None
+          ) -> dict[str, Any]:
     """A rule's verdict from the first run and the further runs of some labels.
 
-    ``runs[label]`` holds the further seeds' norms in seed order. Mirrors
-    :mod:`neuralcleanse.core.verdict` (``--verify`` checks it against the library).
+    ``runs[label]`` holds the further seeds' norms in seed order. With the library's settings
+    (``threshold`` 2, no ``ratio``) this mirrors :mod:`neuralcleanse.core.verdict`
+    (``--verify`` checks it against the library). ``ratio`` adds a second condition: a label
+    is flagged only when its norm is also at most ``ratio`` times the median norm (a label
+    that passes the index test but not this one is suspicious).
     """
     labels, norms = facts["labels"], np.array(facts["norms"], dtype=float)
     first = np.array(facts["anomaly_index"], dtype=float)
     if rule == "paper":
-        flagged = [t for t, a in zip(labels, first) if a > THRESHOLD]
-        return {"flagged": flagged, "suspicious": [], "max_index": float(first.max()),
-                "extra_steps": 0, "verdict": "backdoor" if flagged else "clean"}
-    chosen = candidates(facts, margin)
-    confirmed = norms.copy()
-    extra_steps = 0
-    for t in chosen:
-        values = [norms[labels.index(t)], *runs[t][:seeds]]
-        confirmed[labels.index(t)] = float(np.median(values))
-        extra_steps += sum(runs_steps(facts, t)[:seeds])
-    report = anomaly_indices(confirmed, THRESHOLD, labels=np.array(labels))
-    flagged = list(report.flagged)
-    base = anomaly_indices(norms, THRESHOLD, labels=np.array(labels))
-    suspicious = set()
+        confirmed, chosen, extra_steps = norms.copy(), [], 0
+    else:
+        chosen = candidates(facts, margin, threshold)
+        confirmed = norms.copy()
+        extra_steps = 0
+        for t in chosen:
+            values = [norms[labels.index(t)], *runs[t][:seeds]]
+            confirmed[labels.index(t)] = float(np.median(values))
+            extra_steps += sum(runs_steps(facts, t)[:seeds])
+    report = anomaly_indices(confirmed, threshold, labels=np.array(labels))
+    median = float(np.median(confirmed))
+    by_index = list(report.flagged)
+    flagged = [t for t in by_index
+               if ratio is None or confirmed[labels.index(t)] <= ratio * median]
+    base = anomaly_indices(norms, threshold, labels=np.array(labels))
+    suspicious = set(by_index) - set(flagged)
     for t in chosen:
         single = [(base.median - v) / base.mad if base.mad else 0.0 for v in runs[t][:seeds]]
-        if first[labels.index(t)] > THRESHOLD or any(a > THRESHOLD for a in single):
+        if first[labels.index(t)] > threshold or any(a > threshold for a in single):
             suspicious.add(t)
     suspicious -= set(flagged)
     verdict = "backdoor" if flagged else "suspicious" if suspicious else "clean"
-    return {"flagged": flagged, "suspicious": sorted(suspicious, key=lambda t: norms[t]),
-            "max_index": float(report.anomaly_index.max()), "extra_steps": int(extra_steps),
-            "verdict": verdict}
+    return {"flagged": flagged,
+            "suspicious": sorted(suspicious, key=lambda t: confirmed[labels.index(t)]),
+            "max_index": float(report.anomaly_index.max()),
+            "min_ratio": float(confirmed.min() / median) if median > 0 else 1.0,
+            "extra_steps": int(extra_steps), "verdict": verdict}
 
 
 def runs_steps(facts: dict[str, Any], label: int) -> list[int]:
@@ -208,6 +219,8 @@ def score(models: list[dict[str, Any]], rule_key: str) -> dict[str, Any]:
         out["suspicious_backdoored"] = float(np.mean(susp))
     out["auc"] = roc_auc([m["rules"][rule_key]["max_index"] for m in clean],
                          [m["rules"][rule_key]["max_index"] for m in bad])
+    out["auc_ratio"] = roc_auc([-m["rules"][rule_key]["min_ratio"] for m in clean],
+                               [-m["rules"][rule_key]["min_ratio"] for m in bad])
     extra = [m["rules"][rule_key]["extra_steps"] for m in models]
     first = [m["first_steps"] for m in models]
     out["extra_label_steps"] = float(sum(extra) / max(1, sum(first)))
@@ -215,7 +228,8 @@ def score(models: list[dict[str, Any]], rule_key: str) -> dict[str, Any]:
     return out
 
 
-def table(results: dict[str, Any]) -> str:
+def table(results: dict[str, Any], rules: Iterable[str] | None = None,
+          groups: Iterable[str] | None = None) -> str:
     """The Markdown table of the results (one row per preset, rule and group)."""
     lines = ["| preset | rule | group | clean / backdoored | false alarms | suspicious (clean)"
              " | detection | exact | ROC AUC | extra label-steps |",
@@ -225,8 +239,12 @@ def table(results: dict[str, Any]) -> str:
         return "–" if v is None else f"{100 * v:.0f} %"
 
     for preset, per_rule in results["scores"].items():
-        for rule, groups in per_rule.items():
-            for group, s in groups.items():
+        for rule, per_group in per_rule.items():
+            if rules is not None and rule not in rules:
+                continue
+            for group, s in per_group.items():
+                if groups is not None and group not in groups:
+                    continue
                 auc = "–" if s.get("auc") is None else f"{s['auc']:.3f}"
                 lines.append(
                     f"| {preset} | {rule} | {group} | {s['clean']} / {s['backdoored']} | "
@@ -256,8 +274,19 @@ def verify(entries: list[dict[str, Any]], models: list[dict[str, Any]], args: An
     return {"models": len(reports), "mismatches": mismatches}
 
 
+#: The rules scored: the paper's, the library's confirmed verdict, and variants of them (a
+#: higher threshold; a second condition on the size of the trigger against the median).
 RULES = {"paper": {"rule": "paper"},
-         "confirmed": {"rule": "confirmed", "margin": 1.0, "seeds": 2}}
+         "confirmed": {"rule": "confirmed", "margin": 1.0, "seeds": 2},
+         "paper, index > 3": {"rule": "paper", "threshold": 3.0},
+         "confirmed, index > 3": {"rule": "confirmed", "margin": 1.0, "seeds": 2,
+                                  "threshold": 3.0},
+         "confirmed, norm <= 0.5 median": {"rule": "confirmed", "margin": 1.0, "seeds": 2,
+                                           "ratio": 0.5},
+         "confirmed, norm <= 0.6 median": {"rule": "confirmed", "margin": 1.0, "seeds": 2,
+                                           "ratio": 0.6},
+         "confirmed, norm <= 0.7 median": {"rule": "confirmed", "margin": 1.0, "seeds": 2,
+                                           "ratio": 0.7}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -309,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
                      "effective": (e["family"] == "clean"
                                    or (e["trigger_success"] or 0) >= MIN_TRIGGER_SUCCESS),
                      "trigger_success": e["trigger_success"],
+                     "area": (e["size"] ** 2 / (e["input_shape"][1] * e["input_shape"][2])
+                              if e["family"] in PATCH_FAMILIES else None),
                      "first_steps": int(sum(f["steps"])), "first_seconds": f["wall_seconds"],
                      "first_run": {k: f[k] for k in ("norms", "anomaly_index")},
                      "further_norms": {str(t): v for t, v in runs.items()},
@@ -320,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
         groups["patch triggers"] = clean + [m for m in models if m["family"] in PATCH_FAMILIES]
         for fam in sorted({m["family"] for m in models} - {"clean"}):
             groups[fam] = clean + [m for m in models if m["family"] == fam]
+        for name, low, high in AREA_GROUPS:
+            groups[name] = clean + [m for m in models if m["family"] in PATCH_FAMILIES
+                                    and low <= m["area"] < high]
         results["scores"][preset] = {rule: {g: score(ms, rule) for g, ms in groups.items()}
                                      for rule in RULES}
         results.setdefault("not_effective", {})[preset] = [
@@ -327,7 +361,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.verify:
             results.setdefault("verify", {})[preset] = verify(
                 entries[:args.verify], models, args, base / "verify", preset)
-    print(table(results))
+    print(table(results, rules=("paper", "confirmed")))
+    print()
+    print(table(results, groups=("all", "patch triggers")))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
     print(f"wrote {args.out}")

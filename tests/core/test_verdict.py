@@ -92,7 +92,10 @@ def test_the_settings_are_validated_and_travel_in_the_dict() -> None:
                       ({"confirm_seeds": 2.0}, "confirm_seeds"),
                       ({"confirm_margin": -0.1}, "confirm_margin"),
                       ({"confirm_margin": float("nan")}, "confirm_margin"),
-                      ({"confirm_margin": True}, "confirm_margin")]:
+                      ({"confirm_margin": True}, "confirm_margin"),
+                      ({"max_norm_ratio": 0.0}, "max_norm_ratio"),
+                      ({"max_norm_ratio": 1.01}, "max_norm_ratio"),
+                      ({"max_norm_ratio": float("nan")}, "max_norm_ratio")]:
         with pytest.raises(InputError, match=name) as info:
             ScanConfig(**bad)
         assert "\n" not in str(info.value)
@@ -227,8 +230,9 @@ def test_suspicious_labels_come_smallest_norm_first() -> None:
 def test_confirmed_indices_leave_labels_without_data_out_of_the_median() -> None:
     norms = list(CLEAN)
     norms[9], norms[6] = 5.0, 16.0  # label 9 has no clean images
-    result = first_run(norms, without=(9,))
-    out = graded(result, {9: [5.5, 4.0], 6: [15.0, 15.5]})
+    no_ratio = ScanConfig(progress=False, max_norm_ratio=1.0)  # the outlier test alone
+    result = first_run(norms, without=(9,), cfg=no_ratio)
+    out = graded(result, {9: [5.5, 4.0], 6: [15.0, 15.5]}, cfg=no_ratio)
     confirmed = [r.norm for r in out.labels]
     assert confirmed[6] == 15.5 and confirmed[9] == 5.0
     again = ScanResult.from_labels([trigger(t, n) for t, n in enumerate(confirmed)],
@@ -398,3 +402,27 @@ def test_a_flagged_label_cannot_also_be_suspicious() -> None:
     doc.update(flagged_labels=[3], verdict="backdoor", suspicious_labels=[3])
     with pytest.raises(InputError, match="suspicious_labels"):
         ScanResult.from_dict(doc)
+
+
+def test_a_flagged_trigger_must_also_be_much_smaller_than_the_median() -> None:
+    # label 4's index crosses 2 (the other norms lie close together) but its trigger is 0.9
+    # of the median; label 7's is 0.3 of it
+    norms = list(CLEAN)
+    norms[4], norms[7] = 18.0, 6.0
+    median = float(np.median(norms))
+    assert index_of(norms, 18.0) > 2 and 18.0 / median > 0.7 and 6.0 / median <= 0.7
+    stable = {4: [18.0, 18.0], 7: [6.0, 6.0]}
+    out = graded(first_run(norms), stable)
+    assert out.verdict == "backdoor" and out.flagged_labels == [7]
+    assert out.suspicious_labels == [4]
+    assert out.confirmation["max_norm_ratio"] == ScanConfig().max_norm_ratio == 0.7
+    off = ScanConfig(progress=False, max_norm_ratio=1.0)
+    assert graded(first_run(norms, cfg=off), stable, cfg=off).flagged_labels == [7, 4]
+    # without label 7, the natural-looking small trigger alone gives "suspicious", not "backdoor"
+    norms[7] = CLEAN[7]
+    alone = graded(first_run(norms), {4: [18.0, 18.0]})
+    assert alone.verdict == "suspicious" and alone.flagged_labels == []
+    assert alone.suspicious_labels == [4] and not alone.is_backdoored
+    # the paper rule is the published one: the ratio does not apply
+    paper = ScanConfig(progress=False, verdict="paper")
+    assert apply_confirmation(first_run(norms, cfg=paper), {}, paper, 0.0).flagged_labels == [4]

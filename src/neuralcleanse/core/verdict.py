@@ -33,7 +33,8 @@ VERDICTS = ("backdoor", "suspicious", "clean")
 RULES = ("confirmed", "paper")
 #: Settings that decide the verdict but do not shape any label's search: resume fingerprints
 #: leave them out, so labels saved under one rule or threshold are taken up under another.
-VERDICT_SETTINGS = ("anomaly_threshold", "verdict", "confirm_seeds", "confirm_margin")
+VERDICT_SETTINGS = ("anomaly_threshold", "verdict", "confirm_seeds", "confirm_margin",
+                    "max_norm_ratio")
 
 #: Per-label false-flag rate of each rule, measured on the clean models of the model zoo
 #: (``benchmarks/zoo_detection.py``) with the default settings; ``None`` until measured.
@@ -160,9 +161,11 @@ class Confirmed:
         mad: Their scaled median absolute deviation.
         first_index: Each label's anomaly index in the first run.
         first_flagged: The paper rule's flags on the first run, smallest norm first.
-        flagged: The labels whose confirmed index exceeds the threshold, smallest norm first.
-        suspicious: The labels not flagged that crossed the threshold in the first run or in a
-            single further run (against the first run's median and MAD), smallest norm first.
+        flagged: The labels whose confirmed index exceeds the threshold and whose confirmed
+            norm is at most ``max_norm_ratio`` times the median, smallest norm first.
+        suspicious: The labels not flagged that crossed the threshold in the first run, in a
+            single further run (against the first run's median and MAD) or on the confirmed
+            norms, smallest norm first.
         verdict: ``"backdoor"``, ``"suspicious"`` or ``"clean"``.
     """
 
@@ -181,7 +184,8 @@ class Confirmed:
 
 def confirm_norms(labels: Sequence[int], first_norms: Sequence[float] | np.ndarray,
                   runs: Mapping[int, Sequence[float]], threshold: float,
-                  reference: np.ndarray | None = None) -> Confirmed:
+                  reference: np.ndarray | None = None, max_norm_ratio: float = 1.0
+                  ) -> Confirmed:
     """Apply the ``"confirmed"`` rule to trigger norms.
 
     Args:
@@ -190,6 +194,9 @@ def confirm_norms(labels: Sequence[int], first_norms: Sequence[float] | np.ndarr
         runs: Per candidate label, its norms under the further seeds, in seed order.
         threshold: The anomaly threshold.
         reference: Which labels the median and MAD come from (see :func:`reference_mask`).
+        max_norm_ratio: A label is flagged only when its confirmed norm is also at most this
+            share of the median norm (1: no such condition); one that crosses the threshold
+            without it is suspicious.
 
     Returns:
         The :class:`Confirmed` outcome.
@@ -215,15 +222,30 @@ def confirm_norms(labels: Sequence[int], first_norms: Sequence[float] | np.ndarr
         i = position[int(t)]
         picked[int(t)], norms[i] = median_run([first[i], *further])
     report = anomaly_indices(norms, threshold, labels=ids, reference=reference)
-    crossed = set(first_report.flagged) | set(
+    crossed = set(first_report.flagged) | set(report.flagged) | set(
         runs_crossing(runs, first_report.median, first_report.mad, threshold))
-    verdict, suspicious = grade(report.flagged, crossed,
+    flagged = small_enough(report.flagged, {int(t): float(n) for t, n in zip(ids, norms)},
+                           report.median, max_norm_ratio)
+    verdict, suspicious = grade(flagged, crossed,
                                 {int(t): float(n) for t, n in zip(ids, norms)})
     return Confirmed(labels=[int(t) for t in ids], norms=norms, picked=picked,
                      anomaly_index=report.anomaly_index, median=report.median, mad=report.mad,
                      first_index=first_report.anomaly_index,
-                     first_flagged=list(first_report.flagged), flagged=list(report.flagged),
+                     first_flagged=list(first_report.flagged), flagged=flagged,
                      suspicious=suspicious, verdict=verdict)
+
+
+def small_enough(flagged: Sequence[int], norms: Mapping[int, float], median: float,
+                 max_norm_ratio: float) -> list[int]:
+    """The labels of ``flagged`` whose norm is at most ``max_norm_ratio`` times the median.
+
+    The outlier test alone flags a label whose trigger is only a little smaller than the
+    others' when the norms lie close together (a small MAD); this keeps the labels whose
+    trigger is also much smaller than a typical label's. Order is kept.
+    """
+    if max_norm_ratio >= 1.0:
+        return [int(t) for t in flagged]
+    return [int(t) for t in flagged if norms[int(t)] <= max_norm_ratio * median]
 
 
 def expected_false_alarm_rate(rule: str, n_labels: int,

@@ -30,6 +30,7 @@ from neuralcleanse.core.verdict import (
     expected_false_alarm_rate,
     grade,
     reference_mask,
+    small_enough,
     verdict_word,
 )
 from neuralcleanse.search.reverse import reverse_engineer
@@ -139,7 +140,8 @@ def apply_confirmation(result: ScanResult, extra: Mapping[int, Sequence[LabelRes
     runs = {t: [float(r.norm) for r in extra[t]] for t in candidates}
     reference = reference_mask(result.scanned_labels, result.labels_without_data)
     conf = confirm_norms(result.scanned_labels, list(first_norms.values()), runs,
-                         cfg.anomaly_threshold, reference=reference)
+                         cfg.anomaly_threshold, reference=reference,
+                         max_norm_ratio=cfg.max_norm_ratio)
     labels = []
     for i, r in enumerate(result.labels):
         chosen = r if r.label not in runs else [r, *extra[r.label]][conf.picked[r.label]]
@@ -151,6 +153,7 @@ def apply_confirmation(result: ScanResult, extra: Mapping[int, Sequence[LabelRes
         "rule": "confirmed",
         "threshold": float(cfg.anomaly_threshold),
         "margin": float(cfg.confirm_margin),
+        "max_norm_ratio": float(cfg.max_norm_ratio),
         "seeds": further_seeds(cfg),
         "candidates": candidates,
         "first_run": {
@@ -177,9 +180,11 @@ def _grade_restarts(result: ScanResult, cfg: ScanConfig) -> ScanResult:
     """The ``"confirmed"`` rule on a scan of several restarts: the medians decide."""
     details = result.restarts
     per_run = details.get("flagged_per_run", [])
-    crossed = {int(t) for flags in per_run for t in flags}
+    crossed = {int(t) for flags in per_run for t in flags} | set(result.flagged_labels)
     norms = {r.label: float(r.norm) for r in result.labels}
-    verdict, suspicious = grade(result.flagged_labels, crossed, norms)
+    flagged = small_enough(result.flagged_labels, norms, result.median_norm,
+                           cfg.max_norm_ratio)
+    verdict, suspicious = grade(flagged, crossed, norms)
     labels = [int(t) for t in details.get("labels", result.scanned_labels)]
     run_norms = details.get("norms", [])
     steps = [int(s) for s in details.get("label_steps", [])]
@@ -191,6 +196,7 @@ def _grade_restarts(result: ScanResult, cfg: ScanConfig) -> ScanResult:
         "restarts": int(details.get("n", len(run_norms))),
         "threshold": float(cfg.anomaly_threshold),
         "margin": None,
+        "max_norm_ratio": float(cfg.max_norm_ratio),
         "seeds": [int(s) for s in details.get("seeds", [])[1:]],
         "candidates": sorted(labels, key=lambda t: (norms.get(t, np.inf), t)),
         "first_run": {
@@ -207,5 +213,5 @@ def _grade_restarts(result: ScanResult, cfg: ScanConfig) -> ScanResult:
         # measured for the default confirmation only, not for restarts
         "expected_false_alarm_rate": None,
     }
-    return dataclasses.replace(result, verdict=verdict, suspicious_labels=suspicious,
-                               confirmation=record)
+    return dataclasses.replace(result, flagged_labels=flagged, verdict=verdict,
+                               suspicious_labels=suspicious, confirmation=record)

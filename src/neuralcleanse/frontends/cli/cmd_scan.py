@@ -200,6 +200,11 @@ def scan(
         help="A label is borderline (searched again) when its anomaly index exceeds "
              "--anomaly-threshold minus this; the smallest trigger always is (default "
              f"{_D.confirm_margin:g}).")] = None,
+    max_norm_ratio: Annotated[float | None, typer.Option(
+        "--max-norm-ratio", rich_help_panel=SEARCH_PANEL,
+        help="Under --verdict confirmed a label is flagged only when its trigger norm is also "
+             "at most this share of the median norm, in (0, 1]; 1 switches this off (default "
+             f"{_D.max_norm_ratio:g}).")] = None,
     restarts: Annotated[int, typer.Option(
         "--restarts", min=1, max=MAX_RESTARTS, rich_help_panel=SEARCH_PANEL,
         help="Run the search with this many seeds (--seed, --seed+1, ...); norms are medians "
@@ -262,7 +267,8 @@ def scan(
         early_stop_threshold=early_stop_threshold, early_stop_patience=early_stop_patience,
         anomaly_threshold=anomaly_threshold, seed=seed, memory_budget_mb=memory_budget_mb,
         progress=progress, norm=norm, confirm_seeds=confirm_seeds,
-        confirm_margin=confirm_margin, verdict=verdict.value if verdict is not None else None)
+        confirm_margin=confirm_margin, max_norm_ratio=max_norm_ratio,
+        verdict=verdict.value if verdict is not None else None)
     if quiet and progress is None:
         flags["progress"] = False
     flags = {k: (UNSET if v is None else v) for k, v in flags.items()}

@@ -59,6 +59,8 @@ FURTHER_SEEDS = 2
 #: A backdoor counts only when its real trigger reaches this success rate on stamped test images.
 MIN_TRIGGER_SUCCESS = 0.8
 THRESHOLD = 2.0
+#: ``--score-only``: read the reports the passes wrote before, scan nothing.
+SCORE_ONLY = False
 PATCH_FAMILIES = ("patch-white", "patch-colour", "patch-random", "two-triggers")
 #: Patch models grouped by the share of the image one patch covers.
 AREA_GROUPS = (("patch area < 4 %", 0.0, 0.04), ("patch area 4-10 %", 0.04, 0.10),
@@ -89,7 +91,7 @@ def manifest_for(entries: list[dict[str, Any]], zoo: Path,
 
 def run_pass(entries: list[dict[str, Any]], zoo: Path, out: Path, preset: str, seed: int,
              workers: int, labels: dict[str, list[int]] | None = None,
-             rule: str = "paper") -> dict[str, Any]:
+             rule: str = "paper", always_scan: bool = False) -> dict[str, Any]:
     """Scan with scan-many (resumable: a finished model is not scanned again); read reports.
 
     The two passes are plain runs (``rule="paper"``); the rules are scored from them.
@@ -97,6 +99,9 @@ def run_pass(entries: list[dict[str, Any]], zoo: Path, out: Path, preset: str, s
     manifest = manifest_for(entries, zoo, labels)
     if not manifest["models"]:
         return {}
+    if SCORE_ONLY and not always_scan:
+        return {item["name"]: json.loads(path.read_text()) for item in manifest["models"]
+                if (path := out / "models" / item["name"] / "report.json").is_file()}
     config: dict[str, Any] = {"preset": preset, "seed": seed, "verdict": rule}
     started = time.perf_counter()
     summary = nc.scan_many(manifest, out, config=config, cpus_per_scan=1.0, resume=True,
@@ -258,7 +263,7 @@ def verify(entries: list[dict[str, Any]], models: list[dict[str, Any]], args: An
            preset: str) -> dict[str, Any]:
     """Scan ``entries`` with scan-many's confirmed verdict; compare with the scored rule."""
     reports = run_pass(entries, args.zoo, out, preset, args.seed, args.workers,
-                       rule="confirmed")
+                       rule="confirmed", always_scan=True)
     scored = {m["name"]: m["rules"]["confirmed"] for m in models}
     mismatches = []
     for name, rep in reports.items():
@@ -305,8 +310,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verify", type=int, default=0,
                         help="scan the first N models with the library's confirmed verdict "
                              "(scan-many's default) and check that it equals the scored rule")
+    parser.add_argument("--score-only", action="store_true",
+                        help="score the reports of an earlier run again, scan nothing")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    global SCORE_ONLY
+    SCORE_ONLY = args.score_only
     index = json.loads((args.zoo / "index.json").read_text())
     results: dict[str, Any] = {"zoo": str(args.zoo), "threshold": THRESHOLD,
                                "min_trigger_success": MIN_TRIGGER_SUCCESS,

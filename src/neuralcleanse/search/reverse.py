@@ -21,7 +21,7 @@ from neuralcleanse.core.config import ScanConfig
 from neuralcleanse.core.errors import InputError
 from neuralcleanse.core.results import LabelResult
 from neuralcleanse.search.batch_plan import BatchPlan
-from neuralcleanse.search.progress import ScanProgress
+from neuralcleanse.search.progress import LabelRows, ScanProgress
 from neuralcleanse.search.schedule import CostSchedule
 
 LabelCallback = Callable[[LabelResult], None]
@@ -92,18 +92,29 @@ def reverse_engineer(clf: Classifier, x: np.ndarray, y: np.ndarray, config: Scan
     schedule = search.schedule
     capacity = resolve_label_batch(clf, config, len(targets))
 
+    last_reg = np.full(len(targets), np.nan)  # display only: each label's last step's norm
     with clf.trigger_session(x, y, config) as session, \
-            ScanProgress(len(targets), enabled=config.progress) as progress:
+            ScanProgress(len(targets), enabled=config.progress,
+                         description=f"reversing triggers (seed {config.seed})") as progress:
         if resume_state is not None:
             search.load(resume_state, session)
         last_saved = time.monotonic()
         boundary = search.state(session) if checkpoint is not None else None
         try:
             while search.pending or session.size:
-                _search_step(clf, config, plan, search, session, capacity, on_label_done)
+                ran, stats = _search_step(clf, config, plan, search, session, capacity,
+                                          on_label_done)
                 slots = search.slots
+                rows = None
+                if progress.shown:
+                    last_reg[ran] = stats.reg
+                    rows = LabelRows(labels=targets[slots], steps=schedule.steps_run[slots],
+                                     cost=schedule.cost[slots], norm=last_reg[slots],
+                                     best_norm=schedule.best_reg[slots],
+                                     asr=search.last_asr[slots])
                 progress.update(done=len(search.results), active=session.size,
-                                step=int(schedule.steps_run[slots].max()) if len(slots) else 0)
+                                step=int(schedule.steps_run[slots].max()) if len(slots) else 0,
+                                rows=rows)
                 if checkpoint is not None and (search.pending or session.size):
                     boundary = search.state(session)
                     if time.monotonic() - last_saved >= checkpoint_every_s:
@@ -206,8 +217,13 @@ def _stack(arrays: list[np.ndarray]) -> np.ndarray:
 
 def _search_step(clf: Classifier, config: ScanConfig, plan: BatchPlan, search: _SearchState,
                  session: TriggerSession, capacity: int,
-                 on_label_done: LabelCallback | None) -> None:
-    """One step of the stacked search: fill the stack, step it, keep and retire triggers."""
+                 on_label_done: LabelCallback | None) -> tuple[np.ndarray, StepStats]:
+    """One step of the stacked search: fill the stack, step it, keep and retire triggers.
+
+    Returns:
+        The positions (in ``search.targets``) of the labels that ran the step, and the step's
+        measurements for them.
+    """
     schedule, targets = search.schedule, search.targets
     pending = search.pending
     if pending and session.size < capacity:
@@ -251,6 +267,7 @@ def _search_step(clf: Classifier, config: ScanConfig, plan: BatchPlan, search: _
                 on_label_done(result)
         session.remove(finished)
         search.slots = slots[~stop]
+    return slots, stats
 
 
 def _check_finite(stats: StepStats, labels: np.ndarray, steps: np.ndarray,

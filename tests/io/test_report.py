@@ -546,9 +546,80 @@ def test_stamped_example_shows_clean_then_stamped_with_predictions(tmp_path: Pat
     html = paths.html.read_text()
     card = _card(html, BACKDOOR)
     assert 'id="example-3"' in card and "clean (label 1)" in card
-    assert f"predicted <b>1</b> → <b>{BACKDOOR}</b>" in card
+    assert f"scanned model: predicted <b>1</b> → <b>{BACKDOOR}</b>" in card
+    assert 'id="example-after-' not in html  # no mitigation, nothing after it
     assert "stamped_examples" not in html.split('id="data-info"')[1].split("</table>")[0]
-    jsonschema.validate(json.loads(paths.json.read_text()), load_schema("report"))
+    # the schema types the entries: the well-formed one passes, the malformed one does not
+    document = json.loads(paths.json.read_text())
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(document, load_schema("report"))
+    document["data_info"]["stamped_examples"].pop()
+    jsonschema.validate(document, load_schema("report"))
+
+
+def _filtering() -> MitigationResult:
+    from dataclasses import replace
+
+    from neuralcleanse.mitigation.filtering import FilteringReport
+
+    unlearning = _unlearning()
+    return replace(unlearning, method="filtering", report=FilteringReport(
+        layer="final_layer_input", n_neurons=32, neurons={BACKDOOR: [4, 9]}, threshold=1.5,
+        target_fpr=0.05, false_positive_rate=0.0625, detection_rate=0.9,
+        detection_rate_by_label={BACKDOOR: 0.9}, measurements=unlearning.report.measurements,
+        split=unlearning.report.split))
+
+
+def _after_line(html: str, label: int) -> str:
+    """The text of a card's line about its stamped example after the mitigation."""
+    found = re.findall(rf'<p class="stats example-after" id="example-after-{label}">(.*?)</p>',
+                       _card(html, label))
+    assert len(found) == 1, found
+    return found[0]
+
+
+@pytest.mark.parametrize("method", ["unlearning", "filtering"])
+def test_stamped_examples_show_the_answers_after_the_mitigation(tmp_path: Path,
+                                                                method: str) -> None:
+    result = make_result()
+    result.suspicious_labels = [5]  # a suspicious label's example is shown on its card too
+    clean = np.zeros((3, H, W))
+    stamped = clean.copy()
+    stamped[:, -2:, -2:] = 1.0
+    result.data_info["stamped_examples"] = [
+        {"label": label, "kind": kind, "source_label": 1, "clean_image": clean.tolist(),
+         "image": stamped.tolist(), "clean_prediction": 1, "prediction": label}
+        for label, kind in ((BACKDOOR, "flagged"), (5, "suspicious"))]
+    mitigation = (_unlearning() if method == "unlearning" else _filtering()).to_dict()
+    filtering = method == "filtering"
+    mitigation["stamped_examples"] = [
+        {"label": BACKDOOR, "method": method, "mitigated": True, "refused": filtering,
+         "prediction": None if filtering else 1, "clean_refused": False,
+         "clean_prediction": 1},
+        {"label": 5, "method": method, "mitigated": False, "refused": False,
+         "prediction": 5, "clean_refused": False, "clean_prediction": 1},
+        {"label": 7, "prediction": "seven"}, "not an entry"]  # skipped, not fatal
+    write_report(result, tmp_path, mitigation=mitigation)
+    (tmp_path / "report.html").unlink()
+    html = render_directory(tmp_path).html.read_text()  # re-rendered from the JSON files
+    for label in (BACKDOOR, 5):
+        assert f"scanned model: predicted <b>1</b> → <b>{label}</b>" in _card(html, label)
+    if filtering:
+        assert _after_line(html, BACKDOOR) == (
+            f"after filtering of label {BACKDOOR}: clean <b>accepted (predicted 1)</b> · "
+            "stamped <b>refused</b>")
+        assert _after_line(html, 5) == (
+            f"after filtering of label {BACKDOOR}: clean <b>accepted (predicted 1)</b> · "
+            "stamped <b>accepted (predicted 5)</b>")
+    else:
+        assert _after_line(html, BACKDOOR) == (
+            f"after unlearning of label {BACKDOOR}: predicted <b>1</b> → <b>1</b>")
+        assert _after_line(html, 5) == (
+            f"after unlearning of label {BACKDOOR}: predicted <b>1</b> → <b>5</b>")
+    # the mitigation.json that holds them is still read as a mitigation result
+    from neuralcleanse.mitigation.result import MitigationResult
+
+    assert MitigationResult.from_json(tmp_path / "mitigation.json").method == method
 
 
 def test_known_trigger_files_are_read_scaled_and_checked(tmp_path: Path) -> None:

@@ -43,12 +43,22 @@ Fields of ``report.json`` (``schema_version`` 1):
 Two optional entries of the open objects: ``model_info["known_trigger"]`` (a trigger the user
 knows, :mod:`~neuralcleanse.io.known_trigger`; shown beside the reversed trigger of its label,
 or of every flagged label when ``label`` is null) and ``data_info["stamped_examples"]`` (one
-per flagged label: ``label``, ``source_label`` (true label of the clean image), ``clean_image``
-and ``image`` (the clean image and the same image stamped with the label's reversed trigger,
-nested lists in the model's layout and raw value range), ``clean_prediction`` and
-``prediction`` (the model's labels for them)).
+per flagged label, then one per suspicious label, from
+:func:`neuralcleanse.mitigation.examples.stamped_examples`: ``label``, ``kind``
+(``"flagged"``, ``"suspicious"`` or ``"chosen"``), ``source_label`` (true label of the clean
+image), ``clean_image`` and ``image`` (the clean image and the same image stamped with the
+label's reversed trigger, nested lists in the model's layout and raw value range),
+``clean_prediction`` and ``prediction`` (the scanned model's labels for them)).
 
-A mitigation writes ``mitigation.json`` next to it; the HTML report shows it when present.
+A mitigation writes ``mitigation.json`` next to it (``MitigationResult.to_dict()``, plus
+``saved_model`` / ``saved_filter`` and ``stamped_examples``: per stamped example of the report,
+what the mitigation makes of its two images, from
+:func:`neuralcleanse.mitigation.examples.examples_after`: ``label``, ``method``, ``mitigated``
+(whether the label was one of those mitigated), ``refused`` and ``prediction`` for the stamped
+image, ``clean_refused`` and ``clean_prediction`` for the clean one; ``prediction`` is ``null``
+for an image the input filter refuses, and ``refused`` is always false after pruning or
+unlearning). The HTML report shows it when present, each stamped example with its answers
+after the mitigation; ``report.json`` stays the scan's record.
 
 The page is ``templates/report.html``, fed by :mod:`~neuralcleanse.io.report_views` (verdict,
 confirmation, settings, mitigation and demo rows, number formats),
@@ -86,6 +96,7 @@ from neuralcleanse.io.report_images import (
 from neuralcleanse.io.report_views import (
     confirmation_view,
     demo_view,
+    examples_after_view,
     format_number,
     format_percent,
     format_value,
@@ -172,7 +183,7 @@ def render_html(result: ScanResult, *, mitigation: dict[str, Any] | None = None,
                                                                         "trigger")},
             "images": {k: data_uri(png_bytes(a)) for k, a in
                        mask_pattern_arrays(result, known[1], known[2]).items()}}
-    examples = _examples(result)
+    examples = _examples(result, mitigation)
     cards = []
     for r in result.labels:
         images = {k: data_uri(png_bytes(a)) for k, a in trigger_arrays(result, r).items()}
@@ -230,11 +241,16 @@ def _big_cards_title(cards: list[dict[str, Any]]) -> str:
                                                           else [])])
 
 
-def _examples(result: ScanResult) -> dict[int, dict[str, Any]]:
+def _examples(result: ScanResult, mitigation: dict[str, Any] | None = None
+              ) -> dict[int, dict[str, Any]]:
     """The stamped examples of ``data_info`` by label, as images ready for the page.
 
-    Read defensively: an entry with missing or malformed fields is skipped.
+    Each has the scanned model's ``clean_prediction`` and ``prediction`` and
+    ``after_mitigation``: what ``mitigation`` (``mitigation.json``) makes of its two images
+    (:func:`~neuralcleanse.io.report_views.examples_after_view`), or ``None``. Read
+    defensively: an entry with missing or malformed fields is skipped.
     """
+    after = examples_after_view(mitigation) if mitigation else {}
     entries = result.data_info.get(STAMPED_EXAMPLES)
     shown: dict[int, dict[str, Any]] = {}
     if not isinstance(entries, list):
@@ -255,8 +271,9 @@ def _examples(result: ScanResult) -> dict[int, dict[str, Any]]:
             continue
         shown[int(label)] = {"clean": pictures["clean_image"], "stamped": pictures["image"],
                              "source_label": entry.get("source_label"),
-                             "before": entry.get("clean_prediction"),
-                             "after": entry.get("prediction")}
+                             "clean_prediction": entry.get("clean_prediction"),
+                             "prediction": entry.get("prediction"),
+                             "after_mitigation": after.get(int(label))}
     return shown
 
 

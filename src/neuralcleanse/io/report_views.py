@@ -143,6 +143,48 @@ def mitigation_view(data: dict[str, Any]) -> dict[str, Any]:
             "details": details, "curve": pruning_chart(curve) if curve else None}
 
 
+def _answer(entry: dict[str, Any], refused_key: str, prediction_key: str,
+            filtering: bool) -> str | None:
+    """One image's answer after a mitigation: its label, or the filter's decision."""
+    prediction = entry.get(prediction_key)
+    known = isinstance(prediction, int) and not isinstance(prediction, bool)
+    if filtering:
+        if entry.get(refused_key) is True:
+            return "refused"
+        return f"accepted (predicted {prediction})" if known else None
+    return str(prediction) if known else None
+
+
+def examples_after_view(data: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """Per label, what the mitigation of ``mitigation.json`` makes of its stamped example.
+
+    Reads ``data["stamped_examples"]`` (:func:`neuralcleanse.mitigation.examples.examples_after`)
+    defensively: malformed entries are skipped. Each view has the ``method``, the ``labels``
+    mitigated, ``filtering`` and the ``clean`` and ``stamped`` images' answers (a label, or for
+    a filter ``refused`` / ``accepted (predicted k)``).
+    """
+    entries = data.get("stamped_examples")
+    method = str(data.get("method", ""))
+    views: dict[int, dict[str, Any]] = {}
+    if not isinstance(entries, list):
+        return views
+    filtering = method == "filtering"
+    labels = [t for t in data.get("labels") or [] if isinstance(t, int)]
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        label = entry.get("label")
+        if not isinstance(label, int) or isinstance(label, bool):
+            continue
+        clean = _answer(entry, "clean_refused", "clean_prediction", filtering)
+        stamped = _answer(entry, "refused", "prediction", filtering)
+        if clean is None or stamped is None:
+            continue
+        views[label] = {"method": method, "labels": labels, "filtering": filtering,
+                        "clean": clean, "stamped": stamped}
+    return views
+
+
 def format_bytes(size: Any) -> str:
     """A file size in bytes as text with a binary unit (``1.5 MiB``); ``–`` when unknown."""
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:

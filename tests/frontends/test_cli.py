@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -126,7 +127,10 @@ def test_stamped_example_per_flagged_label_holds_the_models_prediction(
         reference: dict, files: dict[str, Path]) -> None:
     report = reference["report"]
     examples = report["data_info"]["stamped_examples"]
-    assert [e["label"] for e in examples] == report["flagged_labels"] == [demo.TARGET_LABEL]
+    assert report["flagged_labels"] == [demo.TARGET_LABEL]
+    assert [(e["label"], e["kind"]) for e in examples] == \
+        [(t, "flagged") for t in report["flagged_labels"]] + \
+        [(t, "suspicious") for t in report["suspicious_labels"]]
     clf = wrap_model(load_model(files["backdoored"], arch=ARCH[1],
                                 arch_kwargs={"image_size": 16}).model, input_shape=(1, 16, 16))
     data = np.load(files["data"])
@@ -147,6 +151,15 @@ def test_stamped_example_per_flagged_label_holds_the_models_prediction(
     assert f'id="example-{demo.TARGET_LABEL}"' in html
     assert f"predicted <b>{predicted[0]}</b> → <b>{predicted[1]}</b>" in html
     jsonschema.validate(report, load_schema("report"))
+    # the command line's examples are the library's, on the same model and data
+    from neuralcleanse.core.results import ScanResult
+    from neuralcleanse.frontends.api import prepare
+    from neuralcleanse.mitigation.examples import stamped_examples
+
+    model, images, targets = prepare(clf.model, data["x"], data["y"])
+    library = stamped_examples(model, images, targets,
+                               ScanResult.from_json(reference["out"] / "report.json"))
+    assert json.loads(json.dumps(library)) == examples
 
 
 def _png(path: Path, array: np.ndarray) -> Path:
@@ -607,14 +620,34 @@ def test_mitigate_command(files: dict[str, Path], reference: dict, tmp_path: Pat
     if method == "pruning":
         assert 'class="label-acc"' in html
     assert "report:" in printed
+    # the scan's stamped example of the label, after the mitigation, in mitigation.json ...
+    example = reference["report"]["data_info"]["stamped_examples"][0]
+    after = {e["label"]: e for e in result["stamped_examples"]}[demo.TARGET_LABEL]
+    assert (after["method"], after["mitigated"]) == (method, True)
+    line = re.findall(rf'id="example-after-{label}">(.*?)</p>', html)
+    assert len(line) == 1 and line[0].startswith(f"after {method} of label {label}: ")
+    if method == "filtering":  # ... the filter's decision, also on the page
+        assert isinstance(after["refused"], bool)
+        assert (after["prediction"] is None) is after["refused"]
+        assert f"stamped <b>{'refused' if after['refused'] else 'accepted'}" in line[0]
+    else:  # ... or the repaired model's prediction, as the saved model gives it
+        assert after["refused"] is False
+        stamped = torch.tensor([example["clean_image"], example["image"]])
+        with torch.no_grad():
+            expected = repaired_model(out / f"repaired_{method}.pt")(stamped).argmax(1)
+        assert [after["clean_prediction"], after["prediction"]] == expected.tolist()
+        assert line[0].endswith(f"predicted <b>{expected[0]}</b> → <b>{expected[1]}</b>")
     saved = out / f"repaired_{method}.pt"
     if method == "filtering":
         assert not saved.exists()
     else:
         assert result["saved_model"] == str(saved)
-        repaired = load_model(saved, arch=ARCH[1], arch_kwargs={"image_size": 16}).model
         x = torch.from_numpy(np.load(files["data"])["x"][:8])
-        assert repaired(x).shape == (8, 10)
+        assert repaired_model(saved)(x).shape == (8, 10)
+
+
+def repaired_model(path: Path) -> torch.nn.Module:
+    return load_model(path, arch=ARCH[1], arch_kwargs={"image_size": 16}).model.eval()
 
 
 def test_a_safetensors_model_is_repaired_into_safetensors(files: dict[str, Path],
@@ -703,6 +736,21 @@ def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     html = (out / "report.html").read_text()
     assert f'id="known-{demo.TARGET_LABEL}"' in html
     jsonschema.validate(report, load_schema("report"))
+    # a stamped example of label 7: the planted model sends it to 7, the repaired one does not
+    example = {e["label"]: e for e in report["data_info"]["stamped_examples"]}[7]
+    assert example["kind"] == "flagged" and example["prediction"] == 7
+    assert example["source_label"] != 7
+    after = {e["label"]: e for e in json.loads(
+        (out / "mitigation.json").read_text())["stamped_examples"]}[7]
+    images = torch.tensor([example["clean_image"], example["image"]])
+    with torch.no_grad():
+        expected = repaired_model(out / "repaired_model.pt")(images).argmax(1).tolist()
+    assert (after["method"], after["refused"]) == ("unlearning", False)
+    assert [after["clean_prediction"], after["prediction"]] == expected
+    assert after["prediction"] != 7
+    line = re.findall(r'id="example-after-7">(.*?)</p>', html)
+    assert line == [f"after unlearning of label 7: predicted <b>{expected[0]}</b> → "
+                    f"<b>{expected[1]}</b>"]
     print(f"demo took {seconds:.1f} s")
 
 

@@ -7,7 +7,8 @@ Everything runs offline on scikit-learn's bundled 8x8 digits, upsampled to 16x16
 2. the model is scanned with Neural Cleanse on a separate set of clean digits;
 3. the flagged label is mitigated by unlearning;
 4. the report (JSON, HTML, trigger images) is written, together with the planted trigger's
-   attack success rate before and after on held-out test digits.
+   attack success rate before and after on held-out test digits, and a stamped example of each
+   flagged or suspicious label with the model's prediction before and after unlearning.
 
 It takes well under two minutes on two CPU cores.
 """
@@ -24,7 +25,7 @@ from rich.console import Console
 
 from neuralcleanse.core.config import ScanConfig
 from neuralcleanse.io.digits import digits_images, stamp_square
-from neuralcleanse.io.report import ReportPaths, summary_table, write_report
+from neuralcleanse.io.report import STAMPED_EXAMPLES, ReportPaths, summary_table, write_report
 
 #: The planted backdoor: images stamped with the trigger are classified as this label.
 TARGET_LABEL = 7
@@ -146,6 +147,7 @@ def run_demo(out: str | Path, seed: int = 0, console: Console | None = None) -> 
 def _run(out_dir: Path, seed: int, console: Console, started: float) -> ReportPaths:
     from neuralcleanse.backends import wrap_model
     from neuralcleanse.frontends.api import mitigate, scan
+    from neuralcleanse.mitigation.examples import examples_after, stamped_examples
 
     console.print(f"[bold]1/4[/] planting a backdoor: {POISON_FRACTION:.0%} of the training "
                   f"digits get a {TRIGGER_SIZE}x{TRIGGER_SIZE} white square and label "
@@ -170,6 +172,9 @@ def _run(out_dir: Path, seed: int, console: Console, started: float) -> ReportPa
     result.data_info.update(source="scikit-learn digits (8x8, upsampled to 16x16)",
                             format="demo split")
     result.model_info["known_trigger"] = planted_trigger_entry()
+    examples = stamped_examples(clf, data.x_clean, data.y_clean, result)
+    if examples:
+        result.data_info[STAMPED_EXAMPLES] = examples
     console.print(summary_table(result))
     console.print(result.summary(), style="bold red" if result.flagged_labels else "bold green")
 
@@ -186,6 +191,8 @@ def _run(out_dir: Path, seed: int, console: Console, started: float) -> ReportPa
                       f"{asr_after:.1%}, clean accuracy {acc_before:.1%} -> {acc_after:.1%}")
         mitigation_dict = mitigated.to_dict()
         mitigation_dict["saved_model"] = repaired_path
+        if examples:  # the report's examples, as the repaired model sees them
+            mitigation_dict[STAMPED_EXAMPLES] = examples_after(mitigated, examples)
     else:
         console.print("[bold]3/4[/] nothing flagged, so nothing to mitigate")
 

@@ -174,16 +174,19 @@ def mitigate(
     """Mitigate the backdoor a scan flagged; save the repaired model and the measurements.
 
     Model flags not given (channel order, value range, preprocessing, output kind) default to
-    what the scan report recorded.
+    what the scan report recorded. The report then shows each of the scan's stamped examples
+    with the repaired model's predictions or the filter's decisions.
     """
     from neuralcleanse import mitigation as mitigation_module
     from neuralcleanse.frontends import api
     from neuralcleanse.io.report import (
         MITIGATION_JSON,
         REPORT_JSON,
+        STAMPED_EXAMPLES,
         atomic_write,
         render_directory,
     )
+    from neuralcleanse.mitigation.examples import examples_after
 
     # everything that can be checked without the model is checked first
     if report.is_file() and report.name != REPORT_JSON:
@@ -266,6 +269,9 @@ def mitigate(
         remove_if_empty(created)
         raise
     mitigation_dict = result.to_dict()
+    examples = scan_result.data_info.get(STAMPED_EXAMPLES)
+    if isinstance(examples, list) and examples:  # the report's examples, after the mitigation
+        mitigation_dict[STAMPED_EXAMPLES] = examples_after(result, examples)
     console = make_console()
     if save_path is not None:
         saved = save_model(result, save_path)

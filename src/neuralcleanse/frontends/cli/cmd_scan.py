@@ -376,13 +376,15 @@ def run_scan(inputs: Inputs, cfg: ScanConfig, out: Path, *, resume: bool = False
     result and where its reports were written. ``known_trigger`` (mask and pattern image files)
     is read and checked against the model before the scan; the report then shows it beside the
     reversed trigger of ``known_target`` (or of every flagged label). The report also holds
-    one stamped example per flagged label with the model's predictions.
+    one stamped example per flagged and per suspicious label with the model's predictions
+    (:func:`neuralcleanse.mitigation.examples.stamped_examples`).
 
     Raises:
         Interrupted: On ``KeyboardInterrupt``, after writing a partial report.
     """
     from neuralcleanse.frontends import api
-    from neuralcleanse.io.report import summary_table, write_report
+    from neuralcleanse.io.report import STAMPED_EXAMPLES, summary_table, write_report
+    from neuralcleanse.mitigation.examples import stamped_examples
 
     console = console or make_console()
     with warnings.catch_warnings():
@@ -452,8 +454,9 @@ def run_scan(inputs: Inputs, cfg: ScanConfig, out: Path, *, resume: bool = False
                           f"report in {paths.html}; rerun with --resume to continue") from None
     result.model_info = model_info
     result.data_info = data_info
-    if result.flagged_labels:
-        data_info["stamped_examples"] = stamped_examples(clf, images, targets, result)
+    examples = stamped_examples(clf, images, targets, result)  # flagged, then suspicious
+    if examples:
+        data_info[STAMPED_EXAMPLES] = examples
     result.partial = False
     paths = write_report(result, out)
     store.clear()
@@ -492,31 +495,6 @@ def verdict_lines(result: ScanResult) -> list[tuple[str, str | None]]:
         lines.append((f"confirmation: {confirmation['cost_text']}", None))
     lines.append((f"expected false-alarm rate: {confirmation['false_alarm_text']}", None))
     return lines
-
-
-def stamped_examples(clf: Any, images: np.ndarray, targets: np.ndarray, result: ScanResult
-                     ) -> list[dict[str, Any]]:
-    """One example per flagged label: a clean image of another class, stamped, and predicted.
-
-    The first clean image whose true label differs from the flagged label gets that label's
-    reversed trigger; the model's labels for the clean and the stamped image are kept. A
-    label without such an image (every image has it) gets no example.
-    """
-    from neuralcleanse.mitigation.stamping import stamp
-
-    examples = []
-    for label in result.flagged_labels:
-        others = np.flatnonzero(np.asarray(targets) != label)
-        if not len(others):
-            continue
-        clean = np.asarray(images[others[:1]], dtype=np.float32)
-        trigger = result.label(label)
-        stamped = stamp(clean, trigger.mask, trigger.pattern, clf.channels_first)
-        before, after = clf.predict(np.concatenate([clean, stamped])).argmax(axis=1)
-        examples.append({"label": int(label), "source_label": int(targets[others[0]]),
-                         "clean_image": clean[0].tolist(), "image": stamped[0].tolist(),
-                         "clean_prediction": int(before), "prediction": int(after)})
-    return examples
 
 
 def _jsonable(value: Any) -> Any:

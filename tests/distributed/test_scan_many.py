@@ -193,7 +193,7 @@ def test_a_bad_model_fails_alone_and_every_other_model_is_reported(baseline: tup
 def test_each_model_gets_the_verdict_scan_gives_it(baseline: tuple, zoo: dict[str, Path]
                                                    ) -> None:
     """Same settings, same model: scan-many's graded result is the library's scan's, exactly."""
-    summary, out, _ = baseline
+    summary, out, events = baseline
     by_name = {m.name: m for m in summary.models}
     for name, result in reports(out).items():
         direct = direct_scan(zoo, name)
@@ -208,6 +208,28 @@ def test_each_model_gets_the_verdict_scan_gives_it(baseline: tuple, zoo: dict[st
         assert (m.verdict, m.flagged_labels, m.suspicious_labels) == \
             (direct.verdict, direct.flagged_labels, direct.suspicious_labels)
         assert m.min_norm == float(direct.norms.min())
+        # the report's stamped examples (made by the confirmation task) are the library's
+        assert report_examples(out, name) == library_examples(zoo, name, direct), name
+    assert not [e for e in events if e["event"] == "stamping"]  # no task more than before
+    poisoned = report_examples(out, "poisoned")
+    assert [(e["label"], e["kind"]) for e in poisoned][:1] == [(0, "flagged")]
+    assert poisoned[0]["source_label"] != 0  # an image of another class, stamped
+
+
+def report_examples(out: Path, name: str) -> list[dict]:
+    report = json.loads((out / "models" / name / "report.json").read_text())
+    return report["data_info"].get("stamped_examples", [])
+
+
+def library_examples(zoo: dict[str, Path], name: str, result: ScanResult) -> list[dict]:
+    """:func:`stamped_examples` of ``result`` on the model and the manifest's data."""
+    from neuralcleanse.frontends.api import prepare
+    from neuralcleanse.mitigation.examples import stamped_examples
+
+    data = np.load(zoo["root"] / "val.npz")
+    with torch_threads(1):
+        clf, images, targets = prepare(load_model(zoo, name), data["x"], data["y"])
+        return json.loads(json.dumps(stamped_examples(clf, images, targets, result)))
 
 
 def test_summary_json_validates_against_its_schema(baseline: tuple) -> None:
@@ -362,7 +384,10 @@ def test_the_paper_rule_submits_no_confirmation_task(
         assert result.verdict == by_name[name].verdict == ("backdoor" if first["flagged"]
                                                            else "clean")
         assert by_name[name].label_steps == first["label_steps"]
+        # no confirmation: the last task stamped the flagged labels' examples
+        assert report_examples(tmp_path, name) == library_examples(zoo, name, result), name
     assert by_name["poisoned"].verdict == "backdoor"
+    assert [e["kind"] for e in report_examples(tmp_path, "poisoned")] == ["flagged"]
 
     # resumed under the confirmed rule, a model finished under the paper rule is not reused
     events.clear()

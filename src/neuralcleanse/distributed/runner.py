@@ -10,7 +10,15 @@ more task that searches them with the further seeds
 (:func:`~neuralcleanse.distributed.tasks.confirm_labels`); the graded result
 (:func:`~neuralcleanse.search.confirm.apply_confirmation`) is what ``neuralcleanse scan`` gives.
 The driver writes the model's report into ``OUT/models/<name>`` as ``neuralcleanse scan`` does,
-and at the end the run's summary into ``OUT``.
+with a stamped example per flagged and suspicious label
+(:mod:`neuralcleanse.mitigation.examples`), and at the end the run's summary into ``OUT``. The
+confirmation task stamps the examples of the labels it confirms, with each trigger it found;
+the driver keeps those of the triggers the graded result picks. Flagged or suspicious labels
+left without one (all of them under the ``"paper"`` rule, which confirms nothing) get a short
+last task (:func:`~neuralcleanse.distributed.tasks.confirm_labels` with nothing to confirm,
+named ``examples``). Like the first look at a model, its first attempt is not counted in the
+model's ``attempts`` (its retries are); a failure of it only leaves the examples out of the
+report, with a warning.
 
 ``OUT/.scan-many/`` holds the run's own state: the outcome of each finished model with the
 fingerprint of its model, data and settings and its verdict settings (``resume`` skips a model
@@ -32,6 +40,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from neuralcleanse.core.config import ScanConfig
 from neuralcleanse.core.errors import InputError, one_line
 from neuralcleanse.core.results import LabelResult, ScanResult
@@ -41,6 +51,7 @@ from neuralcleanse.distributed.engines import RayEngine, Sequential, make_engine
 from neuralcleanse.distributed.manifest import ModelSpec, build_config, read_manifest
 from neuralcleanse.distributed.tasks import (
     CONFIRM_TASK,
+    EXAMPLES_TASK,
     PARTIAL_DIR,
     STATE_DIR,
     TEST_CRASH_ENV,
@@ -58,8 +69,9 @@ from neuralcleanse.distributed.tasks import (
     settings_key,
     verdict_settings,
 )
-from neuralcleanse.io.report import atomic_write, write_report
+from neuralcleanse.io.report import STAMPED_EXAMPLES, atomic_write, write_report
 from neuralcleanse.io.resume import PartialStore
+from neuralcleanse.mitigation.examples import example_labels
 from neuralcleanse.search.confirm import apply_confirmation, plan_confirmation
 
 OUTCOME_KIND = "neuralcleanse scan-many outcome"
@@ -72,11 +84,13 @@ class ModelRun:
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
-        self.state = "waiting"  # inspecting, scanning, confirming, done, failed
+        self.state = "waiting"  # inspecting, scanning, confirming, stamping, done, failed
         self.facts: ModelFacts | None = None
         self.results: dict[int, LabelResult] = {}
         self.first: ScanResult | None = None  # the merged first pass, while it is confirmed
         self.confirming: list[int] = []  # the labels its confirmation searches again
+        self.graded: ScanResult | None = None  # the graded result, while its examples are made
+        self.examples: dict[int, dict[str, Any]] = {}  # its stamped examples, by label
         self.confirm_searches = 0  # label searches of the confirmation (labels x seeds)
         self.label_steps = 0  # steps of the first pass and of the confirmation
         self.chunks_left = 0
@@ -130,6 +144,9 @@ class Driver:
             elif kind == "confirm":
                 m.attempts += value.attempts
                 self.confirmed(m, value)
+            elif kind == "examples":
+                m.attempts += value.attempts - 1  # like the look: its retries count
+                self.stamped(m, value)
             else:
                 m.attempts += value.attempts
                 self.chunk_done(m, value)
@@ -230,12 +247,13 @@ class Driver:
         m.label_steps = sum(r.steps for r in first.labels)
         labels = plan_confirmation(first, self.cfg)
         if not labels:  # the paper rule, or nothing to confirm
-            return self.finish(m, self.recorded(
-                m, lambda: apply_confirmation(first, {}, self.cfg, 0.0)))
+            return self.with_examples(m, self.recorded(
+                m, lambda: apply_confirmation(first, {}, self.cfg, 0.0)), {})
         m.first, m.confirming, m.state = first, labels, "confirming"
         m.confirm_searches = len(labels) * self.cfg.confirm_seeds
         self.engine.submit(("confirm", self.models.index(m), CONFIRM_TASK), confirm_labels,
-                           m.spec, self.cfg, self.ctx, facts, labels)
+                           m.spec, self.cfg, self.ctx, facts, labels,
+                           [first.label(t) for t in labels])
         self.emit("confirming", m)
         return None
 
@@ -254,6 +272,41 @@ class Driver:
         except InputError as exc:  # runs that do not fit the plan: this model's, not the run's
             return self.fail(m, f"cannot grade its confirmation: {one_line(exc)}")
         m.first = None
+        return self.with_examples(m, result, picked_examples(result, first, value))
+
+    def with_examples(self, m: ModelRun, result: ScanResult,
+                      found: dict[int, dict[str, Any] | None]) -> None:
+        """Finish the model; first, a last task stamps the examples ``found`` lacks.
+
+        ``found``: the confirmation's example of each label it confirmed (``None`` for a label
+        without an image of another class).
+        """
+        kinds = dict(example_labels(result))
+        m.examples = {t: {**e, "kind": kinds[t]} for t, e in found.items()
+                      if e is not None and t in kinds}
+        missing = [t for t in kinds if t not in found]
+        if not missing:
+            return self.finish(m, result)
+        m.graded, m.state = result, "stamping"
+        self.engine.submit(("examples", self.models.index(m), EXAMPLES_TASK), confirm_labels,
+                           m.spec, self.cfg, self.ctx, m.facts, [],
+                           [result.label(t) for t in missing], EXAMPLES_TASK)
+        self.emit("stamping", m)
+        return None
+
+    def stamped(self, m: ModelRun, value: ConfirmDone | TaskFailure) -> None:
+        """Take the last task's examples and finish the model (without them if it failed)."""
+        result = m.graded
+        if m.state != "stamping" or result is None:
+            return None
+        m.graded = None
+        if isinstance(value, TaskFailure):
+            m.warnings.append(f"the report has no stamped examples: {value.error}")
+        else:
+            kinds = dict(example_labels(result))
+            m.examples.update({t: {**found[0], "kind": kinds[t]}
+                               for t, found in value.examples.items()
+                               if t in kinds and found and found[0] is not None})
         return self.finish(m, result)
 
     @staticmethod
@@ -270,6 +323,10 @@ class Driver:
         facts = m.facts
         assert facts is not None
         folder = model_dir(self.out, m.spec.name)
+        examples = [m.examples[t] for t, _ in example_labels(result) if t in m.examples]
+        if examples:  # a new dict: the first pass shares the facts' one
+            result.data_info = {**result.data_info, STAMPED_EXAMPLES: examples}
+        m.examples = {}
         try:
             write_report(result, folder)
         except (InputError, OSError) as exc:
@@ -320,7 +377,7 @@ class Driver:
             "event": event, "model": m.spec.name if m else None,
             "done": sum(x.state == "done" for x in self.models),
             "failed": sum(x.state == "failed" for x in self.models),
-            "running": sum(x.state in ("inspecting", "scanning", "confirming")
+            "running": sum(x.state in ("inspecting", "scanning", "confirming", "stamping")
                            for x in self.models),
             "total": len(self.models), "elapsed_seconds": elapsed,
             "eta_seconds": elapsed * (1 - fraction) / fraction if 0 < fraction else None}
@@ -341,6 +398,31 @@ class Driver:
         return ScanManySummary(models=[m.outcome for m in self.models if m.outcome is not None],
                                settings=settings, interrupted=interrupted,
                                wall_seconds=time.perf_counter() - self.started)
+
+
+def picked_examples(result: ScanResult, first: ScanResult, done: ConfirmDone
+                    ) -> dict[int, dict[str, Any] | None]:
+    """The confirmation's example of each label it confirmed, for the trigger ``result`` kept.
+
+    A label's examples are those of its first run's trigger and then of its further runs'
+    (:class:`~neuralcleanse.distributed.tasks.ConfirmDone`); the graded result keeps one of
+    those triggers, found here by its mask and pattern. A label whose trigger is not found
+    is left out (a last task stamps it).
+    """
+    found: dict[int, dict[str, Any] | None] = {}
+    kept = {r.label: r for r in result.labels}
+    firsts = {r.label: r for r in first.labels}
+    for label, examples in done.examples.items():
+        chosen = kept.get(label)
+        if chosen is None or label not in firsts:
+            continue
+        trials = [firsts[label], *done.runs.get(label, [])]
+        for trial, example in zip(trials, examples):
+            if np.array_equal(trial.mask, chosen.mask) \
+                    and np.array_equal(trial.pattern, chosen.pattern):
+                found[label] = example
+                break
+    return found
 
 
 def _finite(value: float) -> float | None:

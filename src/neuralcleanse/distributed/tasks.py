@@ -12,7 +12,11 @@ the labels the dead attempt had already saved in the model's ``partial/`` folder
 The confirmation task (:func:`confirm_labels`, the ``"confirmed"`` verdict rule) searches a
 model's borderline labels again with the further seeds. Its results are not saved as they
 come: a retried or resumed confirmation runs again from the start (the first pass's labels stay
-in ``partial/`` until the model's report is written, so only the confirmation is redone).
+in ``partial/`` until the model's report is written, so only the confirmation is redone). It
+also stamps the report's examples (:mod:`neuralcleanse.mitigation.examples`) for the labels it
+confirms; run with no labels to confirm, it is the short last task (:data:`EXAMPLES_TASK`) that
+stamps those of the flagged or suspicious labels it did not (all of them under the ``"paper"``
+rule).
 
 Test hook: when the run's driver has the environment variable :data:`TEST_CRASH_ENV` set to a
 model's name, the first attempt of each of that model's label-chunk tasks that runs in a Ray
@@ -50,6 +54,9 @@ PARTIAL_DIR = "partial"
 STATE_DIR = ".scan-many"
 #: The name of a model's confirmation task (in the attempt markers and the driver's records).
 CONFIRM_TASK = "confirm"
+#: The name of a model's last task, which stamps the examples the confirmation did not
+#: (:func:`confirm_labels` with no labels to confirm).
+EXAMPLES_TASK = "examples"
 
 
 @dataclass(frozen=True)
@@ -102,9 +109,15 @@ class ChunkDone:
 
 @dataclass
 class ConfirmDone:
-    """The further runs of a model's borderline labels: per label, its results in seed order."""
+    """The further runs of a model's borderline labels: per label, its results in seed order.
+
+    ``examples``: per label given a trigger to stamp, the stamped example of each of its
+    triggers, the one given first and then its further runs' (``None`` where the label has no
+    image of another class).
+    """
 
     runs: dict[int, list[LabelResult]]
+    examples: dict[int, list[dict[str, Any] | None]] = field(default_factory=dict)
     seconds: float = 0.0
     attempts: int = 1
     warnings: list[str] = field(default_factory=list)
@@ -336,12 +349,20 @@ def scan_chunk(spec: ModelSpec, cfg: ScanConfig, ctx: RunContext, facts: ModelFa
 
 
 def confirm_labels(spec: ModelSpec, cfg: ScanConfig, ctx: RunContext, facts: ModelFacts,
-                   labels: list[int]) -> ConfirmDone | TaskFailure:
+                   labels: list[int], first: list[LabelResult] | None = None,
+                   task: str = CONFIRM_TASK) -> ConfirmDone | TaskFailure:
     """Search a model's borderline labels again with the further seeds (the confirmation).
 
     The searches are :func:`neuralcleanse.search.confirm.search_confirmations`, as
     :func:`neuralcleanse.scan` runs them; nothing is saved while they run (a retried attempt
-    starts over).
+    starts over). Since the model is loaded here anyway, the task also stamps one clean image
+    with each trigger a label may end up with in the report (its first run's and its further
+    runs'): the driver keeps the example of the trigger the graded result picks, so the report
+    of a model whose flagged and suspicious labels were all confirmed needs no further task.
+    With no ``labels``, it only stamps the triggers given: the short last task
+    (:data:`EXAMPLES_TASK`) for the flagged and suspicious labels the confirmation gave no
+    example (all of them under the ``"paper"`` rule, which confirms nothing). Cheap: two images
+    per trigger go through the model.
 
     Args:
         spec: The model's manifest entry.
@@ -350,10 +371,16 @@ def confirm_labels(spec: ModelSpec, cfg: ScanConfig, ctx: RunContext, facts: Mod
         facts: What :func:`inspect_model` found (output kind, layout, fingerprint).
         labels: The labels to confirm (:func:`~neuralcleanse.search.confirm.plan_confirmation`
             of the first pass).
+        first: The triggers to stamp: the first run's results of ``labels`` (each label is
+            also stamped with its further runs' triggers), or with no ``labels`` the graded
+            result's triggers of the labels left without an example; none without.
+        task: The task's name, for the attempt count (:data:`CONFIRM_TASK` or
+            :data:`EXAMPLES_TASK`).
 
     Returns:
-        Per label its further runs, or a :class:`TaskFailure`.
+        Per label its further runs and examples, or a :class:`TaskFailure`.
     """
+    from neuralcleanse.mitigation.examples import stamped_example
     from neuralcleanse.search.confirm import search_confirmations
 
     def work(attempt: int) -> ConfirmDone:
@@ -364,8 +391,13 @@ def confirm_labels(spec: ModelSpec, cfg: ScanConfig, ctx: RunContext, facts: Mod
                              "it was being scanned")
         runs = search_confirmations(clf, images, targets, cfg.replace(progress=False),
                                     list(labels))
-        if ctx.worker and ctx.crash_once == spec.name and attempt == 1:
+        examples = {r.label: [stamped_example(clf, images, targets, trial)
+                              for trial in (r, *runs.get(r.label, []))]
+                    for r in first or []}
+        if ctx.worker and ctx.crash_once == spec.name and attempt == 1 \
+                and task == CONFIRM_TASK:
             os._exit(1)  # the test hook: a worker killed before it could report
-        return ConfirmDone(runs={int(t): list(r) for t, r in runs.items()})
+        return ConfirmDone(runs={int(t): list(r) for t, r in runs.items()},
+                           examples={int(t): e for t, e in examples.items()})
 
-    return _run(ctx, spec.name, CONFIRM_TASK, work)
+    return _run(ctx, spec.name, task, work)

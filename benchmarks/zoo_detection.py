@@ -142,15 +142,16 @@ def candidates(facts: dict[str, Any], margin: float, threshold: float) -> list[i
 
 # -- rules --------------------------------------------------------------------------------------
 def judge(facts: dict[str, Any], runs: dict[int, list[float]], rule: str, margin: float = 1.0,
-          seeds: int = 2, threshold: float = THRESHOLD, ratio: float | None = None
-          ) -> dict[str, Any]:
+          seeds: int = 2, threshold: float = THRESHOLD, ratio: float | None = None,
+          scale: str = "linear") -> dict[str, Any]:
     """A rule's verdict from the first run and the further runs of some labels.
 
     ``runs[label]`` holds the further seeds' norms in seed order. With the library's settings
     (``threshold`` 2, no ``ratio``) this mirrors :mod:`neuralcleanse.core.verdict`
     (``--verify`` checks it against the library). ``ratio`` adds a second condition: a label
     is flagged only when its norm is also at most ``ratio`` times the median norm (a label
-    that passes the index test but not this one is suspicious).
+    that passes the index test but not this one is suspicious). ``scale="log"`` takes the
+    anomaly index of the confirmed norms' logarithms (not in the library: a candidate).
     """
     labels, norms = facts["labels"], np.array(facts["norms"], dtype=float)
     first = np.array(facts["anomaly_index"], dtype=float)
@@ -164,7 +165,8 @@ def judge(facts: dict[str, Any], runs: dict[int, list[float]], rule: str, margin
             values = [norms[labels.index(t)], *runs[t][:seeds]]
             confirmed[labels.index(t)] = float(np.median(values))
             extra_steps += sum(runs_steps(facts, t)[:seeds])
-    report = anomaly_indices(confirmed, threshold, labels=np.array(labels))
+    judged = np.log(confirmed) if scale == "log" else confirmed
+    report = anomaly_indices(judged, threshold, labels=np.array(labels))
     median = float(np.median(confirmed))
     by_index = list(report.flagged)
     flagged = [t for t in by_index
@@ -294,7 +296,14 @@ RULES = {"paper": {"rule": "paper"},
          "confirmed, norm <= 0.6 median": {"rule": "confirmed", "margin": 1.0, "seeds": 2,
                                            "ratio": 0.6},
          "confirmed, norm <= 0.8 median": {"rule": "confirmed", "margin": 1.0, "seeds": 2,
-                                           "ratio": 0.8}}
+                                           "ratio": 0.8},
+         "confirmed, log index, norm <= 0.7 median": {"rule": "confirmed", "margin": 1.0,
+                                                      "seeds": 2, "ratio": 0.7,
+                                                      "scale": "log"},
+         "confirmed, log index, norm <= 0.6 median": {"rule": "confirmed", "margin": 1.0,
+                                                      "seeds": 2, "ratio": 0.6,
+                                                      "scale": "log"},
+         "paper, log index": {"rule": "paper", "scale": "log"}}
 
 
 def main(argv: list[str] | None = None) -> int:

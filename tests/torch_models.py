@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -37,3 +39,16 @@ def poisoned_training_set(x: np.ndarray, y: np.ndarray, target: int, size: int,
 def accuracy(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     with torch.no_grad():
         return float((model(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
+
+
+def untrained_cnn_files(root: Path) -> dict[str, Path]:
+    """An untrained 8x8 ``small_cnn``'s state dict and 40 random labelled images (4 per class),
+    saved in ``root`` as ``model.pt`` and ``data.npz``: for tests of the command line's
+    plumbing, not of detection."""
+    torch.manual_seed(0)
+    torch.save(small_cnn(image_size=8).state_dict(), root / "model.pt")
+    rng = np.random.default_rng(0)
+    np.savez(root / "data.npz", x=rng.random((40, 1, 8, 8), dtype=np.float32),
+             y=np.arange(40) % 10)
+    return {"model": root / "model.pt", "data": root / "data.npz"}
+

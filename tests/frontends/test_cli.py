@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import jsonschema
@@ -28,6 +27,8 @@ from neuralcleanse.frontends.cli.messages import to_flags
 from neuralcleanse.io.data_files import balanced_subsample, load_data
 from neuralcleanse.io.json_schemas import load_schema
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ARCH = ["--arch", "neuralcleanse.backends.torch.architectures:small_cnn", "--arch-kwargs",
         '{"image_size": 16}']
 #: A short search that still separates the planted label from the others on these models.
@@ -36,13 +37,6 @@ SEARCH = ["--steps", "60", "--mini-batches", "4", "--early-stop-patience", "10"]
 QUICK = ["--labels", "6,7", "--steps", "3", "--mini-batches", "1", "--no-early-stop"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread: deterministic sums and no oversubscription of the 2 CI cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

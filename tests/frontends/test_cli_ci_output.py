@@ -4,17 +4,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-import torch
 
-from neuralcleanse.backends.torch.architectures import small_cnn
 from neuralcleanse.frontends import cli
 from neuralcleanse.io.json_schemas import load_schema
+from torch_models import untrained_cnn_files
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 jsonschema = pytest.importorskip("jsonschema")  # in the dev extra
 
@@ -26,24 +25,12 @@ FLAGGING = ["--labels", "2,5,7", "--steps", "3", "--mini-batches", "1", "--batch
             "--no-early-stop", "--anomaly-threshold", "0.5"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """An untrained 8x8 CNN's state dict and 40 random labelled images."""
-    root = tmp_path_factory.mktemp("ci")
-    torch.manual_seed(0)
-    torch.save(small_cnn(image_size=8).state_dict(), root / "model.pt")
-    rng = np.random.default_rng(0)
-    np.savez(root / "data.npz", x=rng.random((40, 1, 8, 8), dtype=np.float32),
-             y=np.arange(40) % 10)
-    return {"model": root / "model.pt", "data": root / "data.npz"}
+    return untrained_cnn_files(tmp_path_factory.mktemp("ci"))
 
 
 def scan(files: dict[str, Path], out: Path, *extra: str) -> list[str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +27,14 @@ from neuralcleanse.io.digits import digits_images, stamp_square
 from neuralcleanse.io.report import write_report
 from torch_models import poisoned_training_set
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TARGET = 3
 WIDTH = 8
 ARCH = ["--arch", "neuralcleanse.backends.torch.architectures:small_cnn", "--arch-kwargs",
         json.dumps({"image_size": 8, "width": WIDTH})]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def label_result(label: int, norm: float) -> LabelResult:

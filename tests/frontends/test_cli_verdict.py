@@ -5,19 +5,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
-from neuralcleanse.backends.torch.architectures import small_cnn
 from neuralcleanse.core.config import ScanConfig
 from neuralcleanse.core.results import ScanResult
 from neuralcleanse.frontends import api, cli
+from torch_models import untrained_cnn_files
 from verdict_results import BORDERLINE, FIRST_NORMS, OUTLIER, STEPS, graded_result, label_result
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 ARCH = ["--arch", "neuralcleanse.backends.torch.architectures:small_cnn", "--arch-kwargs",
         '{"image_size": 8}']
@@ -30,24 +30,12 @@ EXIT = {("backdoor", "backdoor"): 1, ("backdoor", "suspicious"): 1, ("backdoor",
         ("clean", "backdoor"): 0, ("clean", "suspicious"): 0, ("clean", "never"): 0}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """An untrained 8x8 CNN's state dict and 40 random labelled images (4 per class)."""
-    root = tmp_path_factory.mktemp("verdict")
-    torch.manual_seed(0)
-    torch.save(small_cnn(image_size=8).state_dict(), root / "model.pt")
-    rng = np.random.default_rng(0)
-    np.savez(root / "data.npz", x=rng.random((40, 1, 8, 8), dtype=np.float32),
-             y=np.arange(40) % 10)
-    return {"model": root / "model.pt", "data": root / "data.npz"}
+    """An untrained 8x8 CNN's state dict and 40 random labelled images."""
+    return untrained_cnn_files(tmp_path_factory.mktemp("verdict"))
 
 
 def scan(files: dict[str, Path], out: Path, *extra: str) -> list[str]:

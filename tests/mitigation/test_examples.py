@@ -7,7 +7,6 @@ the tests are about the examples, not the search.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -15,7 +14,6 @@ import pytest
 import torch
 
 import neuralcleanse as nc
-from neuralcleanse.backends.torch.training import torch_threads
 from neuralcleanse.core.errors import InputError
 from neuralcleanse.core.results import LabelResult, ScanResult
 from neuralcleanse.frontends.api import prepare
@@ -26,6 +24,8 @@ from neuralcleanse.mitigation.examples import (
     stamped_examples,
 )
 from torch_models import digits, poisoned_training_set, train
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TARGET, SUSPICIOUS = 3, 5
 
@@ -48,10 +48,6 @@ def scan_result(flagged: list[int], suspicious: list[int]) -> ScanResult:
     return result
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +33,12 @@ from neuralcleanse.mitigation import filter_inputs
 from neuralcleanse.mitigation.result import MitigationResult
 from torch_models import poisoned_training_set
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TARGET = 3
 WIDTH = 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def trigger(channels_first: bool = True) -> LabelResult:

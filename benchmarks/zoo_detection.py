@@ -281,11 +281,11 @@ def verify(entries: list[dict[str, Any]], models: list[dict[str, Any]], args: An
     return {"models": len(reports), "mismatches": mismatches}
 
 
-#: The rules scored: the paper's, the library's default (``confirmed``: the borderline labels
-#: re-searched with 2 more seeds, decided on their medians, and a flagged trigger at most 0.7 of
-#: the median norm), and variants that take one part away or change a number.
+#: The rules scored: the paper's, the library's default (``confirmed``: the borderline labels,
+#: index above threshold - 0.5, re-searched with 2 more seeds, decided on their medians, and a
+#: flagged trigger at most 0.7 of the median norm), and variants that take one part away or change a number.
 RULES = {"paper": {"rule": "paper"},
-         "confirmed": {"rule": "confirmed", "margin": 1.0, "seeds": 2, "ratio": 0.7},
+         "confirmed": {"rule": "confirmed", "margin": 0.5, "seeds": 2, "ratio": 0.7},
          "confirmed, index only": {"rule": "confirmed", "margin": 1.0, "seeds": 2},
          "paper + norm <= 0.7 median": {"rule": "paper", "ratio": 0.7},
          "paper, index > 3": {"rule": "paper", "threshold": 3.0},
@@ -303,7 +303,11 @@ RULES = {"paper": {"rule": "paper"},
          "confirmed, log index, norm <= 0.6 median": {"rule": "confirmed", "margin": 1.0,
                                                       "seeds": 2, "ratio": 0.6,
                                                       "scale": "log"},
-         "paper, log index": {"rule": "paper", "scale": "log"}}
+         "paper, log index": {"rule": "paper", "scale": "log"},
+         "confirmed, margin 1": {"rule": "confirmed", "margin": 1.0, "seeds": 2,
+                                 "ratio": 0.7},
+         "confirmed, margin 0": {"rule": "confirmed", "margin": 0.0, "seeds": 2, "ratio": 0.7},
+         "confirmed, 1 seed": {"rule": "confirmed", "margin": 1.0, "seeds": 1, "ratio": 0.7}}
 
 
 def main(argv: list[str] | None = None) -> int:

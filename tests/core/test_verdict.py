@@ -80,7 +80,7 @@ def index_of(norms: list[float], value: float) -> float:
 # -- settings -------------------------------------------------------------------------------------
 def test_the_settings_are_validated_and_travel_in_the_dict() -> None:
     cfg = ScanConfig()
-    assert (cfg.verdict, cfg.confirm_seeds, cfg.confirm_margin) == ("confirmed", 2, 1.0)
+    assert (cfg.verdict, cfg.confirm_seeds, cfg.confirm_margin) == ("confirmed", 2, 0.5)
     assert RULES == ("confirmed", "paper") and VERDICTS == ("backdoor", "suspicious", "clean")
     assert ScanConfig(verdict=" Paper ").verdict == "paper"
     custom = ScanConfig(verdict="paper", confirm_seeds=4, confirm_margin=0.0)
@@ -189,7 +189,8 @@ def test_a_clear_outlier_is_confirmed_as_a_backdoor() -> None:
     assert c["first_run"]["anomaly_index"] == pytest.approx([index_of(norms, n) for n in norms])
     assert c["first_run"]["label_steps"] == 100 and c["runs_label_steps"] == 4 * 7
     assert c["extra_label_steps_share"] == pytest.approx(28 / 100)
-    assert c["extra_seconds"] == 3.0 and c["expected_false_alarm_rate"] is None
+    assert c["extra_seconds"] == 3.0
+    assert c["expected_false_alarm_rate"] == expected_false_alarm_rate("confirmed", 10)
 
 
 def test_a_borderline_label_whose_further_runs_are_larger_is_only_suspicious() -> None:
@@ -253,7 +254,8 @@ def test_the_paper_rule_is_exactly_the_first_runs_outlier_test() -> None:
     np.testing.assert_array_equal(out.anomaly_index, report.anomaly_index)
     assert [r.norm for r in out.labels] == norms
     assert out.verdict == "backdoor" and out.suspicious_labels == []
-    assert out.confirmation == {"rule": "paper", "expected_false_alarm_rate": None}
+    assert out.confirmation == {"rule": "paper", "expected_false_alarm_rate":
+                                expected_false_alarm_rate("paper", len(norms))}
     clean = apply_confirmation(first_run(CLEAN), {}, ScanConfig(verdict="paper"), 0.0)
     assert clean.verdict == "clean" and clean.flagged_labels == []
 
@@ -318,8 +320,11 @@ def test_missing_or_foreign_confirmation_runs_are_refused() -> None:
 
 # -- the expected false-alarm rate ----------------------------------------------------------------
 def test_expected_false_alarm_rate(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert verdict_module.ZOO_PER_LABEL_FALSE_FLAG == {"paper": None, "confirmed": None}
+    for rate in verdict_module.ZOO_PER_LABEL_FALSE_FLAG.values():
+        assert rate is None or 0.0 <= rate <= 1.0
     assert isinstance(verdict_module.ZOO_SOURCE, str) and verdict_module.ZOO_SOURCE
+    monkeypatch.setitem(verdict_module.ZOO_PER_LABEL_FALSE_FLAG, "paper", None)
+    monkeypatch.setitem(verdict_module.ZOO_PER_LABEL_FALSE_FLAG, "confirmed", None)
     assert expected_false_alarm_rate("paper", 10) is None
     monkeypatch.setitem(verdict_module.ZOO_PER_LABEL_FALSE_FLAG, "paper", 0.02)
     assert expected_false_alarm_rate("paper", 10) == pytest.approx(1 - 0.98 ** 10)

@@ -245,8 +245,10 @@ def test_summary_json_validates_against_its_schema(baseline: tuple) -> None:
         assert "suspicious_labels" in m and "verdict" in m
     # the verdict settings are recorded with the run's settings, not in the resume key
     config = document["settings"]["config"]
-    assert (config["verdict"], config["confirm_seeds"], config["confirm_margin"]) == \
-        ("confirmed", 2, 1.0)
+    default = ScanConfig()
+    assert (config["verdict"], config["confirm_seeds"], config["confirm_margin"],
+            config["max_norm_ratio"]) == (default.verdict, default.confirm_seeds,
+                                          default.confirm_margin, default.max_norm_ratio)
     key = settings_key(ScanConfig(**SEARCH, verdict="paper", confirm_seeds=5,
                                   confirm_margin=0.5, anomaly_threshold=3.0))
     assert key == settings_key(ScanConfig(**SEARCH))

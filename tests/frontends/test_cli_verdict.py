@@ -13,6 +13,7 @@ import pytest
 
 from neuralcleanse.core.config import ScanConfig
 from neuralcleanse.core.results import ScanResult
+from neuralcleanse.core.verdict import expected_false_alarm_rate
 from neuralcleanse.frontends import api, cli
 from torch_models import untrained_cnn_files
 from verdict_results import BORDERLINE, FIRST_NORMS, OUTLIER, STEPS, graded_result, label_result
@@ -106,7 +107,10 @@ def test_console_summary_names_the_rule_its_cost_and_the_false_alarm_rate(
             f"{len(FIRST_NORMS) * STEPS}, 2.5 s") in lines
     rule = next(line for line in lines if line.startswith("rule: "))
     assert "re-searched with 2 further seeds (1, 2), decided on the median of 3 runs" in rule
-    assert "expected false-alarm rate: not measured yet for the confirmed rule" in lines
+    rate = expected_false_alarm_rate("confirmed", len(FIRST_NORMS))
+    assert any(line.startswith("expected false-alarm rate: ") and (
+        f"{100 * rate:.1f} %" if rate is not None else "not measured yet") in line
+        for line in lines)
 
 
 def test_verdict_flags_and_config_files_reach_the_settings(
@@ -117,11 +121,11 @@ def test_verdict_flags_and_config_files_reach_the_settings(
     cli.run(scan(files, tmp_path / "a"))
     assert fake.config is not None
     assert (fake.config.verdict, fake.config.confirm_seeds, fake.config.confirm_margin) == \
-        ("confirmed", 2, 1.0)  # the library's defaults
+        (ScanConfig().verdict, ScanConfig().confirm_seeds, ScanConfig().confirm_margin)
     cli.run(scan(files, tmp_path / "b", "--verdict", "PAPER", "--confirm-seeds", "3",
-                 "--confirm-margin", "0.5"))
-    assert (fake.config.verdict, fake.config.confirm_seeds, fake.config.confirm_margin) == \
-        ("paper", 3, 0.5)
+                 "--confirm-margin", "1.25", "--max-norm-ratio", "0.55"))
+    assert (fake.config.verdict, fake.config.confirm_seeds, fake.config.confirm_margin,
+            fake.config.max_norm_ratio) == ("paper", 3, 1.25, 0.55)
     settings = tmp_path / "settings.toml"
     settings.write_text('[scan]\nverdict = "paper"\nconfirm-seeds = 5\n', encoding="utf-8")
     cli.run(scan(files, tmp_path / "c", "--config", str(settings)))

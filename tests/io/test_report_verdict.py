@@ -26,6 +26,14 @@ from verdict_results import (
 )
 
 
+@pytest.fixture(autouse=True)
+def rates_not_measured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Start every test with no zoo rate, so the texts are tested both ways (a test that
+    wants a rate sets it)."""
+    monkeypatch.setitem(verdict_module.ZOO_PER_LABEL_FALSE_FLAG, "confirmed", None)
+    monkeypatch.setitem(verdict_module.ZOO_PER_LABEL_FALSE_FLAG, "paper", None)
+
+
 class Page(HTMLParser):
     """The text of every element with an ``id``, the rows of tables, and the chart's bars."""
 

@@ -143,7 +143,7 @@ class ScanConfig:
     progress: bool = field(default=True, compare=False)
     verdict: str = "confirmed"
     confirm_seeds: int = 2
-    confirm_margin: float = 1.0
+    confirm_margin: float = 0.5
     max_norm_ratio: float = 0.7
 
     def __post_init__(self) -> None:

@@ -372,8 +372,8 @@ def false_alarm_text(result: ScanResult, rule: str, recorded: dict[str, Any]) ->
         rate = expected_false_alarm_rate(rule, n, result.anomaly_threshold)
     name = "confirmed rule" if rule == "confirmed" else "paper's rule"
     if rate is not None:
-        return (f"{100 * rate:.1f} % of clean models with {n} labels get a backdoor verdict "
-                f"from the {name} (measured on {ZOO_SOURCE})")
+        return (f"about {100 * rate:.1f} % of clean models with {n} labels get a backdoor "
+                f"verdict from the {name} (its per-label rate measured on {ZOO_SOURCE})")
     if ZOO_PER_LABEL_FALSE_FLAG.get(rule) is not None \
             and result.anomaly_threshold != ZOO_THRESHOLD:
         return (f"not measured for an anomaly threshold of {result.anomaly_threshold:g} (the "

@@ -283,7 +283,8 @@ def verify(entries: list[dict[str, Any]], models: list[dict[str, Any]], args: An
 
 #: The rules scored: the paper's, the library's default (``confirmed``: the borderline labels,
 #: index above threshold - 0.5, re-searched with 2 more seeds, decided on their medians, and a
-#: flagged trigger at most 0.7 of the median norm), and variants that take one part away or change a number.
+#: flagged trigger at most 0.7 of the median norm), and variants that take one part away or
+#: change a number.
 RULES = {"paper": {"rule": "paper"},
          "confirmed": {"rule": "confirmed", "margin": 0.5, "seeds": 2, "ratio": 0.7},
          "confirmed, index only": {"rule": "confirmed", "margin": 1.0, "seeds": 2},
@@ -376,6 +377,10 @@ def main(argv: list[str] | None = None) -> int:
         groups["patch triggers"] = clean + [m for m in models if m["family"] in PATCH_FAMILIES]
         for fam in sorted({m["family"] for m in models} - {"clean"}):
             groups[fam] = clean + [m for m in models if m["family"] == fam]
+        for arch in sorted({m["arch"] for m in models}):
+            same = [m for m in models if m["arch"] == arch]
+            groups[f"patch, {arch}"] = [m for m in same if m["family"] == "clean"
+                                        or m["family"] in PATCH_FAMILIES]
         for name, low, high in AREA_GROUPS:
             groups[name] = clean + [m for m in models if m["family"] in PATCH_FAMILIES
                                     and low <= m["area"] < high]

@@ -103,7 +103,23 @@ DEFAULTS = {
 
 
 # -- the scan a user would have --------------------------------------------------------------
-def confirmed_result(runs: Path, name: str, seed: int, rule: dict[str, Any]) -> ScanResult:
+def verdict_settings(rule: dict[str, Any] | None) -> dict[str, Any]:
+    """The ScanConfig verdict fields of a zoo_detection rule (``None``: the library's defaults)."""
+    if rule is None:
+        default = ScanConfig()
+        return {"confirm_seeds": default.confirm_seeds, "confirm_margin": default.confirm_margin,
+                "max_norm_ratio": default.max_norm_ratio,
+                "anomaly_threshold": default.anomaly_threshold}
+    if rule.get("rule") != "confirmed" or rule.get("scale", "linear") != "linear":
+        raise SystemExit(f"the detection JSON's rule {rule} is not the library's confirmed rule")
+    return {"confirm_seeds": int(rule.get("seeds", 2)),
+            "confirm_margin": float(rule.get("margin", 1.0)),
+            "max_norm_ratio": float(rule.get("ratio") or 1.0),
+            "anomaly_threshold": float(rule.get("threshold", 2.0))}
+
+
+def confirmed_result(runs: Path, name: str, seed: int, rule: dict[str, Any] | None
+                     ) -> ScanResult:
     """The ScanResult of ``scan`` with the confirmed verdict, from zoo_detection's searches.
 
     The first run (``seed-<seed>``) holds every label; the further runs (``seed-<seed + k>``)
@@ -113,9 +129,7 @@ def confirmed_result(runs: Path, name: str, seed: int, rule: dict[str, Any]) -> 
     """
     first = ScanResult.from_dict(json.loads((runs / f"seed-{seed}" / "models" / name
                                              / "report.json").read_text()))
-    cfg = ScanConfig.from_dict(first.config).replace(
-        verdict="confirmed", confirm_seeds=int(rule["seeds"]),
-        confirm_margin=float(rule["margin"]))
+    cfg = ScanConfig.from_dict(first.config).replace(verdict="confirmed", **verdict_settings(rule))
     planned = plan_confirmation(first, cfg)
     extra: dict[int, list[LabelResult]] = {t: [] for t in planned}
     for k in range(1, cfg.confirm_seeds + 1):
@@ -177,7 +191,7 @@ class Model:
     """One zoo model, its data in the model's layout and its real-trigger test sets."""
 
     def __init__(self, entry: dict[str, Any], zoo_dir: Path, split: zoo.Split,
-                 result: ScanResult) -> None:
+                 result: ScanResult, flagged: list[int]) -> None:
         self.entry = entry
         loaded = nc.load_model(zoo_dir / entry["file"], arch=entry["arch_spec"],
                                arch_kwargs=entry["arch_kwargs"])
@@ -190,7 +204,7 @@ class Model:
         self.x_clean = self.layout(x_clean)
         self.x_test, self.y_test = self.layout(split.x_test), split.y_test
         self.result = result
-        self.flagged = set(result.flagged_labels)
+        self.flagged = set(flagged)
         triggers = load_triggers(zoo_dir / entry["trigger_file"])
         self.triggers = triggers
         self.real = real_sets(entry, split, triggers, self.flagged)
@@ -232,7 +246,8 @@ def mitigate_one(m: Model, method: str, before: dict[str, Any]) -> dict[str, Any
     """One mitigation with default settings, measured."""
     started = time.perf_counter()
     res = nc.mitigate(m.model, m.x_clean, m.y_clean, m.result, method, x_test=m.x_test,
-                      y_test=m.y_test, output="logits", clip_values=(0.0, 1.0), seed=0)
+                      y_test=m.y_test, labels=sorted(m.flagged), output="logits",
+                      clip_values=(0.0, 1.0), seed=0)
     wall = time.perf_counter() - started
     filt = res.input_filter
     after = m.snapshot(res.predict, filt.is_flagged if filt is not None else None)
@@ -301,26 +316,32 @@ def real_as_label_results(m: Model) -> list[LabelResult]:
     return out
 
 
-def probes(m: Model) -> dict[str, Any]:
+def probes(m: Model, missed: set[str]) -> dict[str, Any]:
     """What separates "the reversed trigger does not transfer" from "the budget is too small".
 
+    Run on the models where a method missed its target (``missed``):
+
     * ``unlearning_real``: unlearning at the default budget with the REAL trigger(s) stamped
-      instead of the reversed ones (an oracle: the best the reversed trigger could do);
+      instead of the reversed ones (an oracle: the best a reversed trigger could do);
     * ``unlearning_5x``: the reversed triggers with five times the default epochs (same
       learning rate);
     * ``filtering_real``: the filter fitted on the real trigger(s) at the defaults.
 
-    Each reports the real-trigger success (worst trigger), the clean-accuracy drop and, for the
-    filter, the real-triggered share refused and the FPR.
+    Each reports the real-trigger success (worst of all real triggers), the clean-accuracy drop
+    and, for the filter, the real-triggered share refused and the FPR.
     """
     out: dict[str, Any] = {}
     base = m.snapshot(m.clf.predict)
     oracle = real_as_label_results(m)
+    by_label = {r.label: r for r in m.result.labels}
+    reversed_triggers = [by_label[t] for t in sorted(m.flagged)]
     runs = {"unlearning_real": ("unlearning", oracle, {}),
-            "unlearning_5x": ("unlearning", m.result, {
+            "unlearning_5x": ("unlearning", reversed_triggers, {
                 "epochs": 5 * DEFAULTS["unlearning"]["epochs"]}),
             "filtering_real": ("filtering", oracle, {})}
     for key, (method, triggers, options) in runs.items():
+        if method not in missed:
+            continue
         res = nc.mitigate(m.model, m.x_clean, m.y_clean, triggers, method, x_test=m.x_test,
                           y_test=m.y_test, output="logits", clip_values=(0.0, 1.0), seed=0,
                           **options)
@@ -451,8 +472,10 @@ def summarise(models: list[dict[str, Any]], methods: list[str]) -> dict[str, Any
     with_probes = [m["probes"] for m in models if "probes" in m]
     if with_probes:
         out["probes"] = {}
-        for key in with_probes[0]:
-            vals = [p[key] for p in with_probes]
+        for key in ("unlearning_real", "unlearning_5x", "filtering_real"):
+            vals = [p[key] for p in with_probes if key in p]
+            if not vals:
+                continue
             entry = {"n": len(vals),
                      "real_asr_after": median([v["real_asr_after_worst"] for v in vals]),
                      "clean_acc_drop": median([v["clean_acc_drop"] for v in vals])}
@@ -496,8 +519,9 @@ def table(summary: dict[str, Any], methods: list[str]) -> str:
 def diagnostics_table(summary: dict[str, Any]) -> str:
     """The Markdown table of the diagnostics: mask overlap, unlearning budget, probes."""
     lines = ["| group | mask IoU (top-k px) | mask L1 on real patch | unlearning updates | "
-             "unlearning misses: budget / transfer / accuracy | unlearn real trigger (oracle) "
-             "| unlearn 5x epochs | filter on real trigger (oracle) |",
+             "unlearning misses: budget / transfer / accuracy | on the misses: unlearn with "
+             "the real trigger (oracle) | unlearn 5x epochs | filter fitted on the real trigger "
+             "(oracle) |",
              "|---|---|---|---|---|---|---|---|"]
 
     def num(v: float | None) -> str:
@@ -519,7 +543,7 @@ def diagnostics_table(summary: dict[str, Any]) -> str:
                 continue
             text = (f"refused {pct(v['real_refused'], 1)}" if "real_refused" in v
                     else f"{pct(v['real_asr_after'], 1)}")
-            cells.append(f"{text}; meets {pct(v['meets_target'])}")
+            cells.append(f"{text}; meets target on {pct(v['meets_target'])} of {v['n']}")
         lines.append(f"| {group} | {num(s.get('mask_iou_top_k'))} | "
                      f"{pct(s.get('mask_mass_on_real'))} | {updates} | "
                      f"{misses if unl else '–'} | {' | '.join(cells)} |")
@@ -536,10 +560,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="the detection run's first seed")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--only", default=None, help="only models whose name contains this")
+    parser.add_argument("--verdict", choices=("detection", "library"), default="detection",
+                        help="which labels are flagged: the detection JSON's confirmed rule, "
+                             "or the library's current default verdict settings applied to "
+                             "the same searches")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--probes", action="store_true",
-                        help="also unlearn and filter with the real trigger (an oracle) and "
-                             "unlearn with 5x the epochs, to tell transfer from budget")
+                        help="where a method misses its target, also unlearn and filter with "
+                             "the real trigger (an oracle) and unlearn with 5x the epochs, to "
+                             "tell transfer from budget")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -551,38 +580,40 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     detection = json.loads(args.detection.read_text())
     index = {e["name"]: e for e in json.loads((args.zoo / "index.json").read_text())}
-    rule = detection["rules"]["confirmed"]
+    rule = detection["rules"]["confirmed"] if args.verdict == "detection" else None
     runs = args.runs / args.preset
     chosen, skipped = [], []
     for d in detection["models"][args.preset]:
         if d["family"] == "clean" or (args.only and args.only not in d["name"]):
             continue
-        flagged = set(d["rules"]["confirmed"]["flagged"])
         if not d["effective"]:
             skipped.append({"name": d["name"], "why": "real trigger did not take"})
-        elif not flagged & set(d["targets"]):
+            continue
+        result = confirmed_result(runs, d["name"], args.seed, rule)
+        flagged = sorted(d["rules"]["confirmed"]["flagged"] if rule is not None
+                         else result.flagged_labels)
+        if not set(flagged) & set(d["targets"]):
             skipped.append({"name": d["name"], "why": "true target not flagged",
-                            "flagged": sorted(flagged)})
+                            "flagged": flagged})
         else:
-            chosen.append(d)
+            chosen.append((d, result, flagged))
     print(f"{len(chosen)} flagged backdoored models ({len(skipped)} skipped); methods "
           f"{', '.join(methods)}", flush=True)
     splits: dict[str, zoo.Split] = {}
     results = []
-    for i, d in enumerate(chosen):
+    for i, (d, result, flagged) in enumerate(chosen):
         t0 = time.perf_counter()
         entry = index[d["name"]]
         if entry["dataset"] not in splits:
             splits[entry["dataset"]] = zoo.load_split(entry["dataset"])
-        result = confirmed_result(runs, d["name"], args.seed, rule)
-        m = Model(entry, args.zoo, splits[entry["dataset"]], result)
-        same = sorted(m.flagged) == sorted(d["rules"]["confirmed"]["flagged"])
+        m = Model(entry, args.zoo, splits[entry["dataset"]], result, flagged)
+        same = sorted(result.flagged_labels) == flagged
         before = m.snapshot(m.clf.predict)
         row: dict[str, Any] = {
             "name": d["name"], "family": entry["family"], "dataset": entry["dataset"],
             "arch": entry["arch"], "framework": entry["framework"],
             "targets": entry["targets"], "flagged": sorted(m.flagged),
-            "flagged_as_detection": same,
+            "rebuilt_scan_agrees": same,
             "matches_library_scan": matches_library(runs, d["name"], result),
             "clean_data_is_scan_split": m.same_clean,
             "n_clean": len(m.y_clean), "n_test": len(m.y_test),
@@ -598,8 +629,9 @@ def main(argv: list[str] | None = None) -> int:
             r["success_before"] = asr
         for method in methods:
             row["methods"][method] = mitigate_one(m, method, before)
-        if args.probes:
-            row["probes"] = probes(m)
+        missed = {k for k, v in row["methods"].items() if not v["meets_target"]}
+        if args.probes and missed & {"unlearning", "filtering"}:
+            row["probes"] = probes(m, missed)
         row["wall_s"] = round(time.perf_counter() - t0, 2)
         results.append(row)
         parts = []
@@ -612,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
         start = pct(worst(before["real_asr"], m.real), 1)
         print(f"[{i + 1}/{len(chosen)}] {d['name']:40s} real {start} -> {'; '.join(parts)}; "
               f"IoU {iou}; {row['wall_s']:.1f} s"
-              + ("" if same else "  ! flagged differs from the detection JSON"), flush=True)
+              + ("" if same else f"  ! the rebuilt scan flags {result.flagged_labels}"), flush=True)
     groups: dict[str, list[dict[str, Any]]] = {"all": results}
     groups["patch triggers"] = [r for r in results if r["family"] in PATCH_FAMILIES]
     for fam in sorted({r["family"] for r in results}):
@@ -620,7 +652,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = {g: summarise(ms, methods) for g, ms in groups.items() if ms}
     wall = time.perf_counter() - started
     out = {"zoo": str(args.zoo), "detection": str(args.detection), "runs": str(runs),
-           "preset": args.preset, "rule": rule, "methods": methods, "defaults": DEFAULTS,
+           "preset": args.preset, "verdict": args.verdict,
+           "verdict_settings": verdict_settings(rule), "methods": methods, "defaults": DEFAULTS,
            "targets": {"unlearning": {"max_real_asr": UNLEARN_MAX_ASR,
                                       "max_clean_acc_drop": UNLEARN_MAX_ACC_DROP,
                                       "min_share": UNLEARN_MIN_SHARE},

@@ -151,7 +151,9 @@ def test_a_real_scan_under_the_paper_rule_runs_no_confirmation(
     code = cli.run(scan(files, out, "--verdict", "paper"))
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["config"]["verdict"] == "paper"
-    assert report["confirmation"] == {"rule": "paper", "expected_false_alarm_rate": None}
+    assert report["confirmation"] == {
+        "rule": "paper",
+        "expected_false_alarm_rate": expected_false_alarm_rate("paper", report["nb_classes"])}
     assert report["suspicious_labels"] == []
     assert report["verdict"] == ("backdoor" if report["flagged_labels"] else "clean")
     assert code == EXIT[report["verdict"], "backdoor"]

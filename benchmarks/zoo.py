@@ -42,6 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from neuralcleanse.frontends.demo import DemoData
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,16 +191,8 @@ def build_specs() -> list[Spec]:
 
 
 # -- data ---------------------------------------------------------------------------------------
-@dataclass
-class Split:
+class Split(DemoData):
     """A dataset's training, clean (to scan with) and test images, ``(N, C, H, W)`` in [0, 1]."""
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_clean: np.ndarray
-    y_clean: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -243,6 +243,17 @@ def _load(spec: ModelSpec, cfg: ScanConfig, ctx: RunContext, *, output: str | No
     return inputs, clf, images, targets, key
 
 
+def _load_unchanged(spec: ModelSpec, cfg: ScanConfig, ctx: RunContext, facts: ModelFacts
+                    ) -> tuple[Any, np.ndarray, np.ndarray, str]:
+    """Load the model and data as the inspection found them; refuse them if they changed."""
+    _, clf, images, targets, key = _load(spec, cfg, ctx, output=facts.output,
+                                         channels_first=facts.channels_first)
+    if key != facts.key:
+        raise InputError(f"the model file {str(spec.model)!r} or its data changed while it "
+                         "was being scanned")
+    return clf, images, targets, key
+
+
 def _run(ctx: RunContext, name: str, task: str, work: Any) -> Any:
     """Run ``work()`` as one attempt of ``task``: its time, attempt count and warnings."""
     attempt = _mark_attempt(ctx, name, task)
@@ -319,11 +330,7 @@ def scan_chunk(spec: ModelSpec, cfg: ScanConfig, ctx: RunContext, facts: ModelFa
     from neuralcleanse.io.resume import PartialStore
 
     def work(attempt: int) -> ChunkDone:
-        _, clf, images, targets, key = _load(spec, cfg, ctx, output=facts.output,
-                                             channels_first=facts.channels_first)
-        if key != facts.key:
-            raise InputError(f"the model file {str(spec.model)!r} or its data changed while "
-                             "it was being scanned")
+        clf, images, targets, key = _load_unchanged(spec, cfg, ctx, facts)
         store = PartialStore(model_dir(ctx.out, spec.name) / PARTIAL_DIR, key)
         done = [r for r in store.load() if r.label in labels]
         crash = ctx.worker and ctx.crash_once == spec.name and attempt == 1
@@ -384,11 +391,7 @@ def confirm_labels(spec: ModelSpec, cfg: ScanConfig, ctx: RunContext, facts: Mod
     from neuralcleanse.search.confirm import search_confirmations
 
     def work(attempt: int) -> ConfirmDone:
-        _, clf, images, targets, key = _load(spec, cfg, ctx, output=facts.output,
-                                             channels_first=facts.channels_first)
-        if key != facts.key:
-            raise InputError(f"the model file {str(spec.model)!r} or its data changed while "
-                             "it was being scanned")
+        clf, images, targets, key = _load_unchanged(spec, cfg, ctx, facts)
         runs = search_confirmations(clf, images, targets, cfg.replace(progress=False),
                                     list(labels))
         examples = {r.label: [stamped_example(clf, images, targets, trial)

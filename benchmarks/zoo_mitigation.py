@@ -33,10 +33,15 @@ of issue 14 (unlearning: real-trigger success < 5 % with clean accuracy within 3
 filtering: >= 95 % of real-triggered inputs refused at the 5 % FPR operating point).
 
     python benchmarks/zoo_mitigation.py [--zoo DIR] [--detection FILE] [--runs DIR]
-        [--preset fast] [--methods unlearning,filtering,pruning] [--only TEXT] [--threads 2]
+        [--preset fast] [--verdict detection|library] [--methods unlearning,filtering,pruning]
+        [--only TEXT] [--probes] [--threads 2]
 
-One model at a time, on the CPU. Prints a Markdown table and writes
-``benchmarks/results/zoo_mitigation.json``.
+``--verdict library`` flags labels with the library's current default verdict settings instead
+of the detection JSON's rule (same searches). ``--probes`` adds, where a method misses its
+target, unlearning and filtering with the real trigger (an oracle) and unlearning with five
+times the epochs. One model at a time, on the CPU: the 39 flagged models of the fast preset
+take about 2.5 minutes with the probes on two idle cores. Prints two Markdown tables (results,
+diagnostics) and writes ``benchmarks/results/zoo_mitigation.json``.
 """
 
 from __future__ import annotations

@@ -520,8 +520,10 @@ def scan_many(manifest: Any, out: str | Path, *, config: Any = None,
         on_progress: Called in this process with a dict after every change: ``event``,
             ``model``, ``status``, ``done``, ``failed``, ``running``, ``total``,
             ``elapsed_seconds``, ``eta_seconds`` (``None`` until something is done), and for
-            a model ``labels_done``/``labels_total``, ``verdict``, ``error``,
-            ``flagged_labels`` when known.
+            a model ``labels_done``/``labels_total``, ``verdict`` (backdoor, suspicious or
+            clean), ``error``, ``flagged_labels`` and ``suspicious_labels`` when known; the
+            ``confirming`` event (a model's borderline labels searched again, one more task
+            per model under the confirmed verdict) carries ``confirm_labels``.
 
     Returns:
         The :class:`~neuralcleanse.core.summary.ScanManySummary`: one outcome per model, in

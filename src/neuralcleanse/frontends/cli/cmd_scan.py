@@ -183,7 +183,8 @@ def scan(
         help=f"Memory the stacked labels may use (default {_D.memory_budget_mb:g}).")] = None,
     progress: Annotated[bool | None, typer.Option(
         "--progress/--no-progress", rich_help_panel=SEARCH_PANEL, show_default=False,
-        help="Live progress (labels done, active, step, ETA) (default on in a terminal).")] = None,
+        help="Live progress (labels done, active, step, ETA, and each active label's cost and "
+             "trigger norm) (default on in a terminal).")] = None,
     verdict: Annotated[VerdictRule | None, typer.Option(
         "--verdict", rich_help_panel=SEARCH_PANEL, case_sensitive=False, show_default=False,
         help="The rule that decides the verdict: confirmed (re-search the borderline labels "

@@ -21,6 +21,7 @@ from neuralcleanse.backends.tensorflow.differentiable import (  # noqa: E402
     KerasDifferentiableClassifier,
 )
 from neuralcleanse.backends.torch.classifier import TorchClassifier  # noqa: E402
+from neuralcleanse.core.errors import InputError  # noqa: E402
 from neuralcleanse.search.batch_plan import BatchPlan  # noqa: E402
 from neuralcleanse.search.reverse import initial_trigger  # noqa: E402
 
@@ -148,6 +149,14 @@ def test_search_is_traced_once_and_leaves_the_model_as_it_was(data):
     for before, after in zip(weights, model.get_weights()):
         np.testing.assert_array_equal(before, after)
     assert [layer.trainable for layer in model.layers] == flags
+
+
+def test_bf16_is_refused_for_keras_models_before_any_step(data):
+    config = ScanConfig(steps=3, mini_batches=1, precision="bf16", progress=False)
+    with pytest.raises(InputError, match=r"precision='bf16' is available for PyTorch models "
+                                         r"only.*precision='fp32'") as info:
+        scan(keras_clf(), data["x_val"], data["y_val"], config=config)
+    assert "\n" not in str(info.value)
 
 
 def step_inputs(labels: list[int], clf: Classifier) -> tuple[np.ndarray, np.ndarray]:

@@ -40,6 +40,15 @@ def test_bad_values_name_the_parameter(field, value):
         ScanConfig(**{field: value})
 
 
+def test_precision_is_fp32_by_default_and_checked():
+    assert ScanConfig().precision == "fp32"
+    assert ScanConfig(precision=" BF16 ").precision == "bf16"
+    assert ScanConfig.from_dict(ScanConfig(precision="bf16").to_dict()).precision == "bf16"
+    for bad in ("fp16", "bfloat16", 16, None):
+        with pytest.raises(ValueError, match="precision must be one of 'fp32', 'bf16'"):
+            ScanConfig(precision=bad)
+
+
 def test_unknown_option_is_rejected():
     with pytest.raises(ValueError, match="unknown scan option.*stepz"):
         ScanConfig().replace(stepz=3)

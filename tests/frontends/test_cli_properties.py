@@ -53,6 +53,7 @@ FLOAT_RANGES = {"learning_rate": (0.0, 10.0), "init_cost": (0.0, 1e6),
 #: Float settings whose low end is allowed (the others are open there).
 LOW_CLOSED = {"confirm_margin"}
 VERDICT_RULES = ("confirmed", "paper")
+PRECISIONS = ("fp32", "bf16")
 NONE_ALLOWED = {"mini_batches", "label_batch"}
 NORMS = {"1": 1, "l1": 1, "2": 2, "l2": 2, "inf": math.inf, "linf": math.inf, "max": math.inf}
 
@@ -68,7 +69,8 @@ VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3)
 #: Values of the right kind, so that about half the examples are valid settings.
 PLAUSIBLE = st.one_of(st.integers(0, 300), st.floats(0.0, 2.0), st.booleans(), st.none(),
                       st.sampled_from([*NORMS, " L1 ", 1, 2, math.inf, 1e-3, 0.5, 5, 25,
-                                       "confirmed", " Paper ", "PAPER", "median"]))
+                                       "confirmed", " Paper ", "PAPER", "median", "bf16",
+                                       " FP32", "fp16"]))
 SETTING = st.one_of(PLAUSIBLE, PLAUSIBLE, VALUES)
 CONTROL = {chr(c) for c in range(32)} | {"\x7f", "\x9b", "\u202e", "\u2028"}
 
@@ -116,6 +118,8 @@ def expected_ok(field: str, value: Any) -> bool:
             and value in (1, 2, math.inf)
     if field == "verdict":
         return isinstance(value, str) and value.strip().lower() in VERDICT_RULES
+    if field == "precision":
+        return isinstance(value, str) and value.strip().lower() in PRECISIONS
     return isinstance(value, bool)  # early_stop, progress
 
 
@@ -134,7 +138,7 @@ def test_scan_config_takes_valid_values_and_refuses_the_rest(field: str, value: 
     if field == "norm":
         want = NORMS[value.strip().lower()] if isinstance(value, str) else value
         assert got == want and got in (1, 2, math.inf)
-    elif field == "verdict":
+    elif field in ("verdict", "precision"):
         assert got == value.strip().lower()
     elif value is None:
         assert got is None

@@ -113,6 +113,24 @@ def test_console_summary_names_the_rule_its_cost_and_the_false_alarm_rate(
         for line in lines)
 
 
+def test_precision_flag_and_config_file_reach_the_settings(
+        files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    fake = FakeScan("clean")
+    monkeypatch.setattr(api, "scan", fake)
+    cli.run(scan(files, tmp_path / "a"))
+    assert fake.config is not None and fake.config.precision == "fp32"
+    cli.run(scan(files, tmp_path / "b", "--precision", "BF16"))
+    assert fake.config.precision == "bf16"
+    settings = tmp_path / "settings.toml"
+    settings.write_text('[scan]\nprecision = "bf16"\n', encoding="utf-8")
+    cli.run(scan(files, tmp_path / "c", "--config", str(settings)))
+    assert fake.config.precision == "bf16"
+    capsys.readouterr()
+    assert cli.run(scan(files, tmp_path / "d", "--precision", "fp16")) == cli.EXIT_USAGE
+    assert "--precision" in capsys.readouterr().err
+
+
 def test_verdict_flags_and_config_files_reach_the_settings(
         files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:

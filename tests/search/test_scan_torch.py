@@ -52,6 +52,34 @@ def test_third_party_badnet_flags_label_1_only(badnet):
     assert result.norms[1] == pytest.approx(result.label(1).mask.sum())
 
 
+def test_bf16_finds_the_badnet_trigger_as_fp32_does(badnet):
+    fp32 = scan_badnet(badnet, steps=30, mini_batches=4, verdict="paper")
+    bf16 = scan_badnet(badnet, steps=30, mini_batches=4, verdict="paper", precision="bf16")
+    assert bf16.flagged_labels == fp32.flagged_labels == [1]
+    assert bf16.config["precision"] == "bf16" and fp32.config["precision"] == "fp32"
+    mask = bf16.label(1).mask
+    assert mask.dtype == fp32.label(1).mask.dtype == np.float32
+    assert mask[20:, 20:].sum() / mask.sum() > 0.5
+    # the same trigger, found in a different number format: norms close, not equal
+    assert bf16.norms[1] == pytest.approx(fp32.norms[1], rel=0.25)
+    assert not np.array_equal(bf16.norms, fp32.norms)
+
+
+def test_bf16_runs_the_model_in_bfloat16_and_repeats_for_a_seed(clean_digits):
+    model, x, y = clean_digits
+    seen: list[torch.dtype] = []
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    hook = conv.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    try:
+        runs = [nc.scan(model, x, y, steps=3, mini_batches=2, progress=False, verdict="paper",
+                        precision=p) for p in ("bf16", "bf16", "fp32")]
+    finally:
+        hook.remove()
+    assert torch.bfloat16 in seen and torch.float32 in seen
+    np.testing.assert_array_equal(runs[0].norms, runs[1].norms)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
 def test_clean_model_flags_nothing(clean_digits):
     model, x, y = clean_digits
     result = nc.scan(model, x, y, steps=60, mini_batches=4, progress=False)

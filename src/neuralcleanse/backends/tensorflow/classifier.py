@@ -441,6 +441,9 @@ class KerasClassifier(Classifier):
     def trigger_session(self, x: np.ndarray, y: np.ndarray, config: ScanConfig
                         ) -> Iterator[TriggerSession]:
         """Open a stacked trigger search over ``x, y``; the model's variables are only read."""
+        if config.precision != "fp32":
+            raise InputError(f"precision={config.precision!r} is available for PyTorch models "
+                             "only; scan this Keras model with precision='fp32'")
         with self._scope():
             yield KerasTriggerSession(self, x, y, config)
 

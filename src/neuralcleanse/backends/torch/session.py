@@ -20,6 +20,7 @@ from neuralcleanse.backends.base import (
     TriggerSession,
 )
 from neuralcleanse.core.config import ScanConfig
+from neuralcleanse.core.errors import InputError
 from neuralcleanse.core.layout import mask_axes
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ class TorchTriggerSession(TriggerSession):
         clf: The classifier whose model is searched.
         x: Clean raw images in the model's layout.
         y: Their integer labels.
-        config: The scan settings (``learning_rate`` and ``norm`` are used).
+        config: The scan settings (``learning_rate``, ``norm`` and ``precision`` are used).
     """
 
     def __init__(self, clf: TorchClassifier, x: np.ndarray, y: np.ndarray,
@@ -60,6 +61,10 @@ class TorchTriggerSession(TriggerSession):
         self.t = torch.zeros(0, device=dev)
         self.targets = torch.zeros(0, dtype=torch.int64, device=dev)
         self.channels_last = channels_last_helps(clf, self.x[:2])
+        self.bf16 = config.precision == "bf16"
+        if self.bf16 and dev.type not in ("cpu", "cuda"):
+            raise InputError(f"precision='bf16' runs on a CPU or a CUDA device, not on "
+                             f"{dev.type!r}: use precision='fp32'")
 
     @property
     def size(self) -> int:
@@ -139,7 +144,9 @@ class TorchTriggerSession(TriggerSession):
             stamped = stamped.view(n_labels * batch, *self.shape)
             if self.channels_last:
                 stamped = stamped.contiguous(memory_format=torch.channels_last)
-            out = clf.forward(stamped).view(n_labels, batch, -1)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.bf16):
+                out = clf.forward(stamped)
+            out = out.float().view(n_labels, batch, -1)
             if probabilities:
                 log_p = out.clamp_min(PROBABILITY_FLOOR).log()
             else:

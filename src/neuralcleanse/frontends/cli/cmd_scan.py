@@ -67,6 +67,7 @@ from neuralcleanse.frontends.cli.options import (
     OutputFormat,
     OutputKind,
     OutputOpt,
+    PrecisionOpt,
     Preset,
     QuietOpt,
     SubtractOpt,
@@ -206,6 +207,7 @@ def scan(
         help="Under --verdict confirmed a label is flagged only when its trigger norm is also "
              "at most this share of the median norm, in (0, 1]; 1 switches this off (default "
              f"{_D.max_norm_ratio:g}).")] = None,
+    precision: PrecisionOpt = None,
     restarts: Annotated[int, typer.Option(
         "--restarts", min=1, max=MAX_RESTARTS, rich_help_panel=SEARCH_PANEL,
         help="Run the search with this many seeds (--seed, --seed+1, ...); norms are medians "
@@ -269,6 +271,7 @@ def scan(
         anomaly_threshold=anomaly_threshold, seed=seed, memory_budget_mb=memory_budget_mb,
         progress=progress, norm=norm, confirm_seeds=confirm_seeds,
         confirm_margin=confirm_margin, max_norm_ratio=max_norm_ratio,
+        precision=precision.value if precision is not None else None,
         verdict=verdict.value if verdict is not None else None)
     if quiet and progress is None:
         flags["progress"] = False

@@ -82,6 +82,13 @@ class VerdictRule(str, Enum):
     paper = "paper"
 
 
+class Precision(str, Enum):
+    """Number format of the model's passes in the trigger search (``ScanConfig.precision``)."""
+
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
 class Method(str, Enum):
     """Mitigation methods."""
 
@@ -153,6 +160,11 @@ YKeyOpt = Annotated[str | None, typer.Option(
 MaxSamplesOpt = Annotated[int | None, typer.Option(
     "--max-samples", min=1, rich_help_panel=DATA_PANEL,
     help="Use at most this many images: a seeded (--seed), class-balanced subsample.")]
+PrecisionOpt = Annotated[Precision | None, typer.Option(
+    "--precision", rich_help_panel=SEARCH_PANEL, case_sensitive=False, show_default=False,
+    help="Number format of the model's forward and backward passes in the search: fp32 (the "
+         "default) or bf16 (PyTorch models: bfloat16 autocast, about twice as fast on CPUs "
+         "with AVX512-BF16/AMX and on GPUs; the trigger and its optimiser stay fp32).")]
 FormatOpt = Annotated[OutputFormat, typer.Option(
     "--format", rich_help_panel=OUT_PANEL, case_sensitive=False,
     help="What stdout carries: text (the summary table and verdict) or json (exactly one JSON "

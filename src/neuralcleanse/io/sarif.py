@@ -276,6 +276,9 @@ def _report_of(outcome: ModelOutcome, out: Path) -> ScanResult:
     path = out / (outcome.report or f"models/{outcome.name}") / REPORT_JSON
     try:
         result = ScanResult.from_json(path)
+    except InputError as exc:
+        raise InputError(f"the report of model {outcome.name!r} cannot be used: {exc}"
+                         ) from None
     except OSError as exc:
         raise InputError(f"cannot read the report {str(path)!r} of model {outcome.name!r}: "
                          f"{exc.strerror or type(exc).__name__}") from None

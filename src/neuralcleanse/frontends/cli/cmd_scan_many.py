@@ -6,7 +6,10 @@ clean; ``--verdict``); ``--fail-on`` chooses which verdicts of any model exit 1
 
 The work is :func:`neuralcleanse.frontends.api.scan_many` (on Ray, or one model after another
 with ``--sequential``); this module turns flags into its arguments, shows a live progress
-display on a terminal, and prints the one-line summary and where ``index.html`` is.
+display on a terminal, and prints the one-line summary and where ``index.html`` is. With
+``--sarif FILE`` it also writes one SARIF 2.1.0 log of every model
+(:func:`neuralcleanse.io.sarif.sarif_many_log`), built from the summary and the models' reports
+once the run completes.
 
 The search flags are ``scan``'s own: their definitions are read from
 :func:`~neuralcleanse.frontends.cli.cmd_scan.scan`'s signature (:data:`SEARCH_FLAGS`), and the
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import sys
 import time
 from enum import Enum
@@ -27,7 +31,8 @@ import typer
 from rich.console import Console
 
 from neuralcleanse.core.summary import ScanManySummary
-from neuralcleanse.frontends.cli.cmd_scan import FAILING_VERDICTS, scan
+from neuralcleanse.distributed.tasks import STATE_DIR
+from neuralcleanse.frontends.cli.cmd_scan import FAILING_VERDICTS, check_sarif_path, scan
 from neuralcleanse.frontends.cli.folders import prepare_folder, remove_if_empty
 from neuralcleanse.frontends.cli.inputs import clip_range, preprocessing_values
 from neuralcleanse.frontends.cli.messages import (
@@ -75,6 +80,9 @@ from neuralcleanse.io.summary_files import INDEX_HTML, SUMMARY_CSV, SUMMARY_JSON
 DEFAULT_OUT = "neuralcleanse-scan-many"
 #: What scan-many writes into ``--out``: the summary files and one report folder per model.
 SCAN_MANY_OUTPUTS = (SUMMARY_JSON, SUMMARY_CSV, INDEX_HTML, "models/")
+#: Everything the run owns in ``--out`` (its outputs and its state for ``--resume``):
+#: ``--sarif`` may not point there.
+RUN_ENTRIES = (*SCAN_MANY_OUTPUTS, f"{STATE_DIR}/")
 #: ``scan``'s flags that ``scan-many`` takes as they are (the search settings, and ``--labels``
 #: as a default for the models of a folder).
 SEARCH_FLAGS = ("config", "preset", "steps", "mini_batches", "batch_size", "learning_rate",
@@ -141,6 +149,14 @@ def scan_many(
              "verdict), suspicious (a BACKDOOR or a SUSPICIOUS verdict: the strict gate) or "
              "never (no verdict exits 1). A model that could not be scanned still exits "
              "2, an interruption 130.")] = FailOn.backdoor,
+    sarif: Annotated[Path | None, typer.Option(
+        "--sarif", metavar="FILE", rich_help_panel=OUT_PANEL,
+        help="Also write one SARIF 2.1.0 log of the whole run to FILE for code-scanning "
+             "dashboards: a result per backdoor label (level error) and per suspicious label "
+             "(level warning) of every model, located at that model's file (with its "
+             "SHA-256); a model that could not be scanned is an execution notification. "
+             "Written when the run completes (with --resume: every model of the summary); "
+             "FILE may lie in --out but not on the run's own files.")] = None,
     arch: ArchOpt = None,
     arch_kwargs: ArchKwargsOpt = None,
     trust_pickle: TrustPickleOpt = False,
@@ -164,7 +180,8 @@ def scan_many(
     summary.json and summary.csv list them all. Each model gets scan's verdict: BACKDOOR (a
     label's trigger is an outlier, confirmed), SUSPICIOUS (a label crossed the threshold in a
     single run but not on the median of its runs) or CLEAN; --verdict paper gives the
-    published one-run rule (BACKDOOR or CLEAN).
+    published one-run rule (BACKDOOR or CLEAN). --sarif FILE also writes one SARIF log of
+    every model's flagged and suspicious labels, for code scanning (see docs/ci.md).
 
     Exit codes: 1 when a model's verdict is BACKDOOR (--fail-on backdoor, the default), or
     BACKDOOR or SUSPICIOUS (--fail-on suspicious); no verdict exits 1 with --fail-on never.
@@ -184,6 +201,8 @@ def scan_many(
     config = search_config(search, preset_given=_given(ctx, "preset"))
     show = sys.stdout.isatty() if progress is None else progress
 
+    if sarif is not None:
+        check_sarif_target(sarif, out)
     console = make_console()
     created = prepare_folder(out, "--out", SCAN_MANY_OUTPUTS)  # before any work
     from neuralcleanse.frontends import api
@@ -204,7 +223,11 @@ def scan_many(
     except BaseException:
         remove_if_empty(created)  # only folders this run made, and only while still empty
         raise
-    raise typer.Exit(finish(console, summary, out, fail_on))
+    code = finish(console, summary, out, fail_on)
+    if sarif is not None:
+        write_run_sarif(sarif, summary, out, manifest, code, fail_on)
+        say(console, f"SARIF: {sarif}")
+    raise typer.Exit(code)
 
 
 def finish(console: Console, summary: ScanManySummary, out: Path,
@@ -233,6 +256,42 @@ def finish(console: Console, summary: ScanManySummary, out: Path,
     if any(m.verdict in FAILING_VERDICTS[fail_on] for m in summary.models):
         return EXIT_FLAGGED
     return EXIT_USAGE if summary.failed else EXIT_CLEAN
+
+
+def check_sarif_target(path: Path, out: Path) -> None:
+    """Refuse a ``--sarif`` path that cannot be written or is one of the run's own entries.
+
+    As for ``scan``: not a folder, and in an existing folder, except that the ``--out`` folder
+    itself counts as existing (it is made before the run). Inside ``--out``, the summary
+    files, ``models/`` and the run's state folder belong to the run.
+    """
+    target, folder = Path(os.path.abspath(path)).resolve(), Path(os.path.abspath(out)).resolve()
+    example = qpath(out / "results.sarif")
+    if target == folder:
+        raise CliError(f"--sarif {qpath(path)} is the --out folder; give a file name, e.g. "
+                       f"{example}")
+    if folder in target.parents:
+        first = target.relative_to(folder).parts[0].casefold()
+        owned = [e for e in RUN_ENTRIES if e.rstrip("/").casefold() == first]
+        if owned:
+            raise CliError(f"--sarif {qpath(path)} would overwrite the run's own {owned[0]} in "
+                           f"--out {qpath(out)}; give another file name, e.g. {example}")
+    if target.parent != folder or path.is_dir():
+        check_sarif_path(path)
+
+
+def write_run_sarif(path: Path, summary: ScanManySummary, out: Path, manifest: Path,
+                    code: int, fail_on: FailOn) -> None:
+    """Write the SARIF log of the run: every model of ``summary``, with the run's exit code."""
+    from neuralcleanse.io.sarif import summary_models, write_sarif_many
+
+    base = Path.cwd() if manifest.is_dir() else manifest.expanduser().resolve().parent
+    write_sarif_many(path, summary_models(summary, out, base), exit_code=code, properties={
+        "fail_on": fail_on.value, "totals": summary.totals(),
+        "flagged_models": [m.name for m in summary.flagged],
+        "suspicious_models": [m.name for m in summary.suspicious],
+        "failed_models": [m.name for m in summary.failed],
+        "summary": str(out / SUMMARY_JSON)})
 
 
 # -- flags to arguments ------------------------------------------------------------------------

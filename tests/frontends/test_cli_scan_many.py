@@ -313,9 +313,14 @@ def test_verdict_flags_are_passed_into_the_settings(engine: FakeEngine,
     assert cli.run(["scan-many", str(files["manifest"]), "--out", str(files["out"]),
                     "--verdict", "confirmed"]) == 0
     assert engine.call["config"] == {"verdict": "confirmed"}
+    engine.calls.clear()
+    assert cli.run(["scan-many", str(files["manifest"]), "--out", str(files["out"]),
+                    "--precision", "BF16"]) == 0
+    assert engine.call["config"] == {"precision": "bf16"}
 
 
 @pytest.mark.parametrize(("args", "expected"), [
+    (["--precision", "fp16"], "--precision"),
     (["--verdict", "majority"], "--verdict"),
     (["--confirm-seeds", "0"], "--confirm-seeds"),
     (["--confirm-margin", "-1"], "--confirm-margin"),

@@ -223,6 +223,16 @@ def test_scan_writes_the_sarif_of_its_report(validator: Any, tmp_path: Path,
         assert cli.run([*argv[:5], "fresh", *argv[6:-1], bad]) == cli.EXIT_USAGE
         assert "--sarif" in capsys.readouterr().err
         assert not Path("fresh").exists()
+    # the log never replaces the scan's own files; inside a new --out folder it is fine
+    before = Path("rep/report.json").read_bytes()
+    for own in ("rep/report.json", "rep/Report.html", "rep/triggers/x.sarif", "rep"):
+        assert cli.run([*argv[:-1], own]) == cli.EXIT_USAGE
+        err = capsys.readouterr().err
+        assert "--sarif" in err and ("would overwrite the run's own" in err
+                                     or "is the --out folder" in err)
+    assert Path("rep/report.json").read_bytes() == before
+    assert cli.run([*argv[:5], "new", *argv[6:-1], "new/results.sarif"]) == cli.EXIT_FLAGGED
+    assert strict(Path("new/results.sarif").read_text(encoding="utf-8"))["runs"][0]["results"]
 
 
 # -- the CI examples -----------------------------------------------------------------------

@@ -15,6 +15,7 @@ Finished labels are saved one by one in ``OUT/partial`` (the resume store,
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -287,7 +288,7 @@ def scan(
                        f"{cfg.seed + restarts - 1}, but seeds go up to {MAX_SEED}")
 
     if sarif is not None:
-        check_sarif_path(sarif)
+        check_sarif_target(sarif, out, SCAN_OUTPUTS)
     known = known_trigger_files(known_trigger, known_target)
     created = prepare_folder(out, "--out", SCAN_OUTPUTS)  # before any work, even loading
     try:
@@ -326,6 +327,29 @@ FAILING_VERDICTS: dict[FailOn, frozenset[str]] = {
 def verdict_exit_code(verdict: str, fail_on: FailOn) -> int:
     """The exit code of a completed scan: 1 when ``fail_on`` fails ``verdict``, else 0."""
     return EXIT_FLAGGED if verdict in FAILING_VERDICTS[fail_on] else EXIT_CLEAN
+
+
+def check_sarif_target(path: Path, out: Path, entries: tuple[str, ...]) -> None:
+    """Refuse a ``--sarif`` path that cannot be written or is one of the run's own entries.
+
+    Not a folder, and in an existing folder, except that the ``--out`` folder itself counts as
+    existing (it is made before the run). Inside ``--out``, ``entries`` (file names, and
+    folder names ending in ``/``) belong to the run: a log written over one of them would
+    destroy the run's own output.
+    """
+    target, folder = Path(os.path.abspath(path)).resolve(), Path(os.path.abspath(out)).resolve()
+    example = qpath(out / "results.sarif")
+    if target == folder:
+        raise CliError(f"--sarif {qpath(path)} is the --out folder; give a file name, e.g. "
+                       f"{example}")
+    if folder in target.parents:
+        first = target.relative_to(folder).parts[0].casefold()
+        owned = [e for e in entries if e.rstrip("/").casefold() == first]
+        if owned:
+            raise CliError(f"--sarif {qpath(path)} would overwrite the run's own {owned[0]} in "
+                           f"--out {qpath(out)}; give another file name, e.g. {example}")
+    if target.parent != folder or path.is_dir():
+        check_sarif_path(path)
 
 
 def check_sarif_path(path: Path) -> None:

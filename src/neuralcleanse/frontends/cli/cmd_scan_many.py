@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
 import sys
 import time
 from enum import Enum
@@ -32,7 +31,7 @@ from rich.console import Console
 
 from neuralcleanse.core.summary import ScanManySummary
 from neuralcleanse.distributed.tasks import STATE_DIR
-from neuralcleanse.frontends.cli.cmd_scan import FAILING_VERDICTS, check_sarif_path, scan
+from neuralcleanse.frontends.cli.cmd_scan import FAILING_VERDICTS, check_sarif_target, scan
 from neuralcleanse.frontends.cli.folders import prepare_folder, remove_if_empty
 from neuralcleanse.frontends.cli.inputs import clip_range, preprocessing_values
 from neuralcleanse.frontends.cli.messages import (
@@ -89,7 +88,8 @@ SEARCH_FLAGS = ("config", "preset", "steps", "mini_batches", "batch_size", "lear
                 "init_cost", "norm", "attack_success_threshold", "patience", "cost_multiplier",
                 "early_stop", "early_stop_threshold", "early_stop_patience",
                 "anomaly_threshold", "verdict", "confirm_seeds", "confirm_margin",
-                "max_norm_ratio", "seed", "label_batch", "memory_budget_mb", "labels")
+                "max_norm_ratio", "precision", "seed", "label_batch", "memory_budget_mb",
+                "labels")
 MANIFEST_SUFFIXES = (".toml", ".json")
 MAX_RETRIES = 100
 RUN_PANEL = "Where and how the models run"
@@ -202,7 +202,7 @@ def scan_many(
     show = sys.stdout.isatty() if progress is None else progress
 
     if sarif is not None:
-        check_sarif_target(sarif, out)
+        check_sarif_target(sarif, out, RUN_ENTRIES)
     console = make_console()
     created = prepare_folder(out, "--out", SCAN_MANY_OUTPUTS)  # before any work
     from neuralcleanse.frontends import api
@@ -256,28 +256,6 @@ def finish(console: Console, summary: ScanManySummary, out: Path,
     if any(m.verdict in FAILING_VERDICTS[fail_on] for m in summary.models):
         return EXIT_FLAGGED
     return EXIT_USAGE if summary.failed else EXIT_CLEAN
-
-
-def check_sarif_target(path: Path, out: Path) -> None:
-    """Refuse a ``--sarif`` path that cannot be written or is one of the run's own entries.
-
-    As for ``scan``: not a folder, and in an existing folder, except that the ``--out`` folder
-    itself counts as existing (it is made before the run). Inside ``--out``, the summary
-    files, ``models/`` and the run's state folder belong to the run.
-    """
-    target, folder = Path(os.path.abspath(path)).resolve(), Path(os.path.abspath(out)).resolve()
-    example = qpath(out / "results.sarif")
-    if target == folder:
-        raise CliError(f"--sarif {qpath(path)} is the --out folder; give a file name, e.g. "
-                       f"{example}")
-    if folder in target.parents:
-        first = target.relative_to(folder).parts[0].casefold()
-        owned = [e for e in RUN_ENTRIES if e.rstrip("/").casefold() == first]
-        if owned:
-            raise CliError(f"--sarif {qpath(path)} would overwrite the run's own {owned[0]} in "
-                           f"--out {qpath(out)}; give another file name, e.g. {example}")
-    if target.parent != folder or path.is_dir():
-        check_sarif_path(path)
 
 
 def write_run_sarif(path: Path, summary: ScanManySummary, out: Path, manifest: Path,

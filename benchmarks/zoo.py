@@ -187,6 +187,12 @@ def build_specs() -> list[Spec]:
         else:
             add("mnist", archs[i % 3], kind, targets=[target()], poison_rate=rate(),
                 size=int(rng.integers(3, 6)), places=[place()])
+    # Four more at 10 %: 21 of the 80 above did not take, which left 59 effective backdoors,
+    # one short of the 60 the measurement asks for
+    for i in range(4):
+        kind = ["patch-white", "patch-random"][i % 2]
+        add("mnist" if i == 3 else "digits", archs[i % 3], kind, targets=[target()],
+            poison_rate=0.1, size=int(rng.integers(3, 6)), places=[place()])
     return specs
 
 

@@ -34,14 +34,22 @@ filtering: >= 95 % of real-triggered inputs refused at the 5 % FPR operating poi
 
     python benchmarks/zoo_mitigation.py [--zoo DIR] [--detection FILE] [--runs DIR]
         [--preset fast] [--verdict detection|library] [--methods unlearning,filtering,pruning]
-        [--only TEXT] [--probes] [--threads 2]
+        [--only TEXT] [--probes] [--threads 2] [--half tune|validate|all]
+        [--set METHOD.OPTION=VALUE ...] [--out FILE]
 
 ``--verdict library`` flags labels with the library's current default verdict settings instead
 of the detection JSON's rule (same searches). ``--probes`` adds, where a method misses its
 target, unlearning and filtering with the real trigger (an oracle) and unlearning with five
 times the epochs. One model at a time, on the CPU: the 39 flagged models of the fast preset
 take about 2.5 minutes with the probes on two idle cores. Prints two Markdown tables (results,
-diagnostics) and writes ``benchmarks/results/zoo_mitigation.json``.
+diagnostics) and writes ``benchmarks/results/zoo_mitigation.json`` (or ``--out``).
+
+Choosing defaults without overfitting: ``--half tune`` keeps the models whose zoo index (the
+name's leading number) is even, ``--half validate`` the odd ones; settings are swept on the tune
+half (``--set unlearning.learning_rate=1e-3 --set filtering.top_fraction=0.1``: options passed to
+:func:`neuralcleanse.mitigate` for that method, recorded in the JSON as ``overrides``) and the
+chosen ones reported on both. With ``--half all`` (the default) the summaries also have a row per
+half.
 """
 
 from __future__ import annotations
@@ -91,10 +99,12 @@ FILTER_MIN_SHARE = 0.80
 #: The library's defaults, recorded with the results.
 DEFAULTS = {
     "unlearning": {"epochs": unlearning.DEFAULT_EPOCHS,
+                   "min_updates": unlearning.DEFAULT_MIN_UPDATES,
                    "learning_rate": unlearning.DEFAULT_LEARNING_RATE,
                    "stamped_fraction": unlearning.DEFAULT_STAMPED_FRACTION,
                    "batch_size": unlearning.DEFAULT_BATCH_SIZE},
     "filtering": {"top_fraction": filtering.DEFAULT_TOP_FRACTION,
+                  "ranking": filtering.DEFAULT_RANKING,
                   "target_fpr": filtering.DEFAULT_TARGET_FPR, "layer": "final_layer_input"},
     "pruning": {"max_fraction": pruning.DEFAULT_MAX_FRACTION,
                 "target_asr": pruning.DEFAULT_TARGET_ASR,
@@ -105,6 +115,27 @@ DEFAULTS = {
     "measured_on": "the zoo's test split (zoo.load_split)",
     "unused_test_fraction": DEFAULT_TEST_FRACTION,
 }
+#: Options given with --set, per method (passed to nc.mitigate on top of the defaults).
+OVERRIDES: dict[str, dict[str, Any]] = {}
+
+
+def parse_set(text: str) -> tuple[str, str, Any]:
+    """``METHOD.OPTION=VALUE`` -> (method, option, value); the value as JSON when it parses."""
+    key, sep, raw = text.partition("=")
+    method, dot, option = key.strip().partition(".")
+    if not sep or not dot or method not in METHODS or not option:
+        raise SystemExit(f"--set {text!r}: expected METHOD.OPTION=VALUE with METHOD one of "
+                         f"{', '.join(METHODS)}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return method, option, value
+
+
+def half_of(name: str) -> str:
+    """``tune`` for an even zoo index (the name's leading number), ``validate`` for an odd one."""
+    return "tune" if int(name.split("-", 1)[0]) % 2 == 0 else "validate"
 
 
 # -- the scan a user would have --------------------------------------------------------------
@@ -252,7 +283,7 @@ def mitigate_one(m: Model, method: str, before: dict[str, Any]) -> dict[str, Any
     started = time.perf_counter()
     res = nc.mitigate(m.model, m.x_clean, m.y_clean, m.result, method, x_test=m.x_test,
                       y_test=m.y_test, labels=sorted(m.flagged), output="logits",
-                      clip_values=(0.0, 1.0), seed=0)
+                      clip_values=(0.0, 1.0), seed=0, **OVERRIDES.get(method, {}))
     wall = time.perf_counter() - started
     filt = res.input_filter
     after = m.snapshot(res.predict, filt.is_flagged if filt is not None else None)
@@ -292,10 +323,8 @@ def mitigate_one(m: Model, method: str, before: dict[str, Any]) -> dict[str, Any
             and entry["real_asr_after_worst"] < UNLEARN_MAX_ASR
             and entry["clean_acc_drop"] <= UNLEARN_MAX_ACC_DROP)
     if method == "unlearning":
-        n_fit = report.n_train
-        batch = DEFAULTS["unlearning"]["batch_size"]
-        entry.update(n_fit=n_fit, n_stamped=report.n_stamped,
-                     updates=report.epochs * math.ceil(n_fit / batch))
+        entry.update(n_fit=report.n_train, n_stamped=report.n_stamped, epochs=report.epochs,
+                     updates=report.updates)
         rev_after = max(meas.reversed_asr_after.values())
         if not entry["meets_target"]:
             entry["why"] = ("reversed trigger unlearned, real trigger not"
@@ -328,8 +357,8 @@ def probes(m: Model, missed: set[str]) -> dict[str, Any]:
 
     * ``unlearning_real``: unlearning at the default budget with the REAL trigger(s) stamped
       instead of the reversed ones (an oracle: the best a reversed trigger could do);
-    * ``unlearning_5x``: the reversed triggers with five times the default epochs (same
-      learning rate);
+    * ``unlearning_5x``: the reversed triggers with five times the epochs and ``min_updates``
+      (same learning rate);
     * ``filtering_real``: the filter fitted on the real trigger(s) at the defaults.
 
     Each reports the real-trigger success (worst of all real triggers), the clean-accuracy drop
@@ -342,14 +371,15 @@ def probes(m: Model, missed: set[str]) -> dict[str, Any]:
     reversed_triggers = [by_label[t] for t in sorted(m.flagged)]
     runs = {"unlearning_real": ("unlearning", oracle, {}),
             "unlearning_5x": ("unlearning", reversed_triggers, {
-                "epochs": 5 * DEFAULTS["unlearning"]["epochs"]}),
+                "epochs": 5 * unlearn_setting("epochs"),
+                "min_updates": 5 * unlearn_setting("min_updates")}),
             "filtering_real": ("filtering", oracle, {})}
     for key, (method, triggers, options) in runs.items():
         if method not in missed:
             continue
         res = nc.mitigate(m.model, m.x_clean, m.y_clean, triggers, method, x_test=m.x_test,
                           y_test=m.y_test, output="logits", clip_values=(0.0, 1.0), seed=0,
-                          **options)
+                          **{**OVERRIDES.get(method, {}), **options})
         filt = res.input_filter
         after = m.snapshot(res.predict, filt.is_flagged if filt is not None else None)
         every = [{**r, "flagged": True} for r in m.real]
@@ -360,6 +390,11 @@ def probes(m: Model, missed: set[str]) -> dict[str, Any]:
                          fpr=after["fpr"])
         out[key] = entry
     return out
+
+
+def unlearn_setting(name: str) -> Any:
+    """An unlearning setting of this run: the --set value, else the library's default."""
+    return OVERRIDES.get("unlearning", {}).get(name, DEFAULTS["unlearning"][name])
 
 
 def pairs(m: Model) -> list[tuple[int, zoo.Trigger]]:
@@ -395,7 +430,12 @@ def mask_overlap(m: Model) -> dict[str, Any]:
     return out
 
 
-def neuron_overlap(m: Model, keep_fraction: float) -> dict[str, Any]:
+def filter_setting(name: str) -> Any:
+    """A filtering setting of this run: the --set value, else the library's default."""
+    return OVERRIDES.get("filtering", {}).get(name, DEFAULTS["filtering"][name])
+
+
+def neuron_overlap(m: Model, keep_fraction: float, ranking: str) -> dict[str, Any]:
     """The filter layer's trigger neurons of the reversed vs the real trigger.
 
     Both gaps (mean activation on stamped minus on clean images) are measured on the clean
@@ -411,7 +451,8 @@ def neuron_overlap(m: Model, keep_fraction: float) -> dict[str, Any]:
     out: dict[str, Any] = {"n_neurons": n, "keep": keep}
     for label, trig in pairs(m):
         rev_x, _ = stamped_others(m.x_clean, m.y_clean, by_label[label], m.channels_first)
-        rev_gap = clf.neuron_activations(rev_x).mean(0) - clean.mean(0)
+        rev_acts = clf.neuron_activations(rev_x)
+        rev_gap = rev_acts.mean(0) - clean.mean(0)
         if m.entry["family"] == "source-specific":
             real_on = m.y_clean == m.entry["source"]
         elif m.entry["family"] == "all-to-all":
@@ -420,7 +461,8 @@ def neuron_overlap(m: Model, keep_fraction: float) -> dict[str, Any]:
             real_on = m.y_clean != trig.target
         real_x = m.layout(trig.stamp(m.x_clean_nchw[real_on]))
         real_gap = clf.neuron_activations(real_x).mean(0) - clean.mean(0)
-        top_rev = set(np.argsort(-rev_gap, kind="stable")[:keep].tolist())
+        top_rev = set(filtering.rank_trigger_neurons(
+            rev_acts, clean, m.y_clean, label, ranking)[:keep].tolist())
         top_real = set(np.argsort(-real_gap, kind="stable")[:keep].tolist())
         top10_real = set(np.argsort(-real_gap, kind="stable")[:max(keep, n // 10)].tolist())
         out[str(label)] = {
@@ -536,7 +578,7 @@ def diagnostics_table(summary: dict[str, Any]) -> str:
         unl = s.get("unlearning", {})
         why = unl.get("why_missed", {})
         misses = " / ".join(str(why.get(w, 0)) for w in (
-            "reversed trigger still works", "reversed trigger unlearned, real not",
+            "reversed trigger still works", "reversed trigger unlearned, real trigger not",
             "clean accuracy lost"))
         updates = f"{unl['updates']:.0f}" if unl.get("updates") is not None else "–"
         pr = s.get("probes", {})
@@ -575,7 +617,16 @@ def main(argv: list[str] | None = None) -> int:
                              "the real trigger (an oracle) and unlearn with 5x the epochs, to "
                              "tell transfer from budget")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--half", choices=("tune", "validate", "all"), default="all",
+                        help="tune: models with an even zoo index; validate: odd; all: both "
+                             "(summarised apart too)")
+    parser.add_argument("--set", action="append", default=[], metavar="METHOD.OPTION=VALUE",
+                        help="an option passed to nc.mitigate for that method (repeatable)")
     args = parser.parse_args(argv)
+    OVERRIDES.clear()
+    for text in args.set:
+        method, option, value = parse_set(text)
+        OVERRIDES.setdefault(method, {})[option] = value
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(args.threads))
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
@@ -590,6 +641,8 @@ def main(argv: list[str] | None = None) -> int:
     chosen, skipped = [], []
     for d in detection["models"][args.preset]:
         if d["family"] == "clean" or (args.only and args.only not in d["name"]):
+            continue
+        if args.half != "all" and half_of(d["name"]) != args.half:
             continue
         if not d["effective"]:
             skipped.append({"name": d["name"], "why": "real trigger did not take"})
@@ -627,7 +680,9 @@ def main(argv: list[str] | None = None) -> int:
             "real": [{"target": r["target"], "flagged": r["flagged"], "n": len(r["want"])}
                      for r in m.real],
             "masks": mask_overlap(m),
-            "neurons": neuron_overlap(m, DEFAULTS["filtering"]["top_fraction"]),
+            "half": half_of(d["name"]),
+            "neurons": neuron_overlap(m, filter_setting("top_fraction"),
+                                      filter_setting("ranking")),
             "methods": {},
         }
         for r, asr in zip(row["real"], before["real_asr"]):
@@ -654,11 +709,17 @@ def main(argv: list[str] | None = None) -> int:
     groups["patch triggers"] = [r for r in results if r["family"] in PATCH_FAMILIES]
     for fam in sorted({r["family"] for r in results}):
         groups[fam] = [r for r in results if r["family"] == fam]
+    if args.half == "all":
+        for half in ("tune", "validate"):
+            groups[f"{half} half"] = [r for r in results if r["half"] == half]
+            groups[f"{half} half, patch"] = [r for r in groups[f"{half} half"]
+                                             if r["family"] in PATCH_FAMILIES]
     summary = {g: summarise(ms, methods) for g, ms in groups.items() if ms}
     wall = time.perf_counter() - started
     out = {"zoo": str(args.zoo), "detection": str(args.detection), "runs": str(runs),
            "preset": args.preset, "verdict": args.verdict,
            "verdict_settings": verdict_settings(rule), "methods": methods, "defaults": DEFAULTS,
+           "overrides": OVERRIDES, "half": args.half,
            "targets": {"unlearning": {"max_real_asr": UNLEARN_MAX_ASR,
                                       "max_clean_acc_drop": UNLEARN_MAX_ACC_DROP,
                                       "min_share": UNLEARN_MIN_SHARE},

@@ -34,9 +34,9 @@ __all__ = ["METHODS", "DataSplit", "FilteringReport", "InputFilter", "Measuremen
 
 #: The mitigation methods, and the options each accepts besides the common ones.
 METHODS: dict[str, tuple[str, ...]] = {
-    "filtering": ("top_fraction", "target_fpr", "batch_size"),
+    "filtering": ("top_fraction", "target_fpr", "batch_size", "ranking"),
     "pruning": ("max_fraction", "target_asr", "step_fraction", "batch_size"),
-    "unlearning": ("epochs", "learning_rate", "stamped_fraction", "batch_size"),
+    "unlearning": ("epochs", "learning_rate", "stamped_fraction", "batch_size", "min_updates"),
 }
 
 

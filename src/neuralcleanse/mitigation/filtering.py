@@ -36,6 +36,10 @@ from neuralcleanse.mitigation.stamping import check_triggers, stamped_others
 
 DEFAULT_TOP_FRACTION = 0.01
 DEFAULT_TARGET_FPR = 0.05
+#: How trigger neurons are ranked (see :func:`rank_trigger_neurons`); ``"clean"`` was the only
+#: choice of the first versions.
+RANKINGS = ("target", "both", "target_z", "clean")
+DEFAULT_RANKING = "clean"
 
 
 @dataclass
@@ -210,17 +214,58 @@ class FilterDecisions:
     threshold: float
 
 
-def _check_options(top_fraction: float, target_fpr: float, batch_size: int
-                   ) -> tuple[float, float, int]:
+def check_ranking(ranking: Any) -> str:
+    """Return ``ranking`` if it is one of :data:`RANKINGS`, or raise ``InputError``."""
+    if not isinstance(ranking, str) or ranking not in RANKINGS:
+        raise InputError(f"ranking must be one of {', '.join(map(repr, RANKINGS))} "
+                         f"(got {ranking!r})")
+    return ranking
+
+
+def _check_options(top_fraction: float, target_fpr: float, batch_size: int, ranking: str
+                   ) -> tuple[float, float, int, str]:
     return (check_fraction("top_fraction", top_fraction),
             check_fraction("target_fpr", target_fpr, allow_one=False),
-            check_int("batch_size", batch_size, 1))
+            check_int("batch_size", batch_size, 1), check_ranking(ranking))
+
+
+def rank_trigger_neurons(stamped: np.ndarray, clean: np.ndarray, y: np.ndarray, label: int,
+                         ranking: str) -> np.ndarray:
+    """Neurons ordered from the most to the least trigger-sensitive.
+
+    Args:
+        stamped: Activations ``(N, neurons)`` of the clean images of other classes than
+            ``label``, carrying its reversed trigger.
+        clean: Activations of all clean fitting images.
+        y: Their labels.
+        label: The flagged label.
+        ranking: One of :data:`RANKINGS`. The rise of the stamped images' mean activation is
+            taken over: all clean images (``"clean"``); the label's own clean images
+            (``"target"``; ``"target_z"`` divides it by the neuron's clean spread); the smaller
+            of the rises over the label's own images and over the same images unstamped
+            (``"both"``). Without clean images of the label, over all clean images.
+
+    Returns:
+        Neuron indices, most trigger-sensitive first (ties keep the lower index first).
+    """
+    own = clean[y == label]
+    if ranking == "clean" or len(own) == 0:
+        gap = stamped.mean(axis=0) - clean.mean(axis=0)
+    else:
+        gap = stamped.mean(axis=0) - own.mean(axis=0)
+        if ranking == "both":
+            gap = np.minimum(gap, stamped.mean(axis=0) - clean[y != label].mean(axis=0))
+        elif ranking == "target_z":
+            spread = clean.std(axis=0)
+            gap = gap / np.where(spread > 0, spread, np.inf)
+    return np.argsort(-gap, kind="stable")
 
 
 def filter_inputs(clf: Classifier, x: np.ndarray, y: np.ndarray,
                   triggers: Sequence[LabelResult], *, layer: str | int | None = None,
                   top_fraction: float = DEFAULT_TOP_FRACTION,
-                  target_fpr: float = DEFAULT_TARGET_FPR, x_test: np.ndarray | None = None,
+                  target_fpr: float = DEFAULT_TARGET_FPR, ranking: str = DEFAULT_RANKING,
+                  x_test: np.ndarray | None = None,
                   y_test: np.ndarray | None = None,
                   test_fraction: float = DEFAULT_TEST_FRACTION, seed: int = 0,
                   batch_size: int = 256) -> InputFilter:
@@ -236,6 +281,11 @@ def filter_inputs(clf: Classifier, x: np.ndarray, y: np.ndarray,
             count one neuron per channel.
         top_fraction: Share of the layer's neurons kept per label, in (0, 1] (at least one).
         target_fpr: Share of clean images the threshold refuses, in (0, 1).
+        ranking: How the trigger neurons are chosen (:data:`RANKINGS`, see
+            :func:`rank_trigger_neurons`): ranking against the flagged label's own clean images
+            (``"target"``, ``"both"``, ``"target_z"``) leaves out the neurons the label's
+            genuine images excite as well, which would make the filter refuse that class;
+            ``"clean"`` ranks by the rise over all clean images.
         x_test: Held-out clean images for the measurements (default: split off ``x``).
         y_test: Their labels.
         test_fraction: Share of ``x`` held out when no test data is given, in (0, 1).
@@ -248,7 +298,8 @@ def filter_inputs(clf: Classifier, x: np.ndarray, y: np.ndarray,
     Raises:
         ValueError: On a bad option, malformed data, mismatched triggers or an unknown layer.
     """
-    top_fraction, target_fpr, batch_size = _check_options(top_fraction, target_fpr, batch_size)
+    top_fraction, target_fpr, batch_size, ranking = _check_options(top_fraction, target_fpr,
+                                                                   batch_size, ranking)
     triggers = check_triggers(clf, triggers)
     x_fit, y_fit, x_hold, y_hold, split = fit_and_test(clf, x, y, x_test, y_test,
                                                        test_fraction, seed)
@@ -264,8 +315,7 @@ def filter_inputs(clf: Classifier, x: np.ndarray, y: np.ndarray,
             raise InputError(f"x has no image of a class other than {trig.label} to stamp "
                              "its trigger on")
         stamped = clf.neuron_activations(xs, layer, batch_size=batch_size)
-        gap = stamped.mean(axis=0) - clean.mean(axis=0)
-        top = np.argsort(-gap, kind="stable")[:keep]
+        top = rank_trigger_neurons(stamped, clean, y_fit, trig.label, ranking)[:keep]
         neurons[trig.label] = top
         clean_score = clean[:, top].mean(axis=1)
         center[trig.label] = float(clean_score.mean())
@@ -288,6 +338,7 @@ def filter_inputs(clf: Classifier, x: np.ndarray, y: np.ndarray,
         target_fpr=target_fpr, false_positive_rate=fpr, detection_rate=overall,
         detection_rate_by_label=detected,
         measurements=Measurements.between(before, after, len(x_hold)),
-        split=split, options={"top_fraction": top_fraction, "target_fpr": target_fpr})
+        split=split, options={"top_fraction": top_fraction, "target_fpr": target_fpr,
+                              "ranking": ranking})
     return filt
 

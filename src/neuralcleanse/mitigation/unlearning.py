@@ -2,13 +2,16 @@
 
 A seeded ``stamped_fraction`` of the fitting images is stamped with the flagged labels' reversed
 triggers (only on images of other classes) and keeps its true labels, so the model learns to
-ignore the trigger. The training runs in the framework's own loop
-(:meth:`Classifier.fine_tune`), with training-mode layers, and leaves the model in inference
-mode.
+ignore the trigger. The budget counts optimiser updates as well as epochs: users often have a
+few hundred clean images, on which five epochs are a few dozen updates, too few to unlearn a
+backdoor; so at least ``min_updates`` updates run (more epochs on a small set). The training
+runs in the framework's own loop (:meth:`Classifier.fine_tune`), with training-mode layers, and
+leaves the model in inference mode.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,10 +28,12 @@ from neuralcleanse.mitigation.stamping import check_triggers, stamp_fraction
 #: Bounds of the fine-tuning settings: beyond them a value is a typo, not a choice.
 MAX_EPOCHS = 10_000
 MAX_LEARNING_RATE = 10.0
+MAX_MIN_UPDATES = 1_000_000
 DEFAULT_EPOCHS = 5
 DEFAULT_LEARNING_RATE = 1e-4
 DEFAULT_STAMPED_FRACTION = 0.2
 DEFAULT_BATCH_SIZE = 32
+DEFAULT_MIN_UPDATES = 0
 
 
 @dataclass
@@ -36,7 +41,8 @@ class UnlearningReport:
     """What :func:`unlearn` did and measured.
 
     Attributes:
-        epochs: Passes over the fitting data.
+        epochs: Passes over the fitting data actually run (``epochs`` as asked, or more when
+            ``min_updates`` needed more; the asked value is in ``options["epochs_requested"]``).
         learning_rate: Learning rate of the fine-tuning.
         stamped_fraction: Share of the fitting images stamped with a reversed trigger.
         n_train: Images in the fine-tuning set.
@@ -44,6 +50,8 @@ class UnlearningReport:
         measurements: Clean accuracy and reversed-trigger attack success before and after, on
             the held-out data.
         split: How the data was divided between fitting and measuring.
+        options: The other settings (batch size, seed, asked epochs, ``min_updates``).
+        updates: Optimiser updates run (mini-batches over all epochs).
     """
 
     epochs: int
@@ -54,10 +62,13 @@ class UnlearningReport:
     measurements: Measurements
     split: DataSplit
     options: dict[str, Any] = field(default_factory=dict)
+    updates: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly values."""
-        return {"epochs": int(self.epochs), "learning_rate": float(self.learning_rate),
+        return {"epochs": int(self.epochs),
+                "updates": None if self.updates is None else int(self.updates),
+                "learning_rate": float(self.learning_rate),
                 "stamped_fraction": float(self.stamped_fraction), "n_train": int(self.n_train),
                 "n_stamped": int(self.n_stamped), "measurements": self.measurements.to_dict(),
                 "split": self.split.to_dict(), "options": dict(self.options)}
@@ -69,13 +80,15 @@ class UnlearningReport:
                    stamped_fraction=float(data["stamped_fraction"]),
                    n_train=int(data["n_train"]), n_stamped=int(data["n_stamped"]),
                    measurements=Measurements.from_dict(data["measurements"]),
-                   split=DataSplit.from_dict(data["split"]), options=data.get("options", {}))
+                   split=DataSplit.from_dict(data["split"]), options=data.get("options", {}),
+                   updates=None if data.get("updates") is None else int(data["updates"]))
 
 
 def unlearn(clf: Classifier, x: np.ndarray, y: np.ndarray, triggers: Sequence[LabelResult], *,
             epochs: int = DEFAULT_EPOCHS, learning_rate: float = DEFAULT_LEARNING_RATE,
             stamped_fraction: float = DEFAULT_STAMPED_FRACTION,
-            batch_size: int = DEFAULT_BATCH_SIZE, x_test: np.ndarray | None = None,
+            batch_size: int = DEFAULT_BATCH_SIZE, min_updates: int = DEFAULT_MIN_UPDATES,
+            x_test: np.ndarray | None = None,
             y_test: np.ndarray | None = None, test_fraction: float = DEFAULT_TEST_FRACTION,
             seed: int = 0) -> UnlearningReport:
     """Fine-tune the model in place so that the reversed triggers lose their effect.
@@ -85,11 +98,14 @@ def unlearn(clf: Classifier, x: np.ndarray, y: np.ndarray, triggers: Sequence[La
         x: Clean raw images in the model's layout (or ``(N, H, W)`` for one channel).
         y: Their labels (integers or one-hot).
         triggers: Reversed triggers of the flagged labels.
-        epochs: Passes over the fitting data (>= 1).
+        epochs: Passes over the fitting data (>= 1); more run when ``min_updates`` asks it.
         learning_rate: Learning rate of the framework's optimiser (> 0).
         stamped_fraction: Share of the fitting images stamped with a reversed trigger, keeping
             their true labels, in (0, 1].
         batch_size: Mini-batch size of the fine-tuning (>= 1).
+        min_updates: Fewest optimiser updates (mini-batches) to run (>= 0): the epochs are
+            raised to ``ceil(min_updates / batches per epoch)`` when ``epochs`` gives fewer,
+            so that a small clean set still gets a useful fine-tuning.
         x_test: Held-out clean images for the measurements (default: split off ``x``).
         y_test: Their labels.
         test_fraction: Share of ``x`` held out when no test data is given, in (0, 1).
@@ -105,6 +121,7 @@ def unlearn(clf: Classifier, x: np.ndarray, y: np.ndarray, triggers: Sequence[La
     learning_rate = check_positive("learning_rate", learning_rate, MAX_LEARNING_RATE)
     stamped_fraction = check_fraction("stamped_fraction", stamped_fraction)
     batch_size = check_int("batch_size", batch_size, 1)
+    min_updates = check_int("min_updates", min_updates, 0, MAX_MIN_UPDATES)
     triggers = check_triggers(clf, triggers)
     x_fit, y_fit, x_hold, y_hold, split = fit_and_test(clf, x, y, x_test, y_test,
                                                        test_fraction, seed)
@@ -115,11 +132,15 @@ def unlearn(clf: Classifier, x: np.ndarray, y: np.ndarray, triggers: Sequence[La
     if n_stamped == 0:
         raise InputError(f"stamped_fraction={stamped_fraction} of {len(x_fit)} fitting images "
                          "stamps none: give more images or a larger stamped_fraction")
-    clf.fine_tune(x_train, y_train, epochs=epochs, learning_rate=learning_rate,
+    per_epoch = math.ceil(len(x_train) / batch_size)
+    epochs_run = max(epochs, math.ceil(min_updates / per_epoch))
+    clf.fine_tune(x_train, y_train, epochs=epochs_run, learning_rate=learning_rate,
                   batch_size=batch_size, seed=seed)
     after = held.measure(clf)
     return UnlearningReport(
-        epochs=epochs, learning_rate=learning_rate, stamped_fraction=stamped_fraction,
+        epochs=epochs_run, learning_rate=learning_rate, stamped_fraction=stamped_fraction,
         n_train=len(x_train), n_stamped=n_stamped,
         measurements=Measurements.between(before, after, len(x_hold)),
-        split=split, options={"batch_size": batch_size, "seed": seed})
+        split=split, updates=epochs_run * per_epoch,
+        options={"batch_size": batch_size, "seed": seed, "epochs_requested": epochs,
+                 "min_updates": min_updates})

@@ -57,9 +57,10 @@ from neuralcleanse.frontends.cli.options import (
 from neuralcleanse.io.data_files import load_data, to_layout
 from neuralcleanse.io.filter_files import FILTER_JSON
 from neuralcleanse.mitigation import METHODS
+from neuralcleanse.mitigation.filtering import RANKINGS, check_ranking
 from neuralcleanse.mitigation.inputs import check_fraction, check_int, check_positive
 from neuralcleanse.mitigation.metrics import DEFAULT_TEST_FRACTION, check_test_fraction
-from neuralcleanse.mitigation.unlearning import MAX_EPOCHS, MAX_LEARNING_RATE
+from neuralcleanse.mitigation.unlearning import MAX_EPOCHS, MAX_LEARNING_RATE, MAX_MIN_UPDATES
 
 #: Model formats that can be scanned but not mitigated (their layers cannot be hooked, trained
 #: and saved back in their format).
@@ -73,10 +74,12 @@ MITIGATION_FLAGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "learning_rate": ("--learning-rate",
                       lambda v: check_positive("learning_rate", v, MAX_LEARNING_RATE)),
     "stamped_fraction": ("--stamped-fraction", lambda v: check_fraction("stamped_fraction", v)),
+    "min_updates": ("--min-updates", lambda v: check_int("min_updates", v, 0, MAX_MIN_UPDATES)),
     "max_fraction": ("--max-fraction", lambda v: check_fraction("max_fraction", v)),
     "target_asr": ("--target-asr", lambda v: check_fraction("target_asr", v, allow_zero=True)),
     "top_fraction": ("--top-fraction", lambda v: check_fraction("top_fraction", v)),
     "target_fpr": ("--target-fpr", lambda v: check_fraction("target_fpr", v, allow_one=False)),
+    "ranking": ("--ranking", check_ranking),
     "test_fraction": ("--test-fraction", check_test_fraction),
 }
 
@@ -141,6 +144,10 @@ def mitigate(
         "--stamped-fraction", rich_help_panel=MITIGATION_PANEL,
         help="Unlearning: share of training images stamped with the reversed trigger.")
     ] = None,
+    min_updates: Annotated[int | None, typer.Option(
+        "--min-updates", rich_help_panel=MITIGATION_PANEL,
+        help="Unlearning: fewest optimiser updates; more epochs run on a small --data.")
+    ] = None,
     max_fraction: Annotated[float | None, typer.Option(
         "--max-fraction", rich_help_panel=MITIGATION_PANEL,
         help="Pruning: most neurons of the layer to prune.")] = None,
@@ -153,6 +160,11 @@ def mitigate(
     target_fpr: Annotated[float | None, typer.Option(
         "--target-fpr", rich_help_panel=MITIGATION_PANEL,
         help="Filtering: false-positive rate on clean inputs.")] = None,
+    ranking: Annotated[str | None, typer.Option(
+        "--ranking", rich_help_panel=MITIGATION_PANEL,
+        help=f"Filtering: how trigger neurons are ranked ({', '.join(RANKINGS)}): their rise "
+             "under the reversed trigger over the flagged label's own clean images (target), "
+             "that rise over the clean spread (target_z), or over all clean images.")] = None,
     seed: Annotated[int, typer.Option(
         "--seed", min=0, max=MAX_SEED, rich_help_panel=MITIGATION_PANEL,
         help="Seed of the split and of random choices.")] = 0,
@@ -200,8 +212,9 @@ def mitigate(
     chosen = parse_int_list(labels, "--labels") if labels is not None else None
     options = mitigation_options(method, layer, dict(
         epochs=epochs, learning_rate=learning_rate, stamped_fraction=stamped_fraction,
-        max_fraction=max_fraction, target_asr=target_asr, top_fraction=top_fraction,
-        target_fpr=target_fpr, test_fraction=test_fraction))
+        min_updates=min_updates, max_fraction=max_fraction, target_asr=target_asr,
+        top_fraction=top_fraction, target_fpr=target_fpr, ranking=ranking,
+        test_fraction=test_fraction))
     extra: dict[str, Any] = {}
     if "test_fraction" in options:
         extra["test_fraction"] = options.pop("test_fraction")

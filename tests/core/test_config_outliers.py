@@ -49,6 +49,17 @@ def test_precision_is_fp32_by_default_and_checked():
             ScanConfig(precision=bad)
 
 
+def test_search_key_holds_what_shapes_a_label_search_only():
+    base = ScanConfig(steps=7).search_key()
+    # verdict settings and the progress display do not change a label's trigger
+    assert ScanConfig(steps=7, verdict="paper", confirm_seeds=4, anomaly_threshold=3,
+                      max_norm_ratio=0.5, progress=False).search_key() == base
+    # fp32 searches as versions before the setting did: such keys (and resumes) stay valid
+    assert "precision" not in base and "progress" not in base and "verdict" not in base
+    assert ScanConfig(steps=7, precision="bf16").search_key() == {**base, "precision": "bf16"}
+    assert ScanConfig(steps=8).search_key() != base
+
+
 def test_unknown_option_is_rejected():
     with pytest.raises(ValueError, match="unknown scan option.*stepz"):
         ScanConfig().replace(stepz=3)

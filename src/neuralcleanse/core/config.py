@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from neuralcleanse.core.errors import InputError
-from neuralcleanse.core.verdict import RULES
+from neuralcleanse.core.verdict import RULES, VERDICT_SETTINGS
 
 VALID_NORMS = (1, 2, math.inf)
 #: Number formats of the model's forward and backward pass in the trigger search.
@@ -68,6 +68,11 @@ def _normalise_norm(value: Any) -> float | int:
         return math.inf
     raise InputError(f"norm must be one of 1, 2 or inf (got {_shown(value)})")
 
+
+#: Settings added after scans could first be resumed, with the value that searches as earlier
+#: versions did: at that value they stay out of :meth:`ScanConfig.search_key`, so a scan or a
+#: scan-many run started before they existed still resumes.
+LATER_SETTINGS: dict[str, Any] = {"precision": "fp32"}
 
 #: The settings in which the ``fast`` preset differs from the paper's.
 FAST_PRESET: dict[str, Any] = {"mini_batches": 8, "early_stop_patience": 10}
@@ -221,6 +226,16 @@ class ScanConfig:
     def field_names(cls) -> list[str]:
         """Names of all settings, in declaration order."""
         return [f.name for f in dataclasses.fields(cls)]
+
+    def search_key(self) -> dict[str, Any]:
+        """The settings that shape each label's search, as resume fingerprints record them.
+
+        ``progress`` and the verdict settings do not change a label's trigger and are left
+        out, and so are the :data:`LATER_SETTINGS` at their earlier behaviour.
+        """
+        return {k: v for k, v in self.to_dict().items()
+                if k != "progress" and k not in VERDICT_SETTINGS
+                and not (k in LATER_SETTINGS and LATER_SETTINGS[k] == v)}
 
     def to_dict(self) -> dict[str, Any]:
         """Return the settings as JSON-friendly values (``inf`` as the string ``"inf"``)."""

@@ -165,12 +165,8 @@ def _mark_attempt(ctx: RunContext, name: str, task: str) -> int:
 
 
 def settings_key(cfg: ScanConfig) -> dict[str, Any]:
-    """The search settings that shape the labels' results (as the resume store records them).
-
-    ``progress`` and the :data:`VERDICT_SETTINGS` are left out.
-    """
-    return {k: v for k, v in cfg.to_dict().items()
-            if k != "progress" and k not in VERDICT_SETTINGS}
+    """The search settings that shape the labels' results (:meth:`ScanConfig.search_key`)."""
+    return cfg.search_key()
 
 
 def verdict_settings(cfg: ScanConfig) -> dict[str, Any]:

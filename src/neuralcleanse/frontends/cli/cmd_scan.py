@@ -29,7 +29,6 @@ from neuralcleanse.core.config import FAST_PRESET, MAX_SEED, ScanConfig
 from neuralcleanse.core.errors import InputError
 from neuralcleanse.core.results import LabelResult, ScanResult
 from neuralcleanse.core.strict_json import dumps
-from neuralcleanse.core.verdict import VERDICT_SETTINGS
 from neuralcleanse.frontends.cli.folders import (
     PARTIAL_DIR,
     SCAN_OUTPUTS,
@@ -88,9 +87,6 @@ if TYPE_CHECKING:  # the report module (jinja2) is imported when a scan writes i
     from neuralcleanse.io.report import ReportPaths
 
 DEFAULT_OUT = "neuralcleanse-report"
-#: Settings that do not shape the first pass's label results, left out of the resume store's
-#: fingerprint: labels saved by a scan resume under another threshold or verdict rule.
-VERDICT_ONLY_SETTINGS = ("progress", *VERDICT_SETTINGS)
 #: Most ``--restarts``.
 MAX_RESTARTS = 1000
 #: The defaults the help shows are the library's.
@@ -431,8 +427,7 @@ def run_scan(inputs: Inputs, cfg: ScanConfig, out: Path, *, resume: bool = False
             known_trigger[0], known_trigger[1], input_shape=clf.input_shape,
             channels_first=clf.channels_first, clip_values=clf.clip_values,
             label=known_target)
-    settings = {k: v for k, v in cfg.to_dict().items() if k not in VERDICT_ONLY_SETTINGS}
-    key = fingerprint(inputs.model.path, images, targets, settings,
+    key = fingerprint(inputs.model.path, images, targets, cfg.search_key(),
                       {k: _jsonable(v) for k, v in inputs.wrap_options().items()
                        if k != "device"})
     store = PartialStore(out / PARTIAL_DIR, key)

@@ -105,6 +105,7 @@ DEFAULTS = {
                    "batch_size": unlearning.DEFAULT_BATCH_SIZE},
     "filtering": {"top_fraction": filtering.DEFAULT_TOP_FRACTION,
                   "ranking": filtering.DEFAULT_RANKING,
+                  "max_neurons": filtering.DEFAULT_MAX_NEURONS,
                   "target_fpr": filtering.DEFAULT_TARGET_FPR, "layer": "final_layer_input"},
     "pruning": {"max_fraction": pruning.DEFAULT_MAX_FRACTION,
                 "target_asr": pruning.DEFAULT_TARGET_ASR,

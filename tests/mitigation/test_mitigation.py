@@ -8,6 +8,7 @@ they are about the mitigation, not the search; one test runs a short real scan f
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from neuralcleanse.mitigation import (
     stamp,
     unlearn,
 )
+from neuralcleanse.mitigation.filtering import DEFAULT_TOP_FRACTION
 from neuralcleanse.mitigation.metrics import predicted_labels
 from paths import SHARED_DATA
 
@@ -239,7 +241,7 @@ def test_filtering_refuses_triggered_inputs(backdoored: dict) -> None:
     assert isinstance(filt, nc.InputFilter) and filt.classifier.model is model
     report = result.report
     assert report.detection_rate >= 0.95 and report.false_positive_rate <= 0.1
-    assert len(report.neurons[TARGET]) == 2  # 1 % of 128 neurons, rounded up
+    assert len(report.neurons[TARGET]) == math.ceil(DEFAULT_TOP_FRACTION * 128)  # rounded up
     x_test, y_test = backdoored["x_test"], backdoored["y_test"]
     triggered = plant(x_test[y_test != TARGET])
     assert filt.is_flagged(triggered).mean() >= 0.95
@@ -263,7 +265,11 @@ def test_filtering_false_positive_rate_follows_the_target(backdoored: dict) -> N
     assert strict.threshold > loose.threshold
     clean = backdoored["x_test"]
     assert strict.is_flagged(clean).mean() < loose.is_flagged(clean).mean()
-    assert 0.1 <= loose.is_flagged(clean).mean() <= 0.3
+    # the threshold holds all clean images and the flagged label's own to the target: the
+    # tighter of the two follows it, the other stays below
+    own = clean[backdoored["y_test"] == TARGET]
+    rates = [loose.is_flagged(clean).mean(), loose.is_flagged(own).mean()]
+    assert max(rates) <= 0.3 and 0.1 <= max(rates), rates
 
 
 def test_conv_layers_rank_channels_by_name_and_index(backdoored: dict) -> None:

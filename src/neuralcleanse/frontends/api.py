@@ -424,10 +424,14 @@ def mitigate(model: Any, x: np.ndarray, y: np.ndarray,
         device: Compute device for PyTorch models.
         test_fraction: Share of ``x`` held out when no test data is given, in (0, 1).
         seed: Seed of the split and of every random choice.
-        **options: Options of the method. Filtering: ``top_fraction`` (0.01), ``target_fpr``
-            (0.05). Pruning: ``max_fraction`` (0.3), ``target_asr`` (0.05), ``step_fraction``
-            (0.01). Unlearning: ``epochs`` (5), ``learning_rate`` (1e-4), ``stamped_fraction``
-            (0.2). All: ``batch_size``.
+        **options: Options of the method. Filtering: ``top_fraction`` (0.1), ``target_fpr``
+            (0.05), ``ranking`` (``"target_z"``: how trigger neurons are ranked, see
+            :func:`~neuralcleanse.mitigation.filtering.rank_trigger_neurons`), ``max_neurons``
+            (16: most trigger neurons per label; ``None``: no cap). Pruning:
+            ``max_fraction`` (0.3), ``target_asr`` (0.05), ``step_fraction`` (0.01). Unlearning:
+            ``epochs`` (5), ``learning_rate`` (3e-3), ``stamped_fraction`` (0.2),
+            ``min_updates`` (400: at least this many optimiser updates, more epochs on a small
+            set). All: ``batch_size``.
 
     Returns:
         A :class:`MitigationResult`: the repaired copy (``.model``) or, for filtering, the

@@ -57,7 +57,7 @@ from neuralcleanse.frontends.cli.options import (
 from neuralcleanse.io.data_files import load_data, to_layout
 from neuralcleanse.io.filter_files import FILTER_JSON
 from neuralcleanse.mitigation import METHODS
-from neuralcleanse.mitigation.filtering import RANKINGS, check_ranking
+from neuralcleanse.mitigation.filtering import MAX_NEURONS_LIMIT, RANKINGS, check_ranking
 from neuralcleanse.mitigation.inputs import check_fraction, check_int, check_positive
 from neuralcleanse.mitigation.metrics import DEFAULT_TEST_FRACTION, check_test_fraction
 from neuralcleanse.mitigation.unlearning import MAX_EPOCHS, MAX_LEARNING_RATE, MAX_MIN_UPDATES
@@ -80,6 +80,8 @@ MITIGATION_FLAGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "top_fraction": ("--top-fraction", lambda v: check_fraction("top_fraction", v)),
     "target_fpr": ("--target-fpr", lambda v: check_fraction("target_fpr", v, allow_one=False)),
     "ranking": ("--ranking", check_ranking),
+    "max_neurons": ("--max-neurons",
+                    lambda v: check_int("max_neurons", v, 1, MAX_NEURONS_LIMIT)),
     "test_fraction": ("--test-fraction", check_test_fraction),
 }
 
@@ -165,6 +167,9 @@ def mitigate(
         help=f"Filtering: how trigger neurons are ranked ({', '.join(RANKINGS)}): their rise "
              "under the reversed trigger over the flagged label's own clean images (target), "
              "that rise over the clean spread (target_z), or over all clean images.")] = None,
+    max_neurons: Annotated[int | None, typer.Option(
+        "--max-neurons", rich_help_panel=MITIGATION_PANEL,
+        help="Filtering: most trigger neurons per label (caps --top-fraction).")] = None,
     seed: Annotated[int, typer.Option(
         "--seed", min=0, max=MAX_SEED, rich_help_panel=MITIGATION_PANEL,
         help="Seed of the split and of random choices.")] = 0,
@@ -214,6 +219,7 @@ def mitigate(
         epochs=epochs, learning_rate=learning_rate, stamped_fraction=stamped_fraction,
         min_updates=min_updates, max_fraction=max_fraction, target_asr=target_asr,
         top_fraction=top_fraction, target_fpr=target_fpr, ranking=ranking,
+        max_neurons=max_neurons,
         test_fraction=test_fraction))
     extra: dict[str, Any] = {}
     if "test_fraction" in options:

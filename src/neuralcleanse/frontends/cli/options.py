@@ -163,8 +163,9 @@ MaxSamplesOpt = Annotated[int | None, typer.Option(
 PrecisionOpt = Annotated[Precision | None, typer.Option(
     "--precision", rich_help_panel=SEARCH_PANEL, case_sensitive=False, show_default=False,
     help="Number format of the model's forward and backward passes in the search: fp32 (the "
-         "default) or bf16 (PyTorch models: bfloat16 autocast, about twice as fast on CPUs "
-         "with AVX512-BF16/AMX and on GPUs; the trigger and its optimiser stay fp32).")]
+         "default) or bf16 (PyTorch models: bfloat16 autocast; the trigger and its optimiser "
+         "stay fp32; 1.1-2x faster on a CPU with AVX512-BF16, most on convolution-heavy "
+         "models; see docs/speed.md).")]
 FormatOpt = Annotated[OutputFormat, typer.Option(
     "--format", rich_help_panel=OUT_PANEL, case_sensitive=False,
     help="What stdout carries: text (the summary table and verdict) or json (exactly one JSON "

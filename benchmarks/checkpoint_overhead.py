@@ -43,10 +43,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import torch  # noqa: E402
 
 import neuralcleanse as nc  # noqa: E402
-from neuralcleanse.backends.torch.architectures import (  # noqa: E402
-    MNIST_BADNET_PREPROCESSING,
-    MnistBadNet,
-)
+from badnet import load_badnet, scan_kwargs  # noqa: E402
 from neuralcleanse.io.resume import PartialStore  # noqa: E402
 from neuralcleanse.search import reverse  # noqa: E402
 
@@ -98,14 +95,10 @@ class Timers:
 def cases(data: Path) -> dict[str, dict[str, Any]]:
     """The models whose inputs are present."""
     out: dict[str, dict[str, Any]] = {}
-    if (data / "badnet-MNIST.pth").is_file():
-        model = MnistBadNet()
-        model.load_state_dict(torch.load(data / "badnet-MNIST.pth", map_location="cpu",
-                                         weights_only=True))
-        d = np.load(data / "mnist_test_first1000.npz")
-        out["badnet"] = {"model": model.eval(), "x": d["x"], "y": d["y"],
-                         "kwargs": {"output": "probabilities",
-                                    "preprocessing": MNIST_BADNET_PREPROCESSING}}
+    loaded = load_badnet(data)
+    if loaded is not None:
+        model, x, y = loaded
+        out["badnet"] = {"model": model, "x": x, "y": y, "kwargs": scan_kwargs()}
     cache = ROOT / "benchmarks" / "cache" / "paper_models"
     if (cache / "gtsrb_infected.pt").is_file() and (data / "gtsrb32.npz").is_file():
         import paper_models

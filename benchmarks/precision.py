@@ -51,10 +51,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import torch  # noqa: E402
 
 import neuralcleanse as nc  # noqa: E402
-from neuralcleanse.backends.torch.architectures import (  # noqa: E402
-    MNIST_BADNET_PREPROCESSING,
-    MnistBadNet,
-)
+from badnet import load_badnet, scan_kwargs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -88,15 +85,12 @@ def demo_case() -> dict[str, Any]:
 
 def badnet_case(data_dir: Path) -> dict[str, Any] | None:
     """The third-party MNIST BadNet on the first 1,000 MNIST test images."""
-    if not (data_dir / "badnet-MNIST.pth").is_file():
+    loaded = load_badnet(data_dir)
+    if loaded is None:
         return None
-    model = MnistBadNet()
-    model.load_state_dict(torch.load(data_dir / "badnet-MNIST.pth", map_location="cpu",
-                                     weights_only=True))
-    data = np.load(data_dir / "mnist_test_first1000.npz")
-    return {"model": model.eval(), "x": data["x"], "y": data["y"], "target": None,
-            "settings": {}, "scan_kwargs": {"output": "probabilities",
-                                            "preprocessing": MNIST_BADNET_PREPROCESSING}}
+    model, x, y = loaded
+    return {"model": model, "x": x, "y": y, "target": None, "settings": {},
+            "scan_kwargs": scan_kwargs()}
 
 
 def gtsrb_case(name: str, data_dir: Path, cache: Path, preset: str) -> dict[str, Any] | None:

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 import neuralcleanse as nc
-from neuralcleanse.backends.torch.architectures import MNIST_BADNET_PREPROCESSING, MnistBadNet
+from badnet import load_badnet
+from neuralcleanse.backends.torch.architectures import MNIST_BADNET_PREPROCESSING
 from neuralcleanse.backends.torch.session import to_channels_last
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,14 +142,12 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA,
                         help="folder with badnet-MNIST.pth and mnist_test_first1000.npz")
     args = parser.parse_args()
-    if not args.data.is_dir():
-        raise SystemExit(f"{args.data} is absent: this benchmark needs ../shared/data")
-    model = MnistBadNet()
-    model.load_state_dict(torch.load(args.data / "badnet-MNIST.pth", map_location="cpu",
-                                     weights_only=True))
-    model = model.to(args.device).eval()
-    data = np.load(args.data / "mnist_test_first1000.npz")
-    x, y = data["x"], data["y"]
+    loaded = load_badnet(args.data)
+    if loaded is None:
+        raise SystemExit(f"{args.data} lacks badnet-MNIST.pth or mnist_test_first1000.npz: "
+                         "this benchmark needs ../shared/data")
+    model, x, y = loaded
+    model = model.to(args.device)
 
     modes = ["batched", "one_label"] if args.mode == "both" else [args.mode]
     precisions = {"both": ["fp32", "bf16"]}.get(args.precision, [args.precision])

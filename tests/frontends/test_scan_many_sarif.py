@@ -315,6 +315,52 @@ def test_the_real_engine_and_resume_give_every_model_of_the_summary(
         "zoo/a.pt", "zoo/broken.pt", "zoo/c.pt"]
 
 
+class _Payload:
+    """Unpickles by calling ``eval`` on its code, as a malicious model file does."""
+
+    def __init__(self, code: str) -> None:
+        self.code = code
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return eval, (self.code,)
+
+
+def test_a_malicious_model_file_is_refused_and_reported_without_running(
+        validator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], one_torch_thread: None) -> None:
+    torch = pytest.importorskip("torch")
+    from neuralcleanse.backends.torch.architectures import small_cnn
+
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "payload-ran"
+    zoo = Path("zoo")
+    zoo.mkdir()
+    torch.manual_seed(0)
+    torch.save(small_cnn(image_size=8).state_dict(), zoo / "a.pt")
+    code = f"(open({str(marker)!r}, 'w').write('ran'), None)[1]"
+    torch.save({"weight": _Payload(code)}, zoo / "evil.pt")
+    rng = np.random.default_rng(0)
+    np.savez("data.npz", x=rng.random((40, 1, 8, 8), dtype=np.float32), y=np.arange(40) % 10)
+    argv = ["scan-many", "zoo", "--data", "data.npz", "--out", "run", "--sequential",
+            "--no-progress", "--arch", "neuralcleanse.backends.torch.architectures:small_cnn",
+            "--arch-kwargs", '{"image_size": 8}', *FLAGGING, "--sarif", "results.sarif"]
+    cli.run(argv)
+    capsys.readouterr()
+    assert not marker.exists()  # the weights-only unpickler never called eval
+    summary = ScanManySummary.from_dict(json.loads(Path("run/summary.json").read_text()))
+    (evil,) = [m for m in summary.models if m.name == "evil"]
+    assert evil.status == "failed" and "trust_pickle" in evil.error.replace("-", "_")
+    log = strict(Path("results.sarif"))
+    assert schema_errors(validator, log) == []
+    (invocation,) = log["runs"][0]["invocations"]
+    assert invocation["executionSuccessful"] is False
+    assert [n["message"]["text"] for n in invocation["toolExecutionNotifications"]
+            if n["level"] == "error"] == [f"Model 'evil' could not be scanned: {evil.error}"]
+    assert {r["properties"]["model"] for r in log["runs"][0]["results"]} <= {"a"}
+    torch.load(zoo / "evil.pt", weights_only=False)  # the file is armed: plain unpickling
+    assert marker.read_text() == "ran"                # runs its payload
+
+
 # -- documentation --------------------------------------------------------------------------
 def scan_many_flags() -> set[str]:
     command = typer.main.get_command(cli.app).commands["scan-many"]

@@ -46,6 +46,7 @@ import neuralcleanse as nc  # noqa: E402
 from badnet import load_badnet, scan_kwargs  # noqa: E402
 from neuralcleanse.io.resume import PartialStore  # noqa: E402
 from neuralcleanse.search import reverse  # noqa: E402
+from scan_cache import save_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -177,9 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: identical norms in all three runs: {same}; a long scan at the default "
               f"{DEFAULT_INTERVAL_S:.0f} s interval spends "
               f"{entry['long_scan_overhead_at_default_interval']:.3%} of its time on checkpoints")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1))
-    print(f"wrote {args.out}")
+    save_results(args.out, out)
     return 0
 
 

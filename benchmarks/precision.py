@@ -52,6 +52,7 @@ import torch  # noqa: E402
 
 import neuralcleanse as nc  # noqa: E402
 from badnet import load_badnet, scan_kwargs  # noqa: E402
+from scan_cache import save_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -271,9 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: bf16 speed-up {e['speedup']:.2f}x, same verdict {e['same_verdict']}, "
                   f"norms within {e['max_norm_rel_diff']:.1%}, indices within "
                   f"{e['max_index_diff']:.2f}, flagged-mask IoU {e['flagged_mask_top_iou']}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1))
-    print(f"wrote {args.out}")
+    save_results(args.out, out)
     return 0
 
 

@@ -164,7 +164,7 @@ class ScanConfig:
         object.__setattr__(self, "norm", _normalise_norm(self.norm))
         object.__setattr__(self, "precision", _check_choice("precision", self.precision,
                                                             PRECISIONS))
-        object.__setattr__(self, "verdict", _check_rule(self.verdict))
+        object.__setattr__(self, "verdict", _check_choice("verdict", self.verdict, RULES))
         for name, (low, high) in INT_RANGES.items():
             if name in ("mini_batches", "label_batch") and getattr(self, name) is None:
                 continue
@@ -260,15 +260,6 @@ def _shown(value: Any, limit: int = 60) -> str:
     except (ValueError, RecursionError):  # e.g. a list holding an integer too long to print
         text = f"a {type(value).__name__}"
     return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _check_rule(value: Any) -> str:
-    """Return the verdict rule ``value`` (any case, surrounding blanks ignored), or raise."""
-    key = value.strip().lower() if isinstance(value, str) else None
-    if key not in RULES:
-        raise InputError(f"verdict must be one of {', '.join(map(repr, RULES))} "
-                         f"(got {_shown(value)})")
-    return str(key)
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:

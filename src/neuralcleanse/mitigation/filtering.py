@@ -260,12 +260,13 @@ def rank_trigger_neurons(stamped: np.ndarray, clean: np.ndarray, y: np.ndarray, 
         Neuron indices, most trigger-sensitive first (ties keep the lower index first).
     """
     own = clean[y == label]
+    triggered = stamped.mean(axis=0)
     if ranking == "clean" or len(own) == 0:
-        gap = stamped.mean(axis=0) - clean.mean(axis=0)
+        gap = triggered - clean.mean(axis=0)
     else:
-        gap = stamped.mean(axis=0) - own.mean(axis=0)
+        gap = triggered - own.mean(axis=0)
         if ranking == "both":
-            gap = np.minimum(gap, stamped.mean(axis=0) - clean[y != label].mean(axis=0))
+            gap = np.minimum(gap, triggered - clean[y != label].mean(axis=0))
         elif ranking == "target_z":
             spread = clean.std(axis=0)
             gap = gap / np.where(spread > 0, spread, np.inf)

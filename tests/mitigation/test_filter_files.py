@@ -102,10 +102,12 @@ def test_torch_filter_loads_back_to_the_same_decisions(case: dict, tmp_path: Pat
     np.testing.assert_array_equal(filt.predict(case["inputs"]), loaded.predict(case["inputs"]))
     doc = strict_json(path)
     report = filt.report
-    assert doc["format"] == FILTER_FORMAT and doc["schema_version"] == 1
+    assert doc["format"] == FILTER_FORMAT and doc["schema_version"] == 2
     assert doc["layer"] == "final_layer_input" and doc["n_neurons"] == report.n_neurons
     assert doc["labels"] == [{"label": TARGET, "neurons": report.neurons[TARGET],
+                              "weights": filt.weights[TARGET].tolist(),
                               "center": filt.center[TARGET], "scale": filt.scale[TARGET]}]
+    assert doc["score"] == "fisher" and len(set(doc["labels"][0]["weights"])) > 1
     assert doc["threshold"] == filt.threshold and doc["target_fpr"] == 0.05
     assert doc["false_positive_rate"] == report.false_positive_rate
     assert doc["detection_rate"] == report.detection_rate and doc["top_fraction"] == 0.1
@@ -318,7 +320,14 @@ FILE_CASES: list[tuple[str, Callable[[str], str], str]] = [
      "in field 'labels[0]'"),
     ("missing field", edit(lambda d: d.pop("threshold")), "field 'threshold' is missing"),
     ("other format", setter("format", value="pickle"), "not an input filter file"),
-    ("newer schema", setter("schema_version", value=2), "newer neuralcleanse"),
+    ("newer schema", setter("schema_version", value=3), "newer neuralcleanse"),
+    ("weights of another length", setter("labels", 0, "weights", value=[1.0]),
+     "field 'labels[0].weights' must be a list of 7 numbers, one per neuron (got a list of 1)"),
+    ("text weight", edit(lambda d: d["labels"][0]["weights"].__setitem__(0, "x")),
+     "field 'labels[0].weights' holds 'x', not a finite number"),
+    ("huge weight", edit(lambda d: d["labels"][0]["weights"].__setitem__(0, 1e300)),
+     "field 'labels[0].weights' holds 1e+300, not a finite number in [-1e+30, 1e+30]"),
+    ("unknown score", setter("score", value="lda"), "field 'score' must be one of 'fisher'"),
     ("bad digest", setter("model", "file_sha256", value="00zz"), "file_sha256"),
     ("reversed range", setter("model", "clip_values", value=[1, 0]), "model.clip_values"),
     ("bad input shape", setter("model", "input_shape", value=[0, 8, 8]), "model.input_shape"),
@@ -397,3 +406,22 @@ def test_an_unfitted_filter_cannot_be_saved(case: dict, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="only a filter fitted"):
         filt.save(tmp_path / "f.json")
     assert not (tmp_path / "f.json").exists()
+
+
+def test_a_version_1_file_weighs_its_neurons_equally(case: dict, good_text: str,
+                                                     tmp_path: Path) -> None:
+    """Files written before the weights existed load as the mean filters they were."""
+    def old(doc: dict) -> None:
+        doc["schema_version"] = 1
+        doc.pop("score")
+        for entry in doc["labels"]:
+            entry.pop("weights")
+    path = tmp_path / "filter.json"
+    path.write_text(edit(old)(good_text), encoding="utf-8")
+    loaded = nc.load_filter(path, case["model"])
+    idx = loaded.neurons[TARGET]
+    np.testing.assert_array_equal(loaded.weights[TARGET], np.full(len(idx), 1.0 / len(idx)))
+    acts = loaded.classifier.neuron_activations(case["inputs"])
+    expected = (acts[:, idx].mean(axis=1) - loaded.center[TARGET]) / loaded.scale[TARGET]
+    np.testing.assert_allclose(loaded.scores(case["inputs"]), expected, rtol=1e-6, atol=1e-6)
+    assert loaded.file_info["score"] is None

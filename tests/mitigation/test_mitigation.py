@@ -241,7 +241,11 @@ def test_filtering_refuses_triggered_inputs(backdoored: dict) -> None:
     assert isinstance(filt, nc.InputFilter) and filt.classifier.model is model
     report = result.report
     assert report.detection_rate >= 0.95 and report.false_positive_rate <= 0.1
-    assert len(report.neurons[TARGET]) == math.ceil(DEFAULT_TOP_FRACTION * 128)  # rounded up
+    assert report.options["score"] == "fisher" and len(report.neurons[TARGET]) == 128
+    mean = nc.mitigate(model, backdoored["x"], backdoored["y"], [true_trigger()], "filtering",
+                       score="mean").report
+    assert len(mean.neurons[TARGET]) == math.ceil(DEFAULT_TOP_FRACTION * 128)  # rounded up
+    assert mean.detection_rate >= 0.95 and mean.false_positive_rate <= 0.1
     x_test, y_test = backdoored["x_test"], backdoored["y_test"]
     triggered = plant(x_test[y_test != TARGET])
     assert filt.is_flagged(triggered).mean() >= 0.95

@@ -1,8 +1,10 @@
-"""The mitigation budget and neuron ranking chosen from the model zoo (issue 14, item 5).
+"""The mitigation budget, neuron ranking and filter score chosen from the model zoo (issue 14).
 
 Unlearning counts optimiser updates (``min_updates``), so a small clean set still gets a real
 fine-tuning; filtering ranks trigger neurons against the flagged label's own clean images, so it
-does not pick the neurons that the label's genuine images excite too (and then refuse them).
+does not pick the neurons that the label's genuine images excite too (and then refuse them),
+and by default weighs the layer's neurons with Fisher's discriminant, its threshold calibrated
+on scores of images the weights were not fitted on.
 """
 
 from __future__ import annotations
@@ -22,7 +24,11 @@ from neuralcleanse.frontends.cli.cmd_mitigate import mitigation_options
 from neuralcleanse.frontends.cli.messages import CliError
 from neuralcleanse.frontends.cli.options import Method
 from neuralcleanse.mitigation import filter_inputs, unlearn
-from neuralcleanse.mitigation.filtering import rank_trigger_neurons
+from neuralcleanse.mitigation.filtering import (
+    FISHER_SHRINKAGE,
+    fisher_weights,
+    rank_trigger_neurons,
+)
 from neuralcleanse.mitigation.unlearning import DEFAULT_BATCH_SIZE, DEFAULT_MIN_UPDATES
 
 TARGET = 1
@@ -103,8 +109,8 @@ def test_threshold_spares_the_flagged_labels_own_images(ranking: str) -> None:
     x, y = hand_made_data(400, 0)
     clf, x, y = prepare(model, x, y, output="logits", clip_values=(0.0, 1.0))
     x_test, y_test = hand_made_data(100, 1)
-    filt = filter_inputs(clf, x, y, [trigger()], top_fraction=0.3, ranking=ranking,
-                         target_fpr=0.05, x_test=x_test, y_test=y_test)
+    filt = filter_inputs(clf, x, y, [trigger()], score="mean", top_fraction=0.3,
+                         ranking=ranking, target_fpr=0.05, x_test=x_test, y_test=y_test)
     own = filt.is_flagged(x[y == TARGET]).mean()
     overall = filt.is_flagged(x).mean()
     assert own <= 0.05 and overall <= 0.05
@@ -199,6 +205,8 @@ def test_default_update_budget_is_counted_in_updates() -> None:
     ("unlearning", {"min_updates": 2.5}, "min_updates must be an integer"),
     ("filtering", {"ranking": "best"}, "ranking must be one of 'target_z', .*'clean' .got"),
     ("filtering", {"min_updates": 10}, "unknown option.*min_updates.*accepts:.*ranking"),
+    ("filtering", {"score": "lda"}, "score must be one of 'fisher', 'mean' .got 'lda'"),
+    ("filtering", {"score": "mean", "max_neurons": 0}, "max_neurons must be an integer"),
 ])
 def test_new_options_are_checked(method: str, options: dict, message: str) -> None:
     x, y = hand_made_data(40, 0)
@@ -211,6 +219,7 @@ def test_new_options_are_checked(method: str, options: dict, message: str) -> No
     ("min_updates", Method.unlearning, 0, -1, "--min-updates must be an integer in"),
     ("ranking", Method.filtering, "clean", "Target", "--ranking must be one of 'target_z'"),
     ("max_neurons", Method.filtering, 16, 0, "--max-neurons must be an integer in"),
+    ("score", Method.filtering, "mean", "Fisher", "--score must be one of 'fisher', 'mean'"),
 ])
 def test_cli_flags_of_the_new_options(name: str, method: Method, good: object, bad: object,
                                       message: str) -> None:
@@ -228,7 +237,8 @@ def test_max_neurons_caps_the_trigger_neurons() -> None:
     x, y = hand_made_data(200, 0)
     clf, x, y = prepare(model, x, y, output="logits", clip_values=(0.0, 1.0))
     x_test, y_test = hand_made_data(50, 1)
-    common = dict(top_fraction=1.0, ranking="both", x_test=x_test, y_test=y_test)
+    common = dict(score="mean", top_fraction=1.0, ranking="both", x_test=x_test,
+                  y_test=y_test)
     assert len(filter_inputs(clf, x, y, [trigger()], max_neurons=None, **common)
                .neurons[TARGET]) == 3
     capped = filter_inputs(clf, x, y, [trigger()], max_neurons=1, **common)
@@ -236,3 +246,55 @@ def test_max_neurons_caps_the_trigger_neurons() -> None:
     assert capped.report.options["max_neurons"] == 1
     with pytest.raises(InputError, match="max_neurons must be an integer"):
         filter_inputs(clf, x, y, [trigger()], max_neurons=0, **common)
+
+
+def test_fisher_weights_follow_the_shrunk_covariance() -> None:
+    """Quiet neurons count more than noisy ones that rise as much under the trigger."""
+    rng = np.random.default_rng(0)
+    clean = rng.normal(0.0, [1.0, 10.0, 3.0], (2000, 3))
+    own = clean[:200]
+    stamped = own + np.array([1.0, 1.0, 0.0])
+    w = fisher_weights(clean, own, stamped)
+    cov = np.cov(clean, rowvar=False)
+    shrunk = (1 - FISHER_SHRINKAGE) * cov + FISHER_SHRINKAGE * np.trace(cov) / 3 * np.eye(3)
+    np.testing.assert_allclose(w, np.linalg.solve(shrunk, [1.0, 1.0, 0.0]), rtol=1e-12)
+    assert w[0] > 5 * w[1] > 0
+    # no own images: the rise is taken over all clean images; no spread: no weight at all
+    np.testing.assert_allclose(fisher_weights(clean, clean[:0], clean + 1.0),
+                               np.linalg.solve(shrunk, [1.0, 1.0, 1.0]), rtol=1e-9)
+    assert not fisher_weights(np.ones((5, 3)), np.ones((1, 3)), np.ones((2, 3))).any()
+
+
+def test_fisher_threshold_holds_on_unseen_clean_images() -> None:
+    """64 watched neurons and 150 clean images: weights fitted on the images that set the
+    threshold would refuse over twice the target of new clean images; out of fold they do not."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()  # watches the 64 pixels
+    rng = np.random.default_rng(0)
+
+    def images(n: int) -> tuple[np.ndarray, np.ndarray]:
+        return (rng.uniform(0, 1, (n, 1, 8, 8)).astype(np.float32), rng.integers(0, 10, n))
+
+    mask = np.zeros((8, 8), np.float32)
+    mask[6:, 6:] = 1.0
+    corner = LabelResult(label=3, mask=mask, pattern=np.ones((1, 8, 8), np.float32), norm=4.0,
+                         attack_success_rate=1.0, converged=True, steps=0, seconds=0.0,
+                         final_cost=0.0)
+    x, y = images(150)
+    x_new, y_new = images(4000)
+    clf, x, y = prepare(model, x, y, output="logits", clip_values=(0.0, 1.0))
+    filt = filter_inputs(clf, x, y, [corner], x_test=x_new[:200], y_test=y_new[:200])
+    assert filt.report.options["score"] == "fisher"
+    assert filt.report.options["calibration_folds"] == 5
+    assert len(filt.neurons[3]) == 64
+    new_scores = filt.scores(x_new)
+    assert (new_scores > filt.threshold).mean() <= 0.05 + 0.02
+    fitted = filt._scores_of_activations(clf.neuron_activations(x))
+    in_sample = max(np.quantile(fitted, 0.95), np.quantile(fitted[y == 3], 0.95))
+    assert (new_scores > in_sample).mean() >= 0.1
+    stamped = x_new[y_new != 3].copy()
+    stamped[:, 0, 6:, 6:] = 1.0
+    assert filt.is_flagged(stamped).mean() >= 0.9  # 4 pixels raised on 64 noisy ones
+    # too few images for five folds of five: calibrated on the fitted scores
+    small = filter_inputs(clf, x[:24], y[:24], [corner], x_test=x_new[:50], y_test=y_new[:50])
+    assert small.report.options["calibration_folds"] == 0

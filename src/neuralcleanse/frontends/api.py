@@ -424,10 +424,13 @@ def mitigate(model: Any, x: np.ndarray, y: np.ndarray,
         device: Compute device for PyTorch models.
         test_fraction: Share of ``x`` held out when no test data is given, in (0, 1).
         seed: Seed of the split and of every random choice.
-        **options: Options of the method. Filtering: ``top_fraction`` (0.1), ``target_fpr``
-            (0.05), ``ranking`` (``"target_z"``: how trigger neurons are ranked, see
-            :func:`~neuralcleanse.mitigation.filtering.rank_trigger_neurons`), ``max_neurons``
-            (16: most trigger neurons per label; ``None``: no cap). Pruning:
+        **options: Options of the method. Filtering: ``score`` (``"fisher"``: the watched
+            neurons weighted by Fisher's discriminant, threshold calibrated out of fold;
+            ``"mean"``: their mean, the paper's filter), ``target_fpr`` (0.05),
+            ``top_fraction`` and ``max_neurons`` (the share and most of the layer's neurons
+            kept per label; ``None``: all, at most 2048, for ``"fisher"``; 0.1 and 16 for
+            ``"mean"``), ``ranking`` (``"target_z"``: how the neurons are ranked, see
+            :func:`~neuralcleanse.mitigation.filtering.rank_trigger_neurons`). Pruning:
             ``max_fraction`` (0.3), ``target_asr`` (0.05), ``step_fraction`` (0.01). Unlearning:
             ``epochs`` (5), ``learning_rate`` (3e-3), ``stamped_fraction`` (0.2),
             ``min_updates`` (400: at least this many optimiser updates, more epochs on a small

@@ -1,11 +1,11 @@
 """Input-filter files: an :class:`~neuralcleanse.mitigation.InputFilter` saved as small JSON.
 
-:func:`write_filter` (what ``InputFilter.save`` calls) writes strict JSON (no NaN or Infinity):
-the format name and schema version, the watched layer, each flagged label's trigger neurons with
-the centre and spread of their clean score, the threshold, the target and measured rates, and
-the model facts the filter depends on (the input shape, layout, value range, output kind and
-preprocessing as the classifier's ``describe()`` gives them, and the model file's SHA-256 when
-known). The model itself is never stored.
+:func:`write_filter` (what ``InputFilter.save`` calls) writes strict JSON (no NaN or Infinity): the
+format name and schema version, the watched layer, each flagged label's neurons with their weights
+and the centre and spread of their clean score, how the score was made (``score``), the threshold,
+the target and measured rates, and the model facts the filter depends on (the input shape, layout,
+value range, output kind and preprocessing as the classifier's ``describe()`` gives them, and the
+model file's SHA-256 when known). The model itself is never stored.
 
 :func:`read_filter_file` reads such a file as untrusted input: JSON only (nothing is run or
 unpickled), at most :data:`MAX_FILTER_BYTES`, every field type- and range-checked and any
@@ -45,12 +45,14 @@ from neuralcleanse.core.strict_json import (
     required,
     shown,
 )
-from neuralcleanse.mitigation.filtering import InputFilter
+from neuralcleanse.mitigation.filtering import SCORES, InputFilter
 
 #: The ``format`` field of every filter file.
 FILTER_FORMAT = "neuralcleanse-input-filter"
 #: The layout version written; files of a later version are refused with advice to upgrade.
-FILTER_SCHEMA_VERSION = 1
+#: Version 2 added each label's ``weights`` (a version-1 file, without them, weighs its
+#: neurons equally, as the filters of that time did) and the top-level ``score``.
+FILTER_SCHEMA_VERSION = 2
 #: The file name a filter gets in a mitigation's output folder.
 FILTER_JSON = "filter.json"
 #: Largest filter file read. A filter of 43 labels x 1 % of a 4096-neuron layer, with a
@@ -68,10 +70,13 @@ MIN_SCALE = float(np.finfo(np.float32).tiny)
 _TOP_REQUIRED = ("format", "schema_version", "layer", "n_neurons", "labels", "threshold",
                  "model")
 _TOP_OPTIONAL = ("neuralcleanse_version", "layer_name", "target_fpr", "false_positive_rate",
-                 "detection_rate", "top_fraction")
+                 "detection_rate", "top_fraction", "score")
 _MODEL_REQUIRED = ("input_shape", "nb_classes", "channels_first", "clip_values", "output")
 _MODEL_OPTIONAL = ("framework", "model_class", "preprocessing", "file_sha256")
 _LABEL_FIELDS = ("label", "neurons", "center", "scale")
+_LABEL_OPTIONAL = ("weights",)
+#: Largest absolute weight accepted (a weight is a fitted, finite coefficient).
+MAX_WEIGHT = 1e30
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -87,6 +92,8 @@ class FilterFile:
             the final classification layer); an index must still point at it.
         n_neurons: Neurons in that layer when the filter was fitted.
         neurons: Trigger neurons per flagged label.
+        weights: Their weights in the label's score (equal, summing to one, when the file
+            has none).
         center: Mean clean score per flagged label.
         scale: Spread of the clean score per flagged label.
         threshold: Score above which an input is refused.
@@ -94,6 +101,7 @@ class FilterFile:
         false_positive_rate: Measured on held-out clean inputs (``None``: unknown).
         detection_rate: Measured on held-out stamped inputs (``None``: unknown).
         top_fraction: Share of the layer's neurons kept per label (``None``: unknown).
+        score: How the neurons made the score, ``"fisher"`` or ``"mean"`` (``None``: unknown).
         model: The model facts: ``input_shape`` (tuple), ``nb_classes``, ``channels_first``,
             ``clip_values`` (tuple), ``output``, ``preprocessing`` (``None``, ``[sub, div]`` or
             the name of a function), ``framework``, ``model_class`` and ``file_sha256``.
@@ -104,6 +112,7 @@ class FilterFile:
     layer_name: str | None
     n_neurons: int
     neurons: dict[int, np.ndarray]
+    weights: dict[int, np.ndarray]
     center: dict[int, float]
     scale: dict[int, float]
     threshold: float
@@ -111,6 +120,7 @@ class FilterFile:
     false_positive_rate: float | None
     detection_rate: float | None
     top_fraction: float | None
+    score: str | None
     model: dict[str, Any]
 
     @property
@@ -167,11 +177,12 @@ def filter_document(filt: InputFilter, model_sha256: str | None = None) -> dict[
         rates: dict[str, Any] = {
             "target_fpr": report.target_fpr, "false_positive_rate": report.false_positive_rate,
             "detection_rate": report.detection_rate,
-            "top_fraction": report.options.get("top_fraction")}
+            "top_fraction": report.options.get("top_fraction"),
+            "score": report.options.get("score")}
     else:
         n_neurons = info.get("n_neurons") or _probe_neurons(filt.classifier, filt.layer)
         rates = {k: info.get(k) for k in ("target_fpr", "false_positive_rate",
-                                           "detection_rate", "top_fraction")}
+                                           "detection_rate", "top_fraction", "score")}
     layer, layer_name = _layer_fields(filt)
     described = filt.classifier.describe()
     model = {key: described.get(key) for key in
@@ -183,6 +194,7 @@ def filter_document(filt: InputFilter, model_sha256: str | None = None) -> dict[
         "neuralcleanse_version": __version__, "layer": layer, "layer_name": layer_name,
         "n_neurons": n_neurons,
         "labels": [{"label": int(label), "neurons": [int(n) for n in idx],
+                    "weights": [float(v) for v in filt.weights[label]],
                     "center": float(filt.center[label]), "scale": float(filt.scale[label])}
                    for label, idx in filt.neurons.items()],
         "threshold": float(filt.threshold), **rates, "model": model,
@@ -347,11 +359,17 @@ def _parse_document(document: Any, path: Path) -> FilterFile:
         _text(layer, "layer", nullable=False)
     layer_name = _text(document.get("layer_name"), "layer_name")
     n_neurons = json_integer(document["n_neurons"], _field("n_neurons"), 1, 2**31 - 1)
-    neurons, center, scale = _parse_labels(document["labels"], n_neurons, model["nb_classes"])
+    neurons, weights, center, scale = _parse_labels(document["labels"], n_neurons,
+                                                    model["nb_classes"])
+    score = document.get("score")
+    if score is not None and score not in SCORES:
+        raise InputError(f"{_field('score')} must be one of {', '.join(map(repr, SCORES))} or "
+                         f"null (got {shown(score)})")
     threshold = _number(document["threshold"], "threshold")
     return FilterFile(
         path=path, layer=None if layer == Classifier.FINAL_LAYER_INPUT else layer,
-        layer_name=layer_name, n_neurons=n_neurons, neurons=neurons, center=center,
+        layer_name=layer_name, n_neurons=n_neurons, neurons=neurons, weights=weights,
+        center=center,
         scale=scale, threshold=float(threshold),  # type: ignore[arg-type]
         target_fpr=_number(document.get("target_fpr"), "target_fpr", 0.0, 1.0, open_low=True,
                            open_high=True, nullable=True),
@@ -361,29 +379,47 @@ def _parse_document(document: Any, path: Path) -> FilterFile:
                                nullable=True),
         top_fraction=_number(document.get("top_fraction"), "top_fraction", 0.0, 1.0,
                              open_low=True, nullable=True),
-        model=model)
+        score=score, model=model)
 
 
 def _parse_labels(value: Any, n_neurons: int, nb_classes: int
-                  ) -> tuple[dict[int, np.ndarray], dict[int, float], dict[int, float]]:
+                  ) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray], dict[int, float],
+                             dict[int, float]]:
     if not isinstance(value, list) or not 1 <= len(value) <= nb_classes:
         raise InputError(f"{_field('labels')} must be a list of 1 to {nb_classes} label "
                          f"entries, one per flagged label (got {json_kind(value)}"
                          f"{f' of {len(value)}' if isinstance(value, list) else ''})")
     neurons: dict[int, np.ndarray] = {}
+    weights: dict[int, np.ndarray] = {}
     center: dict[int, float] = {}
     scale: dict[int, float] = {}
     for i, entry in enumerate(value):
         name = f"labels[{i}]"
-        entry = _fields(entry, name, _LABEL_FIELDS, ())
+        entry = _fields(entry, name, _LABEL_FIELDS, _LABEL_OPTIONAL)
         label = json_integer(entry["label"], _field(f"{name}.label"), 0, nb_classes - 1)
         if label in neurons:
             raise InputError(f"{_field(f'{name}.label')} repeats label {label}")
         neurons[label] = _neuron_list(entry["neurons"], f"{name}.neurons", n_neurons)
+        weights[label] = (np.full(len(neurons[label]), 1.0 / len(neurons[label]))
+                          if "weights" not in entry else
+                          _weight_list(entry["weights"], f"{name}.weights", len(neurons[label])))
         center[label] = float(_number(entry["center"], f"{name}.center"))  # type: ignore[arg-type]
         scale[label] = float(_number(entry["scale"], f"{name}.scale",  # type: ignore[arg-type]
                                      MIN_SCALE, MAX_INPUT_VALUE))
-    return neurons, center, scale
+    return neurons, weights, center, scale
+
+
+def _weight_list(value: Any, name: str, n: int) -> np.ndarray:
+    """One finite weight per neuron."""
+    if not isinstance(value, list) or len(value) != n:
+        raise InputError(f"{_field(name)} must be a list of {n} numbers, one per neuron (got "
+                         f"{json_kind(value)}"
+                         f"{f' of {len(value)}' if isinstance(value, list) else ''})")
+    for v in value:
+        if not is_finite_number(v) or abs(v) > MAX_WEIGHT:
+            raise InputError(f"{_field(name)} holds {shown(v)}, not a finite number in "
+                             f"[-{MAX_WEIGHT:g}, {MAX_WEIGHT:g}]")
+    return np.asarray(value, dtype=np.float64)
 
 
 def _neuron_list(value: Any, name: str, n_neurons: int) -> np.ndarray:
@@ -512,10 +548,12 @@ def load_filter(path: str | Path, model: Any, *, model_path: str | Path | None =
                    clip_values=clip_values, preprocessing=preprocessing)
     clf = _wrapped(spec, model, preprocessing, device)
     _check_model(spec, clf)
-    filt = InputFilter(clf, spec.layer, spec.neurons, spec.center, spec.scale, spec.threshold)
+    filt = InputFilter(clf, spec.layer, spec.neurons, spec.center, spec.scale, spec.threshold,
+                       weights=spec.weights)
     filt.file_info = {"n_neurons": spec.n_neurons, "target_fpr": spec.target_fpr,
                       "false_positive_rate": spec.false_positive_rate,
                       "detection_rate": spec.detection_rate, "top_fraction": spec.top_fraction,
+                      "score": spec.score,
                       "model_sha256": spec.model["file_sha256"]}
     if mismatch is not None:  # said once the filter is known to fit the model
         warnings.warn(mismatch, UserWarning, stacklevel=2)

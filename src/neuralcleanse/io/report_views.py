@@ -20,6 +20,10 @@ from neuralcleanse.core.verdict import (
 )
 from neuralcleanse.io.charts import pruning_chart
 
+#: How the report names a filter's score (``options.score`` of a filtering report; reports of
+#: versions before the score was a choice averaged the neurons).
+SCORE_NAMES = {"fisher": "Fisher's discriminant of the layer's neurons",
+               "mean": "mean of the trigger neurons"}
 
 def format_number(value: Any, digits: int = 4) -> str:
     """``value`` with ``digits`` significant digits; missing or NaN as a dash, infinities as ∞."""
@@ -98,9 +102,11 @@ def mitigation_view(data: dict[str, Any]) -> dict[str, Any]:
     details: list[tuple[str, str]] = []
     method = str(data.get("method", ""))
     if method == "filtering":
+        watched = set().union(*[set(v) for v in (report.get("neurons") or {}).values()])
+        score = (report.get("options") or {}).get("score", "mean")
         details += [("layer", format_value(report.get("layer"))),
-                    ("neurons scoring an input", format_value(
-                        sum(len(v) for v in (report.get("neurons") or {}).values()) or None)),
+                    ("score", SCORE_NAMES.get(str(score), format_value(score))),
+                    ("neurons scoring an input", format_value(len(watched) or None)),
                     ("false-positive rate on clean inputs", rate(
                         report.get("false_positive_rate"))),
                     ("target false-positive rate", rate(report.get("target_fpr"))),

@@ -1,13 +1,25 @@
-"""Input filtering: refuse inputs whose trigger-sensitive neurons fire unusually strongly.
+"""Input filtering: refuse inputs whose activations in one layer look like the reversed trigger's.
 
-For each flagged label, the neurons of one layer whose mean activation rises most when the
-label's reversed trigger is stamped on clean images of other classes, measured against the
-label's own clean images and in units of the neuron's clean spread (the top ``top_fraction``, at
-least one; see :func:`rank_trigger_neurons` for the other rankings) are the label's *trigger
-neurons*. An input's score for that label is the mean activation of those neurons, standardised
-with its mean and spread on clean images; its overall score is the largest of its labels'
-scores. The threshold refuses at most ``target_fpr`` of the clean fitting images and of each
-flagged label's own clean images. A refused input gets a prediction row of zeros.
+For each flagged label, the reversed trigger is stamped on clean images of other classes and
+the layer's neurons are ranked by how much their mean activation rises over the label's own
+clean images (in units of the neuron's clean spread by default; see
+:func:`rank_trigger_neurons`). An input's score for that label is a weighted sum of the kept
+neurons' activations, standardised with its mean and spread on clean images; its overall score
+is the largest of its labels' scores. Two scores (:data:`SCORES`):
+
+* ``"fisher"`` (the default) keeps every neuron of the layer (at most
+  :data:`FISHER_MAX_NEURONS`) and weighs them with Fisher's linear discriminant between the
+  stamped images and the label's own clean images: the difference of their mean activations,
+  whitened with the clean images' covariance, shrunk by :data:`FISHER_SHRINKAGE` towards its
+  mean variance (the layer has more neurons than a small clean set can estimate a covariance
+  of). Because the weights are fitted to the clean images, the threshold is calibrated on
+  out-of-fold scores (:data:`CALIBRATION_FOLDS` folds): each clean image is scored with weights
+  fitted without it, as an unseen input would be;
+* ``"mean"`` (the paper's filter) keeps the top ``top_fraction`` of the ranked neurons (at most
+  ``max_neurons``) with equal weights, calibrated on the fitting images' own scores.
+
+The threshold refuses at most ``target_fpr`` of the clean images and of each flagged label's own
+clean images. A refused input gets a prediction row of zeros.
 """
 
 from __future__ import annotations
@@ -36,14 +48,32 @@ from neuralcleanse.mitigation.metrics import (
 )
 from neuralcleanse.mitigation.stamping import check_triggers, stamped_others
 
-#: Defaults chosen on the tune half of the model zoo (``benchmarks/zoo_mitigation.py``, see
-#: docs/zoo.md): the former top 1 % ranked against all clean images refused a median 77 % of
-#: real-triggered inputs and a fifth of the target class's own clean images.
+#: How an input's score combines the kept neurons; the default was chosen on the tune half of
+#: the model zoo (``benchmarks/zoo_mitigation.py``, see docs/zoo.md): of the flagged
+#: patch-trigger models, the mean of the top neurons met the target (>= 95 % of real-triggered
+#: inputs refused at 5 % FPR) on 55 % of the tune half and 16 % of the validate half, Fisher's
+#: discriminant on 85 % and 68 %.
+SCORES = ("fisher", "mean")
+DEFAULT_SCORE = "fisher"
+#: Defaults of the ``"mean"`` score (chosen on the zoo's tune half as well): the former top 1 %
+#: ranked against all clean images refused a median 77 % of real-triggered inputs and a fifth
+#: of the target class's own clean images.
 DEFAULT_TOP_FRACTION = 0.1
-#: At most this many trigger neurons per label: the zoo's models watch 16 to 84 neurons (so the
-#: top tenth is 2 to 9 of them); on a layer of 512 neurons a tenth dilutes the score (a
-#: third-party MNIST BadNet: 84 % of triggered inputs refused at 52 neurons, 97 % at 16).
+#: At most this many trigger neurons per label for the ``"mean"`` score: the zoo's models watch
+#: 16 to 84 neurons (so the top tenth is 2 to 9 of them); on a layer of 512 neurons a tenth
+#: dilutes the score (a third-party MNIST BadNet: 84 % of triggered inputs refused at 52
+#: neurons, 97 % at 16).
 DEFAULT_MAX_NEURONS = 16
+#: The ``"fisher"`` score keeps the whole layer, up to this many of its best-ranked neurons (its
+#: covariance matrix has this many squared entries).
+FISHER_MAX_NEURONS = 2048
+#: Share of the covariance replaced by its mean variance on the diagonal (zoo tune half: 0.03,
+#: 0.05, 0.1, 0.2 and 0.3 met the target on 75 %, 75 %, 85 %, 80 % and 70 % of the models).
+FISHER_SHRINKAGE = 0.1
+#: Folds of the out-of-fold calibration of the ``"fisher"`` score; fewer than
+#: ``MIN_PER_FOLD * CALIBRATION_FOLDS`` clean images are calibrated on their own scores.
+CALIBRATION_FOLDS = 5
+MIN_PER_FOLD = 5
 MAX_NEURONS_LIMIT = 1_000_000
 DEFAULT_TARGET_FPR = 0.05
 #: How trigger neurons are ranked (see :func:`rank_trigger_neurons`); ``"clean"`` was the only
@@ -116,6 +146,8 @@ class InputFilter:
         classifier: The wrapped model.
         layer: The layer whose neurons are watched.
         neurons: Trigger neurons per flagged label.
+        weights: The weight of each of those neurons in the label's score (equal weights
+            summing to one for the ``"mean"`` score).
         center: Mean clean score per flagged label.
         scale: Spread of the clean score per flagged label.
         threshold: Overall score above which an input is refused.
@@ -123,15 +155,20 @@ class InputFilter:
         file_info: What a filter file recorded about the fitting (set by
             :func:`~neuralcleanse.io.filter_files.load_filter`, kept when the filter is saved
             again): ``n_neurons``, ``target_fpr``, ``false_positive_rate``, ``detection_rate``,
-            ``top_fraction`` and ``model_sha256``.
+            ``top_fraction``, ``score`` and ``model_sha256``.
     """
 
     def __init__(self, classifier: Classifier, layer: str | int | None,
                  neurons: dict[int, np.ndarray], center: dict[int, float],
-                 scale: dict[int, float], threshold: float) -> None:
+                 scale: dict[int, float], threshold: float,
+                 weights: dict[int, np.ndarray] | None = None) -> None:
         self.classifier = classifier
         self.layer = layer
         self.neurons = {int(k): np.asarray(v, dtype=np.int64) for k, v in neurons.items()}
+        given = {} if weights is None else {int(k): v for k, v in weights.items()}
+        self.weights = {k: (np.asarray(given[k], dtype=np.float64) if k in given
+                            else np.full(len(idx), 1.0 / len(idx)))
+                        for k, idx in self.neurons.items()}
         self.center = dict(center)
         self.scale = dict(scale)
         self.threshold = float(threshold)
@@ -144,8 +181,8 @@ class InputFilter:
         return self.classifier.nb_classes
 
     def _scores_of_activations(self, acts: np.ndarray) -> np.ndarray:
-        per_label = [(acts[:, idx].mean(axis=1) - self.center[label]) / self.scale[label]
-                     for label, idx in self.neurons.items()]
+        per_label = [(acts[:, idx] @ self.weights[label] - self.center[label])
+                     / self.scale[label] for label, idx in self.neurons.items()]
         return np.max(np.stack(per_label), axis=0)
 
     def scores(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -233,11 +270,121 @@ def check_ranking(ranking: Any) -> str:
     return ranking
 
 
-def _check_options(top_fraction: float, target_fpr: float, batch_size: int, ranking: str
-                   ) -> tuple[float, float, int, str]:
-    return (check_fraction("top_fraction", top_fraction),
-            check_fraction("target_fpr", target_fpr, allow_one=False),
-            check_int("batch_size", batch_size, 1), check_ranking(ranking))
+def check_score(score: Any) -> str:
+    """Return ``score`` if it is one of :data:`SCORES`, or raise ``InputError``."""
+    if not isinstance(score, str) or score not in SCORES:
+        raise InputError(f"score must be one of {', '.join(map(repr, SCORES))} (got {score!r})")
+    return score
+
+
+@dataclass(frozen=True)
+class NeuronChoice:
+    """Which neurons score an input and how (the resolved options of :func:`filter_inputs`)."""
+
+    score: str
+    top_fraction: float
+    max_neurons: int
+    ranking: str
+
+    @classmethod
+    def resolve(cls, score: str, top_fraction: float | None, max_neurons: int | None,
+                ranking: str | None) -> NeuronChoice:
+        """Check the options; ``None`` takes the score's default."""
+        score = check_score(score)
+        fisher = score == "fisher"
+        if top_fraction is None:
+            top_fraction = 1.0 if fisher else DEFAULT_TOP_FRACTION
+        if max_neurons is None:
+            max_neurons = FISHER_MAX_NEURONS if fisher else DEFAULT_MAX_NEURONS
+        return cls(score=score, top_fraction=check_fraction("top_fraction", top_fraction),
+                   max_neurons=check_int("max_neurons", max_neurons, 1, MAX_NEURONS_LIMIT),
+                   ranking=check_ranking(DEFAULT_RANKING if ranking is None else ranking))
+
+    def keep(self, n_neurons: int) -> int:
+        """How many of a layer's ``n_neurons`` neurons are kept per label."""
+        return min(max(1, int(math.ceil(self.top_fraction * n_neurons - 1e-9))),
+                   self.max_neurons)
+
+    def fit(self, clean: np.ndarray, y: np.ndarray, stamped: np.ndarray, label: int,
+            keep: int) -> tuple[np.ndarray, np.ndarray]:
+        """The kept neurons of ``label`` and their weights.
+
+        Args:
+            clean: Activations ``(N, neurons)`` of clean images.
+            y: Their labels.
+            stamped: Activations of clean images of other classes carrying the trigger.
+            label: The flagged label.
+            keep: How many neurons to keep.
+        """
+        top = rank_trigger_neurons(stamped, clean, y, label, self.ranking)[:keep]
+        if self.score == "mean":
+            return top, np.full(len(top), 1.0 / len(top))
+        return top, fisher_weights(clean[:, top], clean[y == label][:, top], stamped[:, top])
+
+
+def fisher_weights(clean: np.ndarray, own: np.ndarray, stamped: np.ndarray) -> np.ndarray:
+    """Fisher's discriminant between stamped images and the flagged label's own clean images.
+
+    Args:
+        clean: Activations ``(N, d)`` of clean images (the covariance is theirs).
+        own: Activations of the flagged label's clean images (all of ``clean`` when empty).
+        stamped: Activations of images carrying the trigger.
+
+    Returns:
+        ``d`` weights: ``C⁻¹ (mean(stamped) - mean(own))``, where ``C`` is the covariance of
+        ``clean`` with :data:`FISHER_SHRINKAGE` of it replaced by its mean variance on the
+        diagonal (zeros when the activations do not vary).
+    """
+    clean = np.asarray(clean, dtype=np.float64)
+    own = clean if len(own) == 0 else np.asarray(own, dtype=np.float64)
+    rise = np.asarray(stamped, dtype=np.float64).mean(axis=0) - own.mean(axis=0)
+    d = clean.shape[1]
+    cov = np.cov(clean, rowvar=False).reshape(d, d) if len(clean) > 1 else np.zeros((d, d))
+    mean_variance = float(np.trace(cov)) / d
+    if not mean_variance > 0:
+        return np.zeros(d)
+    cov = (1.0 - FISHER_SHRINKAGE) * cov + FISHER_SHRINKAGE * mean_variance * np.eye(d)
+    return np.linalg.solve(cov, rise)
+
+
+def _centre_and_spread(scores: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of clean scores (spread 1 where they do not vary)."""
+    return float(scores.mean()), float(scores.std()) or 1.0
+
+
+def out_of_fold_scores(choice: NeuronChoice, clean: np.ndarray, y: np.ndarray,
+                       stamped: dict[int, np.ndarray], keep: int, seed: int) -> np.ndarray:
+    """Each clean image's overall score under weights fitted without it.
+
+    The clean images are split into :data:`CALIBRATION_FOLDS` seeded folds; for each fold the
+    neurons and weights of every label are fitted on the other folds (their clean images and
+    the stamped copies of their images of other classes) and standardised on those folds'
+    clean scores, then the fold is scored.
+
+    Args:
+        choice: The resolved options.
+        clean: Activations of the clean fitting images.
+        y: Their labels.
+        stamped: Per flagged label, activations of its stamped images, one row per image of
+            another class in ``clean`` order.
+        keep: Neurons kept per label.
+        seed: Seed of the folds.
+
+    Returns:
+        ``N`` scores, the largest over the labels as :meth:`InputFilter.scores` gives it.
+    """
+    fold = np.random.default_rng(seed).permutation(len(clean)) % CALIBRATION_FOLDS
+    out = np.full((len(stamped), len(clean)), -np.inf)
+    for i, (label, acts) in enumerate(stamped.items()):
+        others = y != label
+        for k in range(CALIBRATION_FOLDS):
+            train = fold != k
+            part = acts[train[others]]  # the stamped copies of this part's images
+            top, w = choice.fit(clean[train], y[train], part if len(part) else acts, label,
+                                keep)
+            center, scale = _centre_and_spread(clean[train][:, top] @ w)
+            out[i, ~train] = (clean[~train][:, top] @ w - center) / scale
+    return out.max(axis=0)
 
 
 def rank_trigger_neurons(stamped: np.ndarray, clean: np.ndarray, y: np.ndarray, label: int,
@@ -275,9 +422,9 @@ def rank_trigger_neurons(stamped: np.ndarray, clean: np.ndarray, y: np.ndarray, 
 
 def filter_inputs(clf: Classifier, x: np.ndarray, y: np.ndarray,
                   triggers: Sequence[LabelResult], *, layer: str | int | None = None,
-                  top_fraction: float = DEFAULT_TOP_FRACTION,
-                  target_fpr: float = DEFAULT_TARGET_FPR, ranking: str = DEFAULT_RANKING,
-                  max_neurons: int | None = DEFAULT_MAX_NEURONS,
+                  score: str = DEFAULT_SCORE, top_fraction: float | None = None,
+                  target_fpr: float = DEFAULT_TARGET_FPR, ranking: str | None = None,
+                  max_neurons: int | None = None,
                   x_test: np.ndarray | None = None,
                   y_test: np.ndarray | None = None,
                   test_fraction: float = DEFAULT_TEST_FRACTION, seed: int = 0,
@@ -292,19 +439,26 @@ def filter_inputs(clf: Classifier, x: np.ndarray, y: np.ndarray,
         layer: Layer whose neurons are watched: a name or index from ``clf.layer_names()``, or
             ``None`` for the input of the final classification layer. Convolutional layers
             count one neuron per channel.
-        top_fraction: Share of the layer's neurons kept per label, in (0, 1] (at least one).
-        max_neurons: Most neurons kept per label (>= 1), or ``None`` for no cap.
+        score: How the kept neurons make an input's score (:data:`SCORES`): ``"fisher"``
+            weighs them with Fisher's discriminant and calibrates the threshold out of fold;
+            ``"mean"`` averages them (see the module's description).
+        top_fraction: Share of the layer's neurons kept per label, in (0, 1] (at least one);
+            ``None``: 1 for ``"fisher"``, :data:`DEFAULT_TOP_FRACTION` for ``"mean"``.
+        max_neurons: Most neurons kept per label (>= 1); ``None``:
+            :data:`FISHER_MAX_NEURONS` for ``"fisher"``, :data:`DEFAULT_MAX_NEURONS` for
+            ``"mean"``.
         target_fpr: Most clean images the threshold refuses, in (0, 1): of all fitting images
             and of each flagged label's own.
-        ranking: How the trigger neurons are chosen (:data:`RANKINGS`, see
-            :func:`rank_trigger_neurons`): ranking against the flagged label's own clean images
-            (``"target"``, ``"both"``, ``"target_z"``) leaves out the neurons the label's
-            genuine images excite as well, which would make the filter refuse that class;
-            ``"clean"`` ranks by the rise over all clean images.
+        ranking: How the neurons are ranked before the top ones are kept (:data:`RANKINGS`,
+            see :func:`rank_trigger_neurons`; ``None``: :data:`DEFAULT_RANKING`): ranking
+            against the flagged label's own clean images (``"target"``, ``"both"``,
+            ``"target_z"``) leaves out the neurons the label's genuine images excite as well,
+            which would make the filter refuse that class; ``"clean"`` ranks by the rise over
+            all clean images.
         x_test: Held-out clean images for the measurements (default: split off ``x``).
         y_test: Their labels.
         test_fraction: Share of ``x`` held out when no test data is given, in (0, 1).
-        seed: Seed of the split.
+        seed: Seed of the split and of the calibration folds.
         batch_size: Batch size of the forward passes.
 
     Returns:
@@ -313,19 +467,18 @@ def filter_inputs(clf: Classifier, x: np.ndarray, y: np.ndarray,
     Raises:
         ValueError: On a bad option, malformed data, mismatched triggers or an unknown layer.
     """
-    top_fraction, target_fpr, batch_size, ranking = _check_options(top_fraction, target_fpr,
-                                                                   batch_size, ranking)
-    if max_neurons is not None:
-        max_neurons = check_int("max_neurons", max_neurons, 1, MAX_NEURONS_LIMIT)
+    choice = NeuronChoice.resolve(score, top_fraction, max_neurons, ranking)
+    target_fpr = check_fraction("target_fpr", target_fpr, allow_one=False)
+    batch_size = check_int("batch_size", batch_size, 1)
     triggers = check_triggers(clf, triggers)
     x_fit, y_fit, x_hold, y_hold, split = fit_and_test(clf, x, y, x_test, y_test,
                                                        test_fraction, seed)
     clean = clf.neuron_activations(x_fit, layer, batch_size=batch_size)
     n_neurons = clean.shape[1]
-    keep = max(1, int(math.ceil(top_fraction * n_neurons - 1e-9)))
-    if max_neurons is not None:
-        keep = min(keep, max_neurons)
+    keep = choice.keep(n_neurons)
+    stamped: dict[int, np.ndarray] = {}
     neurons: dict[int, np.ndarray] = {}
+    weights: dict[int, np.ndarray] = {}
     center: dict[int, float] = {}
     scale: dict[int, float] = {}
     for trig in triggers:
@@ -333,14 +486,15 @@ def filter_inputs(clf: Classifier, x: np.ndarray, y: np.ndarray,
         if len(xs) == 0:
             raise InputError(f"x has no image of a class other than {trig.label} to stamp "
                              "its trigger on")
-        stamped = clf.neuron_activations(xs, layer, batch_size=batch_size)
-        top = rank_trigger_neurons(stamped, clean, y_fit, trig.label, ranking)[:keep]
-        neurons[trig.label] = top
-        clean_score = clean[:, top].mean(axis=1)
-        center[trig.label] = float(clean_score.mean())
-        scale[trig.label] = float(clean_score.std()) or 1.0
-    filt = InputFilter(clf, layer, neurons, center, scale, threshold=math.inf)
-    fit_scores = filt._scores_of_activations(clean)
+        stamped[trig.label] = clf.neuron_activations(xs, layer, batch_size=batch_size)
+        top, w = choice.fit(clean, y_fit, stamped[trig.label], trig.label, keep)
+        neurons[trig.label], weights[trig.label] = top, w
+        center[trig.label], scale[trig.label] = _centre_and_spread(clean[:, top] @ w)
+    filt = InputFilter(clf, layer, neurons, center, scale, threshold=math.inf,
+                       weights=weights)
+    folds = choice.score == "fisher" and len(clean) >= MIN_PER_FOLD * CALIBRATION_FOLDS
+    fit_scores = (out_of_fold_scores(choice, clean, y_fit, stamped, keep, seed) if folds
+                  else filt._scores_of_activations(clean))
     # at most target_fpr of all clean images AND of each flagged label's own clean images:
     # a filter that refuses the target class's genuine inputs is no repair
     filt.threshold = max([float(np.quantile(fit_scores, 1.0 - target_fpr))]
@@ -361,7 +515,8 @@ def filter_inputs(clf: Classifier, x: np.ndarray, y: np.ndarray,
         target_fpr=target_fpr, false_positive_rate=fpr, detection_rate=overall,
         detection_rate_by_label=detected,
         measurements=Measurements.between(before, after, len(x_hold)),
-        split=split, options={"top_fraction": top_fraction, "target_fpr": target_fpr,
-                              "ranking": ranking, "max_neurons": max_neurons})
+        split=split, options={"score": choice.score, "top_fraction": choice.top_fraction,
+                              "target_fpr": target_fpr, "ranking": choice.ranking,
+                              "max_neurons": choice.max_neurons,
+                              "calibration_folds": CALIBRATION_FOLDS if folds else 0})
     return filt
-

@@ -57,7 +57,13 @@ from neuralcleanse.frontends.cli.options import (
 from neuralcleanse.io.data_files import load_data, to_layout
 from neuralcleanse.io.filter_files import FILTER_JSON
 from neuralcleanse.mitigation import METHODS
-from neuralcleanse.mitigation.filtering import MAX_NEURONS_LIMIT, RANKINGS, check_ranking
+from neuralcleanse.mitigation.filtering import (
+    MAX_NEURONS_LIMIT,
+    RANKINGS,
+    SCORES,
+    check_ranking,
+    check_score,
+)
 from neuralcleanse.mitigation.inputs import check_fraction, check_int, check_positive
 from neuralcleanse.mitigation.metrics import DEFAULT_TEST_FRACTION, check_test_fraction
 from neuralcleanse.mitigation.unlearning import MAX_EPOCHS, MAX_LEARNING_RATE, MAX_MIN_UPDATES
@@ -77,6 +83,7 @@ MITIGATION_FLAGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "min_updates": ("--min-updates", lambda v: check_int("min_updates", v, 0, MAX_MIN_UPDATES)),
     "max_fraction": ("--max-fraction", lambda v: check_fraction("max_fraction", v)),
     "target_asr": ("--target-asr", lambda v: check_fraction("target_asr", v, allow_zero=True)),
+    "score": ("--score", check_score),
     "top_fraction": ("--top-fraction", lambda v: check_fraction("top_fraction", v)),
     "target_fpr": ("--target-fpr", lambda v: check_fraction("target_fpr", v, allow_one=False)),
     "ranking": ("--ranking", check_ranking),
@@ -156,9 +163,15 @@ def mitigate(
     target_asr: Annotated[float | None, typer.Option(
         "--target-asr", rich_help_panel=MITIGATION_PANEL,
         help="Pruning: stop once the reversed trigger's success is below this.")] = None,
+    score: Annotated[str | None, typer.Option(
+        "--score", rich_help_panel=MITIGATION_PANEL,
+        help=f"Filtering: how the watched neurons score an input ({', '.join(SCORES)}): "
+             "weighted by Fisher's discriminant between triggered and clean inputs "
+             "(default), or their mean (the paper's filter).")] = None,
     top_fraction: Annotated[float | None, typer.Option(
         "--top-fraction", rich_help_panel=MITIGATION_PANEL,
-        help="Filtering: share of the layer's neurons that score an input.")] = None,
+        help="Filtering: share of the layer's neurons that score an input (default: all "
+             "for --score fisher, 0.1 for mean).")] = None,
     target_fpr: Annotated[float | None, typer.Option(
         "--target-fpr", rich_help_panel=MITIGATION_PANEL,
         help="Filtering: false-positive rate on clean inputs.")] = None,
@@ -169,7 +182,8 @@ def mitigate(
              "that rise over the clean spread (target_z), or over all clean images.")] = None,
     max_neurons: Annotated[int | None, typer.Option(
         "--max-neurons", rich_help_panel=MITIGATION_PANEL,
-        help="Filtering: most trigger neurons per label (caps --top-fraction).")] = None,
+        help="Filtering: most neurons per label (caps --top-fraction; default 2048 for "
+             "--score fisher, 16 for mean).")] = None,
     seed: Annotated[int, typer.Option(
         "--seed", min=0, max=MAX_SEED, rich_help_panel=MITIGATION_PANEL,
         help="Seed of the split and of random choices.")] = 0,
@@ -218,7 +232,7 @@ def mitigate(
     options = mitigation_options(method, layer, dict(
         epochs=epochs, learning_rate=learning_rate, stamped_fraction=stamped_fraction,
         min_updates=min_updates, max_fraction=max_fraction, target_asr=target_asr,
-        top_fraction=top_fraction, target_fpr=target_fpr, ranking=ranking,
+        score=score, top_fraction=top_fraction, target_fpr=target_fpr, ranking=ranking,
         max_neurons=max_neurons,
         test_fraction=test_fraction))
     extra: dict[str, Any] = {}

@@ -103,9 +103,8 @@ DEFAULTS = {
                    "learning_rate": unlearning.DEFAULT_LEARNING_RATE,
                    "stamped_fraction": unlearning.DEFAULT_STAMPED_FRACTION,
                    "batch_size": unlearning.DEFAULT_BATCH_SIZE},
-    "filtering": {"top_fraction": filtering.DEFAULT_TOP_FRACTION,
-                  "ranking": filtering.DEFAULT_RANKING,
-                  "max_neurons": filtering.DEFAULT_MAX_NEURONS,
+    "filtering": {"score": filtering.DEFAULT_SCORE, "top_fraction": None,
+                  "ranking": filtering.DEFAULT_RANKING, "max_neurons": None,
                   "target_fpr": filtering.DEFAULT_TARGET_FPR, "layer": "final_layer_input"},
     "pruning": {"max_fraction": pruning.DEFAULT_MAX_FRACTION,
                 "target_asr": pruning.DEFAULT_TARGET_ASR,
@@ -682,7 +681,9 @@ def main(argv: list[str] | None = None) -> int:
                      for r in m.real],
             "masks": mask_overlap(m),
             "half": half_of(d["name"]),
-            "neurons": neuron_overlap(m, filter_setting("top_fraction"),
+            # the top tenth (the mean score's default) even where the filter weighs them all
+            "neurons": neuron_overlap(m, filter_setting("top_fraction")
+                                      or filtering.DEFAULT_TOP_FRACTION,
                                       filter_setting("ranking")),
             "methods": {},
         }

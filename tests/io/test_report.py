@@ -295,6 +295,26 @@ def test_mitigation_shows_where_the_filter_or_the_model_was_saved() -> None:
     # a mitigation.json that saved nothing (or an older one) shows neither
     details = _mitigation_details(render_html(make_result(), mitigation=filtering.to_dict()))
     assert not {"input filter saved to", "repaired model saved to"} & set(details)
+    # an older report (no score option) averaged its trigger neurons
+    assert details["score"] == "mean of the trigger neurons"
+
+
+def test_filtering_details_name_the_score_and_count_each_neuron_once() -> None:
+    from dataclasses import replace
+
+    from neuralcleanse.mitigation.filtering import FilteringReport
+
+    unlearning = _unlearning()
+    shared = list(range(32))  # the Fisher score watches the whole layer for every label
+    filtering = replace(unlearning, method="filtering", report=FilteringReport(
+        layer="final_layer_input", n_neurons=32, neurons={BACKDOOR: shared, 0: shared},
+        threshold=1.5, target_fpr=0.05, false_positive_rate=0.05, detection_rate=1.0,
+        detection_rate_by_label={BACKDOOR: 1.0, 0: 1.0},
+        measurements=unlearning.report.measurements, split=unlearning.report.split,
+        options={"score": "fisher"}))
+    details = _mitigation_details(render_html(make_result(), mitigation=filtering.to_dict()))
+    assert details["score"] == "Fisher&#39;s discriminant of the layer&#39;s neurons"
+    assert details["neurons scoring an input"] == "32"
 
 
 def test_pruning_curve_never_mixes_the_fitting_and_held_out_splits() -> None:

@@ -21,7 +21,11 @@ family, true target(s), poison rate, clean accuracy, the real trigger's success 
 itself (mask and pattern, ``.npz``) and the training seed. A model whose spec is unchanged is
 not trained again (the cache key is the spec).
 
-    python benchmarks/zoo.py [--out DIR] [--datasets digits,digits-rgb,mnist] [--limit N]
+    python benchmarks/zoo.py [--population 1|2] [--out DIR] [--datasets digits,digits-rgb,mnist]
+        [--limit N]
+
+``--population 2`` trains a second, independent population (40 clean, 40 patch backdoors; other
+seeds and draws) into ``benchmarks/cache/zoo2`` to check the verdict rules chosen on the first.
 
 GTSRB models are listed too but trained only with ``--datasets ...,gtsrb`` (on a GPU: their
 43-label scans take about an hour each on two CPU cores). Writes ``DIR/index.json`` and a copy of
@@ -97,15 +101,27 @@ class Spec:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+class SpecList(list):
+    """Specs numbered in the order they are added (the number is in the name and the seed)."""
+
+    def __init__(self, prefix: str = "", seed_base: int = 0) -> None:
+        super().__init__()
+        self.prefix, self.seed_base = prefix, seed_base
+
+    def add(self, dataset: str, arch: str, family: str, framework: str = "torch",
+            **kw: Any) -> None:
+        """Append the next model's spec."""
+        n = len(self)
+        self.append(Spec(name=f"{self.prefix}{n:03d}-{dataset}-{arch}-{family}",
+                         dataset=dataset, arch=arch, framework=framework, family=family,
+                         seed=self.seed_base + n + 1, **kw))
+
+
 def build_specs() -> list[Spec]:
     """The zoo: 40 clean and 80 backdoored models on CPU-sized data, plus 10 GTSRB models."""
     rng = np.random.default_rng(20261130)
-    specs: list[Spec] = []
-
-    def add(dataset: str, arch: str, family: str, framework: str = "torch", **kw: Any) -> None:
-        seed = len(specs) + 1
-        specs.append(Spec(name=f"{len(specs):03d}-{dataset}-{arch}-{family}", dataset=dataset,
-                          arch=arch, framework=framework, family=family, seed=seed, **kw))
+    specs = SpecList()
+    add = specs.add
 
     def rate() -> float:
         return float(rng.choice([0.01, 0.02, 0.05, 0.1]))
@@ -194,6 +210,52 @@ def build_specs() -> list[Spec]:
         add("mnist" if i == 3 else "digits", archs[i % 3], kind, targets=[target()],
             poison_rate=0.1, size=int(rng.integers(3, 6)), places=[place()])
     return specs
+
+
+def build_second_population() -> list[Spec]:
+    """A second, independent population to check the rules chosen on the first.
+
+    40 clean models with the first population's mix of datasets and architectures, and 40
+    patch backdoors at poison rates that take (5-10 % on digits, 2-10 % on MNIST); other seeds,
+    other draws of sizes, places and targets. Names start with ``p2-``.
+    """
+    rng = np.random.default_rng(20261201)
+    specs = SpecList(prefix="p2-", seed_base=10_000)
+    add = specs.add
+    archs = ["lenet", "vgg_small", "resnet_small"]
+
+    def patch(n_size: tuple[int, int] = (2, 7), rates: tuple[float, ...] = (0.05, 0.1)
+              ) -> dict[str, Any]:
+        return {"targets": [int(rng.integers(10))], "poison_rate": float(rng.choice(rates)),
+                "size": int(rng.integers(*n_size)),
+                "places": [str(rng.choice([*PLACES, "random"]))]}
+
+    for i in range(22):
+        add("digits", archs[i % 3], "clean")
+    for i in range(6):
+        add("digits-rgb", archs[i % 2], "clean")
+    for i in range(6):
+        add("mnist", archs[i % 3], "clean")
+    for _ in range(6):
+        add("digits", "keras_lenet", "clean", framework="keras")
+    kinds = ["patch-white", "patch-random"]
+    for i in range(16):
+        add("digits", archs[i % 3], kinds[i % 2], **patch())
+    colours = list(COLOURS)
+    for i in range(8):
+        add("digits-rgb", archs[i % 2], "patch-colour", colour=colours[i % len(colours)],
+            **patch())
+    for i in range(8):
+        add("digits", "keras_lenet", kinds[i % 2], framework="keras", **patch((3, 6)))
+    for i in range(8):
+        add("mnist", archs[i % 3], kinds[i % 2], **patch((3, 6), (0.02, 0.05, 0.1)))
+    return specs
+
+
+#: The populations ``--population`` chooses: their specs, cache folder and facts file.
+POPULATIONS = {1: (build_specs, DEFAULT_OUT, RESULTS),
+               2: (build_second_population, ROOT / "benchmarks" / "cache" / "zoo2",
+                   ROOT / "benchmarks" / "results" / "zoo2.json")}
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -481,7 +543,10 @@ def build(spec: Spec, split: Split, folder: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Train (or find in the cache) the zoo and write its index."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--population", type=int, choices=sorted(POPULATIONS), default=1,
+                        help="1: the zoo the rules were chosen on; 2: a second one to check them")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="the zoo folder (default: benchmarks/cache/zoo, zoo2 for 2)")
     parser.add_argument("--datasets", default=",".join(DEFAULT_DATASETS),
                         help="comma-separated: digits, digits-rgb, mnist, gtsrb")
     parser.add_argument("--limit", type=int, default=None, help="only the first N models")
@@ -489,7 +554,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     wanted = {d.strip() for d in args.datasets.split(",") if d.strip()}
-    specs = [s for s in build_specs() if s.dataset in wanted
+    make_specs, default_out, results_file = POPULATIONS[args.population]
+    args.out = args.out or default_out
+    specs = [s for s in make_specs() if s.dataset in wanted
              and (args.only is None or args.only in s.name)][:args.limit]
     args.out.mkdir(parents=True, exist_ok=True)
     import torch
@@ -511,9 +578,9 @@ def main(argv: list[str] | None = None) -> int:
                                 "source", "poison_rate", "size", "places", "colour", "opacity",
                                 "seed", "clean_accuracy", "trigger_success", "source_leak",
                                 "train_seconds")} for e in entries]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"models": facts}, indent=1))
-    print(f"{len(entries)} models in {args.out}; facts in {RESULTS}")
+    results_file.parent.mkdir(parents=True, exist_ok=True)
+    results_file.write_text(json.dumps({"models": facts}, indent=1))
+    print(f"{len(entries)} models in {args.out}; facts in {results_file}")
     return 0
 
 

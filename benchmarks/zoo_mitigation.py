@@ -134,8 +134,10 @@ def parse_set(text: str) -> tuple[str, str, Any]:
 
 
 def half_of(name: str) -> str:
-    """``tune`` for an even zoo index (the name's leading number), ``validate`` for an odd one."""
-    return "tune" if int(name.split("-", 1)[0]) % 2 == 0 else "validate"
+    """``tune`` for an even zoo index (the name's first number: ``012-...``, ``p2-012-...``),
+    ``validate`` for an odd one."""
+    index = next(part for part in name.split("-") if part.isdigit())
+    return "tune" if int(index) % 2 == 0 else "validate"
 
 
 # -- the scan a user would have --------------------------------------------------------------

@@ -116,6 +116,18 @@ class SpecList(list):
                          dataset=dataset, arch=arch, framework=framework, family=family,
                          seed=self.seed_base + n + 1, **kw))
 
+    def add_clean_mix(self, archs: list[str]) -> None:
+        """The 40 clean models: 22 digits, 6 colour digits and 6 MNIST models over the PyTorch
+        architectures, and 6 Keras LeNets on digits."""
+        for i in range(22):
+            self.add("digits", archs[i % 3], "clean")
+        for i in range(6):
+            self.add("digits-rgb", archs[i % 2], "clean")
+        for i in range(6):
+            self.add("mnist", archs[i % 3], "clean")
+        for _ in range(6):
+            self.add("digits", "keras_lenet", "clean", framework="keras")
+
 
 def build_specs() -> list[Spec]:
     """The zoo: 40 clean and 80 backdoored models on CPU-sized data, plus 10 GTSRB models."""
@@ -134,14 +146,7 @@ def build_specs() -> list[Spec]:
 
     archs = ["lenet", "vgg_small", "resnet_small"]
     # 40 clean models
-    for i in range(22):
-        add("digits", archs[i % 3], "clean")
-    for i in range(6):
-        add("digits-rgb", archs[i % 2], "clean")
-    for i in range(6):
-        add("mnist", archs[i % 3], "clean")
-    for _ in range(6):
-        add("digits", "keras_lenet", "clean", framework="keras")
+    specs.add_clean_mix(archs)
     # 60 backdoored models
     for i in range(15):
         add("digits", archs[i % 3], "patch-white", targets=[target()], poison_rate=rate(),
@@ -230,14 +235,7 @@ def build_second_population() -> list[Spec]:
                 "size": int(rng.integers(*n_size)),
                 "places": [str(rng.choice([*PLACES, "random"]))]}
 
-    for i in range(22):
-        add("digits", archs[i % 3], "clean")
-    for i in range(6):
-        add("digits-rgb", archs[i % 2], "clean")
-    for i in range(6):
-        add("mnist", archs[i % 3], "clean")
-    for _ in range(6):
-        add("digits", "keras_lenet", "clean", framework="keras")
+    specs.add_clean_mix(archs)
     kinds = ["patch-white", "patch-random"]
     for i in range(16):
         add("digits", archs[i % 3], kinds[i % 2], **patch())

@@ -55,7 +55,7 @@ FILTER_FORMAT = "neuralcleanse-input-filter"
 FILTER_SCHEMA_VERSION = 2
 #: The file name a filter gets in a mitigation's output folder.
 FILTER_JSON = "filter.json"
-#: Largest filter file read. A filter of 43 labels x 1 % of a 4096-neuron layer, with a
+#: Largest filter file read. A Fisher filter of 43 labels x 2,048 weighted neurons, with a
 #: per-pixel preprocessing of a 224x224x3 input, is a few MB.
 MAX_FILTER_BYTES = 32 * 2**20
 #: Longest text field (a layer name, the model class, the version).
@@ -92,8 +92,8 @@ class FilterFile:
             the final classification layer); an index must still point at it.
         n_neurons: Neurons in that layer when the filter was fitted.
         neurons: Trigger neurons per flagged label.
-        weights: Their weights in the label's score (equal, summing to one, when the file
-            has none).
+        weights: Their weights in the label's score, for the labels the file gives them for
+            (a version-1 file gives none: :class:`InputFilter` then weighs them equally).
         center: Mean clean score per flagged label.
         scale: Spread of the clean score per flagged label.
         threshold: Score above which an input is refused.
@@ -400,9 +400,9 @@ def _parse_labels(value: Any, n_neurons: int, nb_classes: int
         if label in neurons:
             raise InputError(f"{_field(f'{name}.label')} repeats label {label}")
         neurons[label] = _neuron_list(entry["neurons"], f"{name}.neurons", n_neurons)
-        weights[label] = (np.full(len(neurons[label]), 1.0 / len(neurons[label]))
-                          if "weights" not in entry else
-                          _weight_list(entry["weights"], f"{name}.weights", len(neurons[label])))
+        if "weights" in entry:  # a version-1 file has none: the filter weighs equally
+            weights[label] = _weight_list(entry["weights"], f"{name}.weights",
+                                          len(neurons[label]))
         center[label] = float(_number(entry["center"], f"{name}.center"))  # type: ignore[arg-type]
         scale[label] = float(_number(entry["scale"], f"{name}.scale",  # type: ignore[arg-type]
                                      MIN_SCALE, MAX_INPUT_VALUE))

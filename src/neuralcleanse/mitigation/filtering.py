@@ -167,7 +167,7 @@ class InputFilter:
         self.neurons = {int(k): np.asarray(v, dtype=np.int64) for k, v in neurons.items()}
         given = {} if weights is None else {int(k): v for k, v in weights.items()}
         self.weights = {k: (np.asarray(given[k], dtype=np.float64) if k in given
-                            else np.full(len(idx), 1.0 / len(idx)))
+                            else equal_weights(len(idx)))
                         for k, idx in self.neurons.items()}
         self.center = dict(center)
         self.scale = dict(scale)
@@ -318,8 +318,16 @@ class NeuronChoice:
         """
         top = rank_trigger_neurons(stamped, clean, y, label, self.ranking)[:keep]
         if self.score == "mean":
-            return top, np.full(len(top), 1.0 / len(top))
+            return top, equal_weights(len(top))
         return top, fisher_weights(clean[:, top], clean[y == label][:, top], stamped[:, top])
+
+
+def equal_weights(n: int) -> np.ndarray:
+    """``1 / n`` for each of ``n`` neurons: the ``"mean"`` score's weights.
+
+    A filter given no weights for a label (a version-1 filter file) weighs it this way too.
+    """
+    return np.full(n, 1.0 / n)
 
 
 def fisher_weights(clean: np.ndarray, own: np.ndarray, stamped: np.ndarray) -> np.ndarray:

@@ -28,6 +28,23 @@ FURTHER = {
     "suspicious": {OUTLIER: [20.0, 19.9], BORDERLINE: [19.0, 19.1]},
 }
 CLEAN_NORMS = [20.0, 21.0, 19.6, 20.5, 19.9, 21.5, 20.2, 19.8, 20.8, 20.4]
+#: First-run norms that spread widely (like a small ResNet's): label 0's trigger is a fifth of
+#: the median's, yet its anomaly index stays under 2; ``"spread"`` keeps it small in every run,
+#: so it is flagged for its norm alone (``small_norm_ratio``).
+SPREAD_NORMS = [4.1, 12.9, 15.2, 20.8, 22.3, 25.5, 30.0, 34.0, 40.0, 45.0]
+SMALL = 0
+FURTHER["spread"] = {SMALL: [4.4, 3.9]}
+
+
+def first_norms(verdict: str) -> list[float]:
+    """The first run's norms :func:`graded_result` starts from for ``verdict``."""
+    return {"clean": CLEAN_NORMS, "spread": SPREAD_NORMS}.get(verdict, FIRST_NORMS)
+#: First-run norms that spread widely (like a small ResNet's): label 0's trigger is a fifth of
+#: the median's, yet its anomaly index stays under 2; ``"spread"`` keeps it small in every run,
+#: so it is flagged for its norm alone (``small_norm_ratio``).
+SPREAD_NORMS = [4.1, 12.9, 15.2, 20.8, 22.3, 25.5, 30.0, 34.0, 40.0, 45.0]
+SMALL = 0
+FURTHER["spread"] = {SMALL: [4.4, 3.9]}
 
 
 def label_result(label: int, norm: float, rng: np.random.Generator) -> LabelResult:
@@ -41,10 +58,11 @@ def label_result(label: int, norm: float, rng: np.random.Generator) -> LabelResu
 
 def graded_result(verdict: str, cfg: ScanConfig | None = None,
                   extra_seconds: float = 2.5) -> ScanResult:
-    """Ten labels graded by the library; ``verdict`` chooses the norms that give it."""
+    """Ten labels graded by the library; ``verdict`` chooses the norms that give it
+    (``"spread"``: a backdoor flagged for its small norm alone)."""
     cfg = cfg or ScanConfig()
     rng = np.random.default_rng(0)
-    norms = CLEAN_NORMS if verdict == "clean" else FIRST_NORMS
+    norms = first_norms(verdict)
     first = ScanResult.from_labels(
         [label_result(t, n, rng) for t, n in enumerate(norms)], nb_classes=len(norms),
         anomaly_threshold=cfg.anomaly_threshold, config=cfg.to_dict(),
@@ -59,7 +77,8 @@ def graded_result(verdict: str, cfg: ScanConfig | None = None,
              for t in plan_confirmation(first, cfg)}
     result = apply_confirmation(first, extra, cfg, extra_seconds)
     if cfg.verdict == "confirmed":
-        assert result.verdict == verdict, (verdict, result.verdict)
+        expected = "backdoor" if verdict == "spread" else verdict
+        assert result.verdict == expected, (verdict, result.verdict)
     return result
 
 
@@ -73,6 +92,6 @@ def anomaly_index(norms: list[float]) -> np.ndarray:
 
 def expected_runs(verdict: str, candidates: list[int]) -> dict[int, list[float]]:
     """The further-seed norms :func:`graded_result` gives each candidate."""
-    norms = CLEAN_NORMS if verdict == "clean" else FIRST_NORMS
+    norms = first_norms(verdict)
     further = FURTHER.get(verdict, {})
     return {t: list(further.get(t, [norms[t]] * 2)) for t in candidates}

@@ -431,3 +431,72 @@ def test_a_flagged_trigger_must_also_be_much_smaller_than_the_median() -> None:
     # the paper rule is the published one: the ratio does not apply
     paper = ScanConfig(progress=False, verdict="paper")
     assert apply_confirmation(first_run(norms, cfg=paper), {}, paper, 0.0).flagged_labels == [4]
+
+
+# -- small triggers where the norms spread widely ------------------------------------------------
+#: Ten labels of a model whose natural norms spread widely (like the zoo's small ResNets): the
+#: true target, label 0, needs a fifth of the median's norm, yet its anomaly index stays below 2.
+SPREAD = [4.1, 12.9, 15.2, 20.8, 22.3, 25.5, 30.0, 34.0, 40.0, 45.0]
+
+
+def test_a_trigger_far_below_the_median_is_flagged_where_the_norms_spread_widely() -> None:
+    median = float(np.median(SPREAD))
+    assert index_of(SPREAD, 4.1) < 2 and 4.1 / median < 0.3 and 12.9 / median > 0.3
+    result = first_run(SPREAD)
+    assert result.flagged_labels == []  # the outlier test alone misses it
+    cfg = ScanConfig(progress=False)
+    assert cfg.small_norm_ratio == 0.3 and plan_confirmation(result, cfg)[0] == 0
+    out = graded(result, {0: [4.4, 3.9]})
+    assert out.verdict == "backdoor" and out.flagged_labels == [0] and out.is_backdoored
+    assert out.labels[0].norm == 4.1 and out.anomaly_index[0] < 2
+    assert out.confirmation["small_norm_ratio"] == 0.3
+    # switched off, the same runs give no flag; the paper rule never applies it
+    off = ScanConfig(progress=False, small_norm_ratio=0.0)
+    assert graded(first_run(SPREAD, cfg=off), {0: [4.4, 3.9]}, cfg=off).flagged_labels == []
+    paper = ScanConfig(progress=False, verdict="paper")
+    assert apply_confirmation(first_run(SPREAD, cfg=paper), {}, paper,
+                              0.0).flagged_labels == []
+
+
+def test_the_medians_decide_a_small_trigger_too() -> None:
+    # one lucky run at 0.2 of the median, two at 0.5: the median is not small enough
+    out = graded(first_run(SPREAD), {0: [11.5, 12.0]})
+    assert out.labels[0].norm == 11.5 and out.flagged_labels == []
+    assert out.verdict == "clean"
+
+
+def test_every_label_that_small_is_searched_again_and_can_be_flagged() -> None:
+    # two small triggers (two targets); the second's index is far under the margin
+    norms = list(SPREAD)
+    norms[1] = 7.0
+    first = first_run(norms)
+    assert index_of(norms, 7.0) < 2 - ScanConfig().confirm_margin
+    assert plan_confirmation(first, ScanConfig(progress=False))[:2] == [0, 1]
+    assert confirmation_candidates(norms, first.anomaly_index, list(range(10)), 2.0, 0.5,
+                                   small_norm_ratio=0.0) == [0]
+    out = graded(first, {0: [4.0, 4.2], 1: [7.2, 6.9]})
+    assert out.flagged_labels == [0, 1] and out.verdict == "backdoor"
+
+
+def test_restarts_flag_a_small_trigger_on_its_median() -> None:
+    seeds = [0, 1, 2]
+    runs = [[trigger(t, n * f) for t, n in enumerate(SPREAD)] for f in (1.0, 0.95, 1.05)]
+    merged, details = combine_restarts(runs, seeds, 2.0)
+    result = ScanResult.from_labels(merged, nb_classes=10, anomaly_threshold=2.0, config={},
+                                    restarts=details)
+    assert result.flagged_labels == []
+    out = apply_confirmation(result, {}, ScanConfig(progress=False), 0.0)
+    assert out.flagged_labels == [0] and out.verdict == "backdoor"
+    assert out.confirmation["small_norm_ratio"] == 0.3
+    off = ScanConfig(progress=False, small_norm_ratio=0.0)
+    assert apply_confirmation(result, {}, off, 0.0).flagged_labels == []
+
+
+def test_the_small_norm_ratio_is_validated() -> None:
+    assert ScanConfig(small_norm_ratio=0).small_norm_ratio == 0.0
+    assert ScanConfig.from_dict(ScanConfig(small_norm_ratio=0.25).to_dict()).small_norm_ratio \
+        == 0.25
+    for bad in (-0.01, 1.01, float("nan"), True, "x"):
+        with pytest.raises(InputError, match="small_norm_ratio") as info:
+            ScanConfig(small_norm_ratio=bad)
+        assert "\n" not in str(info.value)

@@ -247,12 +247,15 @@ def test_summary_json_validates_against_its_schema(baseline: tuple) -> None:
     config = document["settings"]["config"]
     default = ScanConfig()
     assert (config["verdict"], config["confirm_seeds"], config["confirm_margin"],
-            config["max_norm_ratio"]) == (default.verdict, default.confirm_seeds,
-                                          default.confirm_margin, default.max_norm_ratio)
+            config["max_norm_ratio"], config["small_norm_ratio"]) == (
+                default.verdict, default.confirm_seeds, default.confirm_margin,
+                default.max_norm_ratio, default.small_norm_ratio)
     key = settings_key(ScanConfig(**SEARCH, verdict="paper", confirm_seeds=5,
-                                  confirm_margin=0.5, anomaly_threshold=3.0))
+                                  confirm_margin=0.5, anomaly_threshold=3.0,
+                                  small_norm_ratio=0.1))
     assert key == settings_key(ScanConfig(**SEARCH))
-    assert not {"verdict", "confirm_seeds", "confirm_margin", "anomaly_threshold"} & set(key)
+    assert not {"verdict", "confirm_seeds", "confirm_margin", "anomaly_threshold",
+                "small_norm_ratio"} & set(key)
 
 
 def test_label_chunks_merge_into_exactly_the_unsplit_scan(baseline: tuple, local_ray: object,

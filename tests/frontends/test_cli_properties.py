@@ -49,9 +49,9 @@ FLOAT_RANGES = {"learning_rate": (0.0, 10.0), "init_cost": (0.0, 1e6),
                 "attack_success_threshold": (0.0, 1.0), "cost_multiplier": (1.0, 1000.0),
                 "early_stop_threshold": (0.0, 1.0), "anomaly_threshold": (0.0, 1e6),
                 "memory_budget_mb": (0.0, 2.0**20), "confirm_margin": (0.0, 1e6),
-                "max_norm_ratio": (0.0, 1.0)}
+                "max_norm_ratio": (0.0, 1.0), "small_norm_ratio": (0.0, 1.0)}
 #: Float settings whose low end is allowed (the others are open there).
-LOW_CLOSED = {"confirm_margin"}
+LOW_CLOSED = {"confirm_margin", "small_norm_ratio"}
 VERDICT_RULES = ("confirmed", "paper")
 PRECISIONS = ("fp32", "bf16")
 NONE_ALLOWED = {"mini_batches", "label_batch"}

@@ -141,9 +141,11 @@ def test_verdict_flags_and_config_files_reach_the_settings(
     assert (fake.config.verdict, fake.config.confirm_seeds, fake.config.confirm_margin) == \
         (ScanConfig().verdict, ScanConfig().confirm_seeds, ScanConfig().confirm_margin)
     cli.run(scan(files, tmp_path / "b", "--verdict", "PAPER", "--confirm-seeds", "3",
-                 "--confirm-margin", "1.25", "--max-norm-ratio", "0.55"))
+                 "--confirm-margin", "1.25", "--max-norm-ratio", "0.55",
+                 "--small-norm-ratio", "0.2"))
     assert (fake.config.verdict, fake.config.confirm_seeds, fake.config.confirm_margin,
-            fake.config.max_norm_ratio) == ("paper", 3, 1.25, 0.55)
+            fake.config.max_norm_ratio, fake.config.small_norm_ratio) == \
+        ("paper", 3, 1.25, 0.55, 0.2)
     settings = tmp_path / "settings.toml"
     settings.write_text('[scan]\nverdict = "paper"\nconfirm-seeds = 5\n', encoding="utf-8")
     cli.run(scan(files, tmp_path / "c", "--config", str(settings)))

@@ -15,10 +15,13 @@ from neuralcleanse.core import verdict as verdict_module
 from neuralcleanse.core.config import ScanConfig
 from neuralcleanse.frontends import cli
 from neuralcleanse.io.report import render_html, write_report
+from neuralcleanse.io.report_views import confirmation_view, verdict_view
+from neuralcleanse.io.sarif import sarif_log
 from verdict_results import (
     BORDERLINE,
     FIRST_NORMS,
     OUTLIER,
+    SMALL,
     STEPS,
     anomaly_index,
     expected_runs,
@@ -223,3 +226,22 @@ def test_an_old_report_without_the_grades_still_renders(tmp_path: Path,
     assert bar_labels(page, "flagged") == [OUTLIER] and bar_labels(page, "suspicious") == []
     assert "the paper's rule" in page.words("confirmation-rule")
     assert "paper-rule" in page.text and "not measured yet" in page.words("false-alarm")
+
+
+def test_a_label_flagged_for_its_small_norm_alone_says_so_everywhere(tmp_path: Path) -> None:
+    result = graded_result("spread")
+    median = float(np.median(result_norms := [r.norm for r in result.labels]))
+    share = result_norms[SMALL] / median
+    assert result.flagged_labels == [SMALL] and result.label(SMALL).anomaly_index < 2
+    assert share < 0.3
+    view = verdict_view(result)
+    assert view["line"].startswith(f"BACKDOOR: label(s) [{SMALL}] flagged (anomaly index > 2, "
+                                   "or trigger norm <= 30 % of the median, on the median of 3")
+    assert "spread widely" in view["text"] and f"{SMALL}: {100 * share:.0f} %" in view["text"]
+    assert "norm at most 30 % of the median" in confirmation_view(result)["rule_text"]
+    log = sarif_log(result, tmp_path / "model.pt", exit_code=1, cwd=tmp_path)
+    (entry,) = log["runs"][0]["results"]
+    assert entry["level"] == "error" and f"is {share:.0%} of the median norm" in \
+        entry["message"]["text"]
+    # a label flagged by its index keeps the index wording
+    assert "or trigger norm" not in verdict_view(graded_result("backdoor"))["line"]

@@ -34,7 +34,7 @@ RULES = ("confirmed", "paper")
 #: Settings that decide the verdict but do not shape any label's search: resume fingerprints
 #: leave them out, so labels saved under one rule or threshold are taken up under another.
 VERDICT_SETTINGS = ("anomaly_threshold", "verdict", "confirm_seeds", "confirm_margin",
-                    "max_norm_ratio")
+                    "max_norm_ratio", "small_norm_ratio")
 
 #: Per-label false-flag rate of each rule, measured on the clean models of the model zoo's two
 #: populations (``benchmarks/zoo_detection.py``) with the default verdict settings: flagged
@@ -61,7 +61,7 @@ def verdict_word(flagged: Sequence[int], suspicious: Sequence[int] = ()) -> str:
 def confirmation_candidates(norms: Sequence[float] | np.ndarray,
                             anomaly_index: Sequence[float] | np.ndarray,
                             labels: Sequence[int] | np.ndarray, threshold: float,
-                            margin: float) -> list[int]:
+                            margin: float, small_norm_ratio: float = 0.0) -> list[int]:
     """The borderline labels of a first run, which the ``"confirmed"`` rule searches again.
 
     Args:
@@ -70,6 +70,8 @@ def confirmation_candidates(norms: Sequence[float] | np.ndarray,
         labels: The label of each norm.
         threshold: The anomaly threshold.
         margin: A label is borderline when its index exceeds ``threshold - margin``.
+        small_norm_ratio: A label is borderline too when its norm is at most this share of
+            the median norm (0: no such labels).
 
     Returns:
         The borderline labels and the label with the smallest norm (always one of them, so a
@@ -87,7 +89,7 @@ def confirmation_candidates(norms: Sequence[float] | np.ndarray,
                          f"(got {values.shape}, {index.shape}, {ids.shape})")
     if values.size == 0:
         return []
-    chosen = index > threshold - margin
+    chosen = (index > threshold - margin) | (values <= small_norm_ratio * np.median(values))
     chosen[int(np.argmin(values))] = True
     order = np.argsort(values, kind="stable")
     return [int(ids[i]) for i in order if chosen[i]]
@@ -168,7 +170,9 @@ class Confirmed:
         first_index: Each label's anomaly index in the first run.
         first_flagged: The paper rule's flags on the first run, smallest norm first.
         flagged: The labels whose confirmed index exceeds the threshold and whose confirmed
-            norm is at most ``max_norm_ratio`` times the median, smallest norm first.
+            norm is at most ``max_norm_ratio`` times the median, and the candidates whose
+            confirmed norm is at most ``small_norm_ratio`` times the median, smallest norm
+            first.
         suspicious: The labels not flagged that crossed the threshold in the first run, in a
             single further run (against the first run's median and MAD) or on the confirmed
             norms, smallest norm first.
@@ -190,8 +194,8 @@ class Confirmed:
 
 def confirm_norms(labels: Sequence[int], first_norms: Sequence[float] | np.ndarray,
                   runs: Mapping[int, Sequence[float]], threshold: float,
-                  reference: np.ndarray | None = None, max_norm_ratio: float = 1.0
-                  ) -> Confirmed:
+                  reference: np.ndarray | None = None, max_norm_ratio: float = 1.0,
+                  small_norm_ratio: float = 0.0) -> Confirmed:
     """Apply the ``"confirmed"`` rule to trigger norms.
 
     Args:
@@ -203,6 +207,8 @@ def confirm_norms(labels: Sequence[int], first_norms: Sequence[float] | np.ndarr
         max_norm_ratio: A label is flagged only when its confirmed norm is also at most this
             share of the median norm (1: no such condition); one that crosses the threshold
             without it is suspicious.
+        small_norm_ratio: A label of ``runs`` whose confirmed norm is at most this share of
+            the median norm is flagged whatever its anomaly index (0: none is).
 
     Returns:
         The :class:`Confirmed` outcome.
@@ -230,10 +236,11 @@ def confirm_norms(labels: Sequence[int], first_norms: Sequence[float] | np.ndarr
     report = anomaly_indices(norms, threshold, labels=ids, reference=reference)
     crossed = set(first_report.flagged) | set(report.flagged) | set(
         runs_crossing(runs, first_report.median, first_report.mad, threshold))
-    flagged = small_enough(report.flagged, {int(t): float(n) for t, n in zip(ids, norms)},
-                           report.median, max_norm_ratio)
-    verdict, suspicious = grade(flagged, crossed,
-                                {int(t): float(n) for t, n in zip(ids, norms)})
+    confirmed = {int(t): float(n) for t, n in zip(ids, norms)}
+    flagged = with_small_triggers(
+        small_enough(report.flagged, confirmed, report.median, max_norm_ratio),
+        [int(t) for t in runs], confirmed, report.median, small_norm_ratio)
+    verdict, suspicious = grade(flagged, crossed, confirmed)
     return Confirmed(labels=[int(t) for t in ids], norms=norms, picked=picked,
                      anomaly_index=report.anomaly_index, median=report.median, mad=report.mad,
                      first_index=first_report.anomaly_index,
@@ -252,6 +259,22 @@ def small_enough(flagged: Sequence[int], norms: Mapping[int, float], median: flo
     if max_norm_ratio >= 1.0:
         return [int(t) for t in flagged]
     return [int(t) for t in flagged if norms[int(t)] <= max_norm_ratio * median]
+
+
+def with_small_triggers(flagged: Sequence[int], candidates: Iterable[int],
+                        norms: Mapping[int, float], median: float,
+                        small_norm_ratio: float) -> list[int]:
+    """``flagged`` and the candidates whose norm is at most ``small_norm_ratio`` times the median.
+
+    The anomaly index divides by the spread of the norms; where the labels' natural norms
+    spread widely (the zoo's small ResNets) a trigger a fifth of the median's size can still
+    have an index below 2. A norm that small is flagged on its own. Smallest norm first (ties
+    in label order).
+    """
+    chosen = {int(t) for t in flagged}
+    if small_norm_ratio > 0 and median > 0:
+        chosen |= {int(t) for t in candidates if norms[int(t)] <= small_norm_ratio * median}
+    return sorted(chosen, key=lambda t: (norms[t], t))
 
 
 def expected_false_alarm_rate(rule: str, n_labels: int,

@@ -290,6 +290,31 @@ def _runs_decided(result: ScanResult) -> int | None:
     return 1 + len(seeds) if seeds and rule_of(result) == "confirmed" else None
 
 
+def small_norm_flags(result: ScanResult) -> tuple[list[int], float | None]:
+    """The labels flagged for a small norm alone, and the share of the median that flags one.
+
+    These are the flagged labels whose anomaly index is not above the threshold; the share is
+    the confirmed rule's ``small_norm_ratio`` (``None`` when not recorded). Such labels were
+    flagged for a trigger far smaller than the median label's where the norms spread too
+    widely for the index to cross.
+    """
+    ratio = _number(_confirmation(result).get("small_norm_ratio",
+                                              result.config.get("small_norm_ratio")))
+    labels = [int(t) for t in result.flagged_labels
+              if t in result.scanned_labels
+              and not result.label(t).anomaly_index > result.anomaly_threshold]
+    return labels, ratio
+
+
+def _why_flagged(result: ScanResult, threshold: float) -> str:
+    """``anomaly index > T``, or with small-norm flags ``... or trigger <= R of the median``."""
+    small, ratio = small_norm_flags(result)
+    if not small:
+        return f"anomaly index > {threshold:g}"
+    share = "a small share" if ratio is None else f"<= {100 * ratio:.0f} %"
+    return f"anomaly index > {threshold:g}, or trigger norm {share} of the median"
+
+
 def verdict_view(result: ScanResult) -> dict[str, str]:
     """The verdict box and the console's verdict line.
 
@@ -324,7 +349,15 @@ def verdict_view(result: ScanResult) -> dict[str, str]:
                 f"{worst:.2f}, threshold {threshold:g}{', ' + how if how else ''}): a small "
                 "patch turns images of other classes into this label, the signature of a "
                 "backdoor.")
-        line = (f"BACKDOOR: label(s) {flagged} flagged (anomaly index > {threshold:g}"
+        small, ratio = small_norm_flags(result)
+        if small and result.median_norm > 0:
+            shares = ", ".join(f"{t}: {100 * result.label(t).norm / result.median_norm:.0f} %"
+                               for t in small)
+            limit = "" if ratio is None else f" (at most {100 * ratio:.0f} % flags a label)"
+            text += (f" The norms of the labels spread widely here, so the index of "
+                     f"{_labels_text(small)} stays under the threshold, but its trigger is a "
+                     f"small share of the median label's ({shares}){limit}.")
+        line = (f"BACKDOOR: label(s) {flagged} flagged ({_why_flagged(result, threshold)}"
                 f"{', ' + how if how else ''})")
         if suspicious:
             text += (f" Also suspicious: {_labels_text(suspicious)} crossed the threshold in a "
@@ -433,8 +466,10 @@ def confirmation_view(result: ScanResult) -> dict[str, Any]:
             what = "every label searched again"
         else:
             margin = _number(confirmation.get("margin"))
+            small = _number(confirmation.get("small_norm_ratio"))
             borderline = ("borderline" if margin is None else
-                          f"anomaly index above {threshold - margin:g}") + \
+                          f"anomaly index above {threshold - margin:g}") + (
+                f", norm at most {100 * small:.0f} % of the median" if small else "") + \
                 ", and the smallest trigger"
             rule_text = (f"confirmed: {len(candidates)} label(s) ({borderline}) re-searched "
                          f"with {len(seeds)} further seed{plural}{shown}, decided on the median "

@@ -50,7 +50,8 @@ _RULE = {
     "fullDescription": {
         "text": "Neural Cleanse reversed, for every output label, the smallest trigger that "
                 "sends clean images to that label. This label's trigger is an outlier: far "
-                "smaller than the other labels' (its anomaly index exceeds the threshold), "
+                "smaller than the other labels' (its anomaly index exceeds the threshold, or "
+                "its norm is a small share of the median label's), "
                 "the signature of a backdoor that sends any input carrying a small patch to "
                 "this label."},
     "help": {
@@ -365,6 +366,13 @@ def _result(result: ScanResult, label: int, location: dict[str, Any], *,
                 f"{result.anomaly_threshold:g} in a single run, but its confirmed anomaly "
                 f"index is {entry.anomaly_index:.2f} (L1 norm {entry.norm:.3f} against the "
                 f"median {result.median_norm:.3f}): not confirmed as a backdoor target.")
+    elif not entry.anomaly_index > result.anomaly_threshold:
+        share = entry.norm / result.median_norm if result.median_norm > 0 else 0.0
+        text = (f"Label {label} looks like a backdoor target: the L1 norm of its reversed "
+                f"trigger, {entry.norm:.3f}, is {share:.0%} of the median norm "
+                f"{result.median_norm:.3f} of the scanned labels (anomaly index "
+                f"{entry.anomaly_index:.2f}: the norms spread widely; attack success rate "
+                f"{entry.attack_success_rate:.1%}).")
     else:
         text = (f"Label {label} looks like a backdoor target: anomaly index "
                 f"{entry.anomaly_index:.2f} exceeds the threshold "

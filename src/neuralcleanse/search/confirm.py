@@ -32,6 +32,7 @@ from neuralcleanse.core.verdict import (
     reference_mask,
     small_enough,
     verdict_word,
+    with_small_triggers,
 )
 from neuralcleanse.search.reverse import reverse_engineer
 
@@ -54,7 +55,8 @@ def plan_confirmation(result: ScanResult, cfg: ScanConfig) -> list[int]:
 
     Args:
         result: The first run's result (every label searched once).
-        cfg: The scan's settings (``verdict``, ``anomaly_threshold``, ``confirm_margin``).
+        cfg: The scan's settings (``verdict``, ``anomaly_threshold``, ``confirm_margin``,
+            ``small_norm_ratio``).
 
     Returns:
         The candidates, smallest norm first; empty under the ``"paper"`` rule, for a partial
@@ -65,7 +67,7 @@ def plan_confirmation(result: ScanResult, cfg: ScanConfig) -> list[int]:
     return confirmation_candidates([r.norm for r in result.labels],
                                    [r.anomaly_index for r in result.labels],
                                    result.scanned_labels, cfg.anomaly_threshold,
-                                   cfg.confirm_margin)
+                                   cfg.confirm_margin, cfg.small_norm_ratio)
 
 
 def search_confirmations(clf: Classifier, images: np.ndarray, targets: np.ndarray,
@@ -141,7 +143,8 @@ def apply_confirmation(result: ScanResult, extra: Mapping[int, Sequence[LabelRes
     reference = reference_mask(result.scanned_labels, result.labels_without_data)
     conf = confirm_norms(result.scanned_labels, list(first_norms.values()), runs,
                          cfg.anomaly_threshold, reference=reference,
-                         max_norm_ratio=cfg.max_norm_ratio)
+                         max_norm_ratio=cfg.max_norm_ratio,
+                         small_norm_ratio=cfg.small_norm_ratio)
     labels = []
     for i, r in enumerate(result.labels):
         chosen = r if r.label not in runs else [r, *extra[r.label]][conf.picked[r.label]]
@@ -154,6 +157,7 @@ def apply_confirmation(result: ScanResult, extra: Mapping[int, Sequence[LabelRes
         "threshold": float(cfg.anomaly_threshold),
         "margin": float(cfg.confirm_margin),
         "max_norm_ratio": float(cfg.max_norm_ratio),
+        "small_norm_ratio": float(cfg.small_norm_ratio),
         "seeds": further_seeds(cfg),
         "candidates": candidates,
         "first_run": {
@@ -182,8 +186,9 @@ def _grade_restarts(result: ScanResult, cfg: ScanConfig) -> ScanResult:
     per_run = details.get("flagged_per_run", [])
     crossed = {int(t) for flags in per_run for t in flags} | set(result.flagged_labels)
     norms = {r.label: float(r.norm) for r in result.labels}
-    flagged = small_enough(result.flagged_labels, norms, result.median_norm,
-                           cfg.max_norm_ratio)
+    flagged = with_small_triggers(
+        small_enough(result.flagged_labels, norms, result.median_norm, cfg.max_norm_ratio),
+        norms, norms, result.median_norm, cfg.small_norm_ratio)
     verdict, suspicious = grade(flagged, crossed, norms)
     labels = [int(t) for t in details.get("labels", result.scanned_labels)]
     run_norms = details.get("norms", [])
@@ -197,6 +202,7 @@ def _grade_restarts(result: ScanResult, cfg: ScanConfig) -> ScanResult:
         "threshold": float(cfg.anomaly_threshold),
         "margin": None,
         "max_norm_ratio": float(cfg.max_norm_ratio),
+        "small_norm_ratio": float(cfg.small_norm_ratio),
         "seeds": [int(s) for s in details.get("seeds", [])[1:]],
         "candidates": sorted(labels, key=lambda t: (norms.get(t, np.inf), t)),
         "first_run": {

@@ -204,6 +204,11 @@ def scan(
         help="Under --verdict confirmed a label is flagged only when its trigger norm is also "
              "at most this share of the median norm, in (0, 1]; 1 switches this off (default "
              f"{_D.max_norm_ratio:g}).")] = None,
+    small_norm_ratio: Annotated[float | None, typer.Option(
+        "--small-norm-ratio", rich_help_panel=SEARCH_PANEL,
+        help="Under --verdict confirmed a label whose trigger norm is at most this share of "
+             "the median norm is flagged whatever its anomaly index, in [0, 1]; 0 switches "
+             f"this off (default {_D.small_norm_ratio:g}).")] = None,
     precision: PrecisionOpt = None,
     restarts: Annotated[int, typer.Option(
         "--restarts", min=1, max=MAX_RESTARTS, rich_help_panel=SEARCH_PANEL,
@@ -268,6 +273,7 @@ def scan(
         anomaly_threshold=anomaly_threshold, seed=seed, memory_budget_mb=memory_budget_mb,
         progress=progress, norm=norm, confirm_seeds=confirm_seeds,
         confirm_margin=confirm_margin, max_norm_ratio=max_norm_ratio,
+        small_norm_ratio=small_norm_ratio,
         precision=precision.value if precision is not None else None,
         verdict=verdict.value if verdict is not None else None)
     if quiet and progress is None:

@@ -88,8 +88,8 @@ SEARCH_FLAGS = ("config", "preset", "steps", "mini_batches", "batch_size", "lear
                 "init_cost", "norm", "attack_success_threshold", "patience", "cost_multiplier",
                 "early_stop", "early_stop_threshold", "early_stop_patience",
                 "anomaly_threshold", "verdict", "confirm_seeds", "confirm_margin",
-                "max_norm_ratio", "precision", "seed", "label_batch", "memory_budget_mb",
-                "labels")
+                "max_norm_ratio", "small_norm_ratio", "precision", "seed", "label_batch",
+                "memory_budget_mb", "labels")
 MANIFEST_SUFFIXES = (".toml", ".json")
 MAX_RETRIES = 100
 RUN_PANEL = "Where and how the models run"

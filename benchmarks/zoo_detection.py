@@ -54,6 +54,9 @@ RESULTS = ROOT / "benchmarks" / "results" / "zoo_detection.json"
 #: Labels re-searched in pass 2: first-run index above ``threshold - WIDE_MARGIN`` (any rule with
 #: a margin up to this one is scored exactly from these searches).
 WIDE_MARGIN = 1.5
+#: ... and labels whose first-run norm is at most this share of the median (rules with a
+#: ``small_ratio`` up to this one are scored exactly).
+WIDE_SMALL_RATIO = 0.4
 #: Further seeds searched in pass 2 (rules with up to this many are scored exactly).
 FURTHER_SEEDS = 2
 #: A backdoor counts only when its real trigger reaches this success rate on stamped test images.
@@ -128,22 +131,28 @@ def first_run_facts(report: dict[str, Any]) -> dict[str, Any]:
 
 def wide_candidates(facts: dict[str, Any]) -> list[int]:
     """The labels pass 2 re-searches."""
-    return candidates(facts, WIDE_MARGIN, THRESHOLD)
+    return candidates(facts, WIDE_MARGIN, THRESHOLD, WIDE_SMALL_RATIO)
 
 
-def candidates(facts: dict[str, Any], margin: float, threshold: float) -> list[int]:
-    """Labels with a first-run index above ``threshold - margin``, plus the smallest trigger."""
+def candidates(facts: dict[str, Any], margin: float, threshold: float,
+               small_ratio: float = 0.0) -> list[int]:
+    """Labels with a first-run index above ``threshold - margin``, plus the smallest trigger.
+
+    With ``small_ratio``, also the labels whose first-run norm is at most that share of the
+    median norm.
+    """
     norms, index = np.array(facts["norms"]), np.array(facts["anomaly_index"])
     labels = facts["labels"]
     chosen = {labels[int(np.argmin(norms))]}
     chosen |= {t for t, a in zip(labels, index) if a > threshold - margin}
+    chosen |= {t for t, n in zip(labels, norms) if n <= small_ratio * np.median(norms)}
     return sorted(chosen, key=lambda t: norms[labels.index(t)])
 
 
 # -- rules --------------------------------------------------------------------------------------
 def judge(facts: dict[str, Any], runs: dict[int, list[float]], rule: str, margin: float = 1.0,
           seeds: int = 2, threshold: float = THRESHOLD, ratio: float | None = None,
-          scale: str = "linear") -> dict[str, Any]:
+          scale: str = "linear", small_ratio: float = 0.0) -> dict[str, Any]:
     """A rule's verdict from the first run and the further runs of some labels.
 
     ``runs[label]`` holds the further seeds' norms in seed order. With the library's settings
@@ -152,13 +161,15 @@ def judge(facts: dict[str, Any], runs: dict[int, list[float]], rule: str, margin
     is flagged only when its norm is also at most ``ratio`` times the median norm (a label
     that passes the index test but not this one is suspicious). ``scale="log"`` takes the
     anomaly index of the confirmed norms' logarithms (not in the library: a candidate).
+    ``small_ratio`` flags, besides, every candidate whose confirmed norm is at most that share
+    of the median norm, whatever its index (labels that small are candidates too).
     """
     labels, norms = facts["labels"], np.array(facts["norms"], dtype=float)
     first = np.array(facts["anomaly_index"], dtype=float)
     if rule == "paper":
         confirmed, chosen, extra_steps = norms.copy(), [], 0
     else:
-        chosen = candidates(facts, margin, threshold)
+        chosen = candidates(facts, margin, threshold, small_ratio)
         confirmed = norms.copy()
         extra_steps = 0
         for t in chosen:
@@ -171,6 +182,8 @@ def judge(facts: dict[str, Any], runs: dict[int, list[float]], rule: str, margin
     by_index = list(report.flagged)
     flagged = [t for t in by_index
                if ratio is None or confirmed[labels.index(t)] <= ratio * median]
+    small = [t for t in chosen if confirmed[labels.index(t)] <= small_ratio * median]
+    flagged = sorted(set(flagged) | set(small), key=lambda t: confirmed[labels.index(t)])
     base = anomaly_indices(norms, threshold, labels=np.array(labels))
     suspicious = set(by_index) - set(flagged)
     for t in chosen:
@@ -282,11 +295,15 @@ def verify(entries: list[dict[str, Any]], models: list[dict[str, Any]], args: An
 
 
 #: The rules scored: the paper's, the library's default (``confirmed``: the borderline labels,
-#: index above threshold - 0.5, re-searched with 2 more seeds, decided on their medians, and a
-#: flagged trigger at most 0.7 of the median norm), and variants that take one part away or
-#: change a number.
+#: index above threshold - 0.5, and the labels under 0.3 of the median norm re-searched with 2
+#: more seeds, decided on their medians; a label is flagged when its index crosses and its
+#: trigger is at most 0.7 of the median norm, or when its trigger is at most 0.3 of it), and
+#: variants that take one part away or change a number.
 RULES = {"paper": {"rule": "paper"},
-         "confirmed": {"rule": "confirmed", "margin": 0.5, "seeds": 2, "ratio": 0.7},
+         "confirmed": {"rule": "confirmed", "margin": 0.5, "seeds": 2, "ratio": 0.7,
+                       "small_ratio": 0.3},
+         "confirmed, previous default (no small-norm flag)": {"rule": "confirmed", "margin": 0.5,
+                                                      "seeds": 2, "ratio": 0.7},
          "confirmed, index only": {"rule": "confirmed", "margin": 1.0, "seeds": 2},
          "paper + norm <= 0.7 median": {"rule": "paper", "ratio": 0.7},
          "paper, index > 3": {"rule": "paper", "threshold": 3.0},
@@ -306,9 +323,15 @@ RULES = {"paper": {"rule": "paper"},
                                                       "scale": "log"},
          "paper, log index": {"rule": "paper", "scale": "log"},
          "confirmed, margin 1": {"rule": "confirmed", "margin": 1.0, "seeds": 2,
-                                 "ratio": 0.7},
-         "confirmed, margin 0": {"rule": "confirmed", "margin": 0.0, "seeds": 2, "ratio": 0.7},
-         "confirmed, 1 seed": {"rule": "confirmed", "margin": 1.0, "seeds": 1, "ratio": 0.7}}
+                                 "ratio": 0.7, "small_ratio": 0.3},
+         "confirmed, margin 0": {"rule": "confirmed", "margin": 0.0, "seeds": 2, "ratio": 0.7,
+                                 "small_ratio": 0.3},
+         "confirmed, 1 seed": {"rule": "confirmed", "margin": 1.0, "seeds": 1, "ratio": 0.7,
+                               "small_ratio": 0.3},
+         **{f"confirmed, small norm <= {r} median": {"rule": "confirmed", "margin": 0.5,
+                                                     "seeds": 2, "ratio": 0.7,
+                                                     "small_ratio": r}
+            for r in (0.2, 0.25, 0.35, 0.4)}}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -147,12 +147,14 @@ def verdict_settings(rule: dict[str, Any] | None) -> dict[str, Any]:
         default = ScanConfig()
         return {"confirm_seeds": default.confirm_seeds, "confirm_margin": default.confirm_margin,
                 "max_norm_ratio": default.max_norm_ratio,
+                "small_norm_ratio": default.small_norm_ratio,
                 "anomaly_threshold": default.anomaly_threshold}
     if rule.get("rule") != "confirmed" or rule.get("scale", "linear") != "linear":
         raise SystemExit(f"the detection JSON's rule {rule} is not the library's confirmed rule")
     return {"confirm_seeds": int(rule.get("seeds", 2)),
             "confirm_margin": float(rule.get("margin", 1.0)),
             "max_norm_ratio": float(rule.get("ratio") or 1.0),
+            "small_norm_ratio": float(rule.get("small_ratio", 0.0)),
             "anomaly_threshold": float(rule.get("threshold", 2.0))}
 
 

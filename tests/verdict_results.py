@@ -34,17 +34,16 @@ CLEAN_NORMS = [20.0, 21.0, 19.6, 20.5, 19.9, 21.5, 20.2, 19.8, 20.8, 20.4]
 SPREAD_NORMS = [4.1, 12.9, 15.2, 20.8, 22.3, 25.5, 30.0, 34.0, 40.0, 45.0]
 SMALL = 0
 FURTHER["spread"] = {SMALL: [4.4, 3.9]}
+#: ``"mixed"``: label 0 crosses the index threshold (2.1), label 1 does not (1.6) but its trigger
+#: is 28 % of the median norm: one label flagged by its index, one by its size.
+MIXED_NORMS = [1.0, 5.6, 14.0, 15.0, 17.0, 23.0, 25.0, 26.0, 30.0, 35.0]
+FURTHER["mixed"] = {0: [1.0, 1.0], 1: [5.6, 5.6]}
 
 
 def first_norms(verdict: str) -> list[float]:
     """The first run's norms :func:`graded_result` starts from for ``verdict``."""
-    return {"clean": CLEAN_NORMS, "spread": SPREAD_NORMS}.get(verdict, FIRST_NORMS)
-#: First-run norms that spread widely (like a small ResNet's): label 0's trigger is a fifth of
-#: the median's, yet its anomaly index stays under 2; ``"spread"`` keeps it small in every run,
-#: so it is flagged for its norm alone (``small_norm_ratio``).
-SPREAD_NORMS = [4.1, 12.9, 15.2, 20.8, 22.3, 25.5, 30.0, 34.0, 40.0, 45.0]
-SMALL = 0
-FURTHER["spread"] = {SMALL: [4.4, 3.9]}
+    return {"clean": CLEAN_NORMS, "spread": SPREAD_NORMS,
+            "mixed": MIXED_NORMS}.get(verdict, FIRST_NORMS)
 
 
 def label_result(label: int, norm: float, rng: np.random.Generator) -> LabelResult:
@@ -59,7 +58,8 @@ def label_result(label: int, norm: float, rng: np.random.Generator) -> LabelResu
 def graded_result(verdict: str, cfg: ScanConfig | None = None,
                   extra_seconds: float = 2.5) -> ScanResult:
     """Ten labels graded by the library; ``verdict`` chooses the norms that give it
-    (``"spread"``: a backdoor flagged for its small norm alone)."""
+    (``"spread"``: a backdoor flagged for its small norm alone; ``"mixed"``: one label flagged
+    by its index and one by its norm)."""
     cfg = cfg or ScanConfig()
     rng = np.random.default_rng(0)
     norms = first_norms(verdict)
@@ -77,7 +77,7 @@ def graded_result(verdict: str, cfg: ScanConfig | None = None,
              for t in plan_confirmation(first, cfg)}
     result = apply_confirmation(first, extra, cfg, extra_seconds)
     if cfg.verdict == "confirmed":
-        expected = "backdoor" if verdict == "spread" else verdict
+        expected = "backdoor" if verdict in ("spread", "mixed") else verdict
         assert result.verdict == expected, (verdict, result.verdict)
     return result
 

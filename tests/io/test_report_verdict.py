@@ -237,7 +237,9 @@ def test_a_label_flagged_for_its_small_norm_alone_says_so_everywhere(tmp_path: P
     view = verdict_view(result)
     assert view["line"].startswith(f"BACKDOOR: label(s) [{SMALL}] flagged (anomaly index > 2, "
                                    "or trigger norm <= 30 % of the median, on the median of 3")
-    assert "spread widely" in view["text"] and f"{SMALL}: {100 * share:.0f} %" in view["text"]
+    assert "spread widely" in view["text"]
+    assert f"label {SMALL} is {100 * share:.0f} % of the median label's norm (at most 30 % is " \
+        "flagged)" in view["text"]
     assert "norm at most 30 % of the median" in confirmation_view(result)["rule_text"]
     log = sarif_log(result, tmp_path / "model.pt", exit_code=1, cwd=tmp_path)
     (entry,) = log["runs"][0]["results"]
@@ -245,3 +247,11 @@ def test_a_label_flagged_for_its_small_norm_alone_says_so_everywhere(tmp_path: P
         entry["message"]["text"]
     # a label flagged by its index keeps the index wording
     assert "or trigger norm" not in verdict_view(graded_result("backdoor"))["line"]
+    # one label of each kind: the index wording for both, the size named for the second
+    mixed = graded_result("mixed")
+    assert mixed.flagged_labels == [0, 1]
+    assert mixed.label(0).anomaly_index > 2 > mixed.label(1).anomaly_index
+    text = verdict_view(mixed)["text"]
+    assert text.startswith("The reversed trigger of labels 0, 1 is unusually small (anomaly "
+                           f"index up to {mixed.label(0).anomaly_index:.2f}, threshold 2")
+    assert "Also flagged for its size: label 1, 28 % of the median label's norm" in text

@@ -345,18 +345,29 @@ def verdict_view(result: ScanResult) -> dict[str, str]:
         flagged = list(result.flagged_labels)
         names = _labels_text(flagged)
         worst = max(result.label(t).anomaly_index for t in flagged)
-        text = (f"The reversed trigger of {names} is unusually small (anomaly index up to "
-                f"{worst:.2f}, threshold {threshold:g}{', ' + how if how else ''}): a small "
-                "patch turns images of other classes into this label, the signature of a "
-                "backdoor.")
+        signature = ("a small patch turns images of other classes into this label, the "
+                     "signature of a backdoor.")
         small, ratio = small_norm_flags(result)
         if small and result.median_norm > 0:
-            shares = ", ".join(f"{t}: {100 * result.label(t).norm / result.median_norm:.0f} %"
+            shares = ", ".join(f"{100 * result.label(t).norm / result.median_norm:.0f} %"
+                               f"{' (label ' + str(t) + ')' if len(small) > 1 else ''}"
                                for t in small)
-            limit = "" if ratio is None else f" (at most {100 * ratio:.0f} % flags a label)"
-            text += (f" The norms of the labels spread widely here, so the index of "
-                     f"{_labels_text(small)} stays under the threshold, but its trigger is a "
-                     f"small share of the median label's ({shares}){limit}.")
+            limit = "" if ratio is None else f" (at most {100 * ratio:.0f} % is flagged)"
+            size = f"{shares} of the median label's norm{limit}"
+            spread = (f"stays under the threshold {threshold:g} because the labels' natural "
+                      "norms spread widely here")
+            if small == flagged:
+                text = (f"The reversed trigger of {names} is {size}"
+                        f"{', ' + how if how else ''}: {signature} Its anomaly index {spread}.")
+            else:
+                text = (f"The reversed trigger of {names} is unusually small (anomaly index up "
+                        f"to {worst:.2f}, threshold {threshold:g}"
+                        f"{', ' + how if how else ''}): {signature} Also flagged for its size: "
+                        f"{_labels_text(small)}, {size}; its anomaly index {spread}.")
+        else:
+            text = (f"The reversed trigger of {names} is unusually small (anomaly index up to "
+                    f"{worst:.2f}, threshold {threshold:g}{', ' + how if how else ''}): "
+                    f"{signature}")
         line = (f"BACKDOOR: label(s) {flagged} flagged ({_why_flagged(result, threshold)}"
                 f"{', ' + how if how else ''})")
         if suspicious:

@@ -20,7 +20,9 @@ targets), false alarms on clean models (anything flagged), "suspicious" verdicts
 largest anomaly index (clean against backdoored), extra label-steps of the confirmation, and wall
 time per model. Models whose real trigger succeeds on fewer than ``MIN_TRIGGER_SUCCESS`` of the
 stamped test images are not counted as backdoored (their backdoor did not take); their number is
-reported.
+reported. Patch models are also grouped by whether the method's premise holds for them: the real
+trigger's mask (its L1 norm) is smaller than the smallest natural trigger the search found for a
+label that is not a target (:func:`premise`).
 
     python benchmarks/zoo_detection.py [--zoo DIR] [--presets fast,paper] [--workers 2]
         [--only-every K] [--verify N]
@@ -197,6 +199,30 @@ def judge(facts: dict[str, Any], runs: dict[int, list[float]], rule: str, margin
             "max_index": float(report.anomaly_index.max()),
             "min_ratio": float(confirmed.min() / median) if median > 0 else 1.0,
             "extra_steps": int(extra_steps), "verdict": verdict}
+
+
+def premise(entry: dict[str, Any], zoo: Path, facts: dict[str, Any],
+            runs: dict[int, list[float]]) -> dict[str, Any] | None:
+    """Is the real trigger smaller than every other label's natural one? (patch models only)
+
+    Neural Cleanse assumes the backdoor is the smallest way into its label, smaller than any
+    label's natural trigger. Compares the L1 norm of the real trigger's mask (the zoo's
+    ``<name>-trigger.npz``) with the smallest confirmed norm (the median over the runs searched)
+    of the labels that are not targets. ``None`` for models without a patch trigger file.
+    """
+    if entry["family"] not in PATCH_FAMILIES or not entry.get("trigger_file"):
+        return None
+    path = zoo / entry["trigger_file"]
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        real = [float(m.sum()) for m in data["masks"]]
+    confirmed = {t: float(np.median([n, *runs.get(t, [])]))
+                 for t, n in zip(facts["labels"], facts["norms"])}
+    others = [n for t, n in confirmed.items() if t not in entry["targets"]]
+    smallest = min(others)
+    return {"real_trigger_l1": real, "smallest_other_norm": smallest,
+            "real_below_natural": max(real) < smallest}
 
 
 def runs_steps(facts: dict[str, Any], label: int) -> list[int]:
@@ -392,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
                      "first_steps": int(sum(f["steps"])), "first_seconds": f["wall_seconds"],
                      "first_run": {k: f[k] for k in ("norms", "anomaly_index")},
                      "further_norms": {str(t): v for t, v in runs.items()},
-                     "rules": {name: judge(f, runs, **rule) for name, rule in RULES.items()}}
+                     "rules": {name: judge(f, runs, **rule) for name, rule in RULES.items()},
+                     "premise": premise(e, args.zoo, f, runs)}
             models.append(model)
         results["models"][preset] = models
         groups: dict[str, list[dict[str, Any]]] = {"all": models}
@@ -404,6 +431,10 @@ def main(argv: list[str] | None = None) -> int:
             same = [m for m in models if m["arch"] == arch]
             groups[f"patch, {arch}"] = [m for m in same if m["family"] == "clean"
                                         or m["family"] in PATCH_FAMILIES]
+        for below, name in ((True, "patch, real trigger < every natural one"),
+                            (False, "patch, real trigger >= some natural one")):
+            groups[name] = clean + [m for m in models if m["premise"] is not None
+                                    and m["premise"]["real_below_natural"] == below]
         for name, low, high in AREA_GROUPS:
             groups[name] = clean + [m for m in models if m["family"] in PATCH_FAMILIES
                                     and low <= m["area"] < high]

@@ -25,7 +25,7 @@ trigger's mask (its L1 norm) is smaller than the smallest natural trigger the se
 label that is not a target (:func:`premise`).
 
     python benchmarks/zoo_detection.py [--zoo DIR] [--presets fast,paper] [--workers 2]
-        [--only-every K] [--verify N]
+        [--paper-every K] [--only TEXT] [--verify N] [--score-only]
 
 ``--verify N`` scans N zoo models with :func:`neuralcleanse.scan` (the library's own
 confirmation) and checks that verdicts and flagged labels equal the scored ones.
@@ -370,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="scan every K-th model with the paper preset (it is slower)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", default=None,
+                        help="only the models whose name contains this (e.g. clean)")
     parser.add_argument("--verify", type=int, default=0,
                         help="scan the first N models with the library's confirmed verdict "
                              "(scan-many's default) and check that it equals the scored rule")
@@ -379,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     global SCORE_ONLY
     SCORE_ONLY = args.score_only
-    index = json.loads((args.zoo / "index.json").read_text())
+    index = [e for e in json.loads((args.zoo / "index.json").read_text())
+             if args.only is None or args.only in e["name"]]
     results: dict[str, Any] = {"zoo": str(args.zoo), "threshold": THRESHOLD,
                                "min_trigger_success": MIN_TRIGGER_SUCCESS,
                                "wide_margin": WIDE_MARGIN, "further_seeds": FURTHER_SEEDS,

@@ -500,3 +500,16 @@ def test_the_small_norm_ratio_is_validated() -> None:
         with pytest.raises(InputError, match="small_norm_ratio") as info:
             ScanConfig(small_norm_ratio=bad)
         assert "\n" not in str(info.value)
+
+
+def test_small_triggers_are_measured_against_the_reference_labels_median() -> None:
+    # labels 7-9 have no clean images and tiny norms: they pull the median of all labels down
+    # (19.75), so label 5 at 6.0 is under 0.3 of the reference labels' median (20.5) only
+    norms = [20.0, 21.0, 19.5, 22.0, 20.5, 6.0, 21.2, 1.0, 1.0, 1.0]
+    index = [0.0] * 10  # no label borderline by its index
+    reference = verdict_module.reference_mask(list(range(10)), [7, 8, 9])
+    assert 6.0 > 0.3 * float(np.median(norms))
+    assert confirmation_candidates(norms, index, list(range(10)), 2.0, 0.5,
+                                   small_norm_ratio=0.3) == [7, 8, 9]
+    assert confirmation_candidates(norms, index, list(range(10)), 2.0, 0.5,
+                                   small_norm_ratio=0.3, reference=reference) == [7, 8, 9, 5]

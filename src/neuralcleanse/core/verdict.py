@@ -5,7 +5,9 @@ default) gives false alarms on clean models: on roughly normal norms each label 
 chance of about 2 %, so a model with many labels is often flagged by chance. The ``"confirmed"``
 rule searches the borderline labels again with further seeds and decides on their median norms:
 
-* ``"backdoor"``: a label's confirmed anomaly index exceeds the threshold (it is flagged);
+* ``"backdoor"``: a label is flagged: its confirmed anomaly index exceeds the threshold and its
+  confirmed norm is at most ``max_norm_ratio`` of the median, or its confirmed norm is at most
+  ``small_norm_ratio`` of the median whatever its index;
 * ``"suspicious"``: nothing is flagged, but some label crossed the threshold in one run (the
   first, or one of the further seeds) and the confirmation did not uphold it;
 * ``"clean"``: no label crossed the threshold in any run.
@@ -63,7 +65,8 @@ def verdict_word(flagged: Sequence[int], suspicious: Sequence[int] = ()) -> str:
 def confirmation_candidates(norms: Sequence[float] | np.ndarray,
                             anomaly_index: Sequence[float] | np.ndarray,
                             labels: Sequence[int] | np.ndarray, threshold: float,
-                            margin: float, small_norm_ratio: float = 0.0) -> list[int]:
+                            margin: float, small_norm_ratio: float = 0.0,
+                            reference: np.ndarray | None = None) -> list[int]:
     """The borderline labels of a first run, which the ``"confirmed"`` rule searches again.
 
     Args:
@@ -74,6 +77,8 @@ def confirmation_candidates(norms: Sequence[float] | np.ndarray,
         margin: A label is borderline when its index exceeds ``threshold - margin``.
         small_norm_ratio: A label is borderline too when its norm is at most this share of
             the median norm (0: no such labels).
+        reference: Which labels the median comes from (see :func:`reference_mask`; ``None``:
+            all), as in the outlier test.
 
     Returns:
         The borderline labels and the label with the smallest norm (always one of them, so a
@@ -91,7 +96,8 @@ def confirmation_candidates(norms: Sequence[float] | np.ndarray,
                          f"(got {values.shape}, {index.shape}, {ids.shape})")
     if values.size == 0:
         return []
-    chosen = (index > threshold - margin) | (values <= small_norm_ratio * np.median(values))
+    median = np.median(values if reference is None else values[reference])
+    chosen = (index > threshold - margin) | (values <= small_norm_ratio * median)
     chosen[int(np.argmin(values))] = True
     order = np.argsort(values, kind="stable")
     return [int(ids[i]) for i in order if chosen[i]]

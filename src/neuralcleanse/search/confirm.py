@@ -67,7 +67,9 @@ def plan_confirmation(result: ScanResult, cfg: ScanConfig) -> list[int]:
     return confirmation_candidates([r.norm for r in result.labels],
                                    [r.anomaly_index for r in result.labels],
                                    result.scanned_labels, cfg.anomaly_threshold,
-                                   cfg.confirm_margin, cfg.small_norm_ratio)
+                                   cfg.confirm_margin, cfg.small_norm_ratio,
+                                   reference_mask(result.scanned_labels,
+                                                  result.labels_without_data))
 
 
 def search_confirmations(clf: Classifier, images: np.ndarray, targets: np.ndarray,

@@ -16,10 +16,11 @@ pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
 import neuralcleanse as nc  # noqa: E402
+from neuralcleanse.core.config import ScanConfig  # noqa: E402
 from neuralcleanse.core.results import LabelResult  # noqa: E402
 from neuralcleanse.frontends.api import prepare  # noqa: E402
 from neuralcleanse.io.digits import digits_images  # noqa: E402
-from neuralcleanse.mitigation import prune  # noqa: E402
+from neuralcleanse.mitigation import prune, unlearn  # noqa: E402
 
 TARGET = 3
 
@@ -98,6 +99,26 @@ def test_keras_unlearning_on_a_copy(backdoored: dict) -> None:
     acc, asr = real_rates(result.model, backdoored["x_test"], backdoored["y_test"])
     assert asr < 0.1 and acc > backdoored["acc"] - 0.05, (acc, asr)
     assert result.reversed_asr_before[TARGET] > 0.95 > 0.1 > result.reversed_asr_after[TARGET]
+
+
+def test_keras_unlearning_in_two_rounds_searches_the_repaired_copy(backdoored: dict) -> None:
+    model = backdoored["model"]
+    before = weights(model)
+    clf, x, y = prepare(model, backdoored["x"], backdoored["y"])
+    assert clf.framework == "tensorflow"
+    work = clf.copy()
+    report = unlearn(work, x, y, [true_trigger()], learning_rate=1e-3, epochs=6, min_updates=0,
+                     rounds=2, search_config=ScanConfig.preset("fast", steps=150),
+                     x_test=backdoored["x_test"], y_test=backdoored["y_test"])
+    assert same(before, weights(model))
+    first, second = report.rounds
+    assert (first.epochs, second.epochs) == (3, 3) and report.epochs == 6
+    # a trigger into the target was found again on the half-repaired model, and the second
+    # round, which stamped it, unlearned it too
+    assert second.success_found[TARGET] > 0.5 and second.norms[TARGET] > 0
+    assert second.success_after[TARGET] < second.success_found[TARGET] / 2
+    acc, asr = real_rates(work.model, backdoored["x_test"], backdoored["y_test"])
+    assert asr < 0.1 and acc > backdoored["acc"] - 0.05, (acc, asr)
 
 
 def test_keras_pruning_is_reversible_and_saved(backdoored: dict, tmp_path: Path) -> None:

@@ -434,7 +434,9 @@ def mitigate(model: Any, x: np.ndarray, y: np.ndarray,
             ``max_fraction`` (0.3), ``target_asr`` (0.05), ``step_fraction`` (0.01). Unlearning:
             ``epochs`` (5), ``learning_rate`` (3e-3), ``stamped_fraction`` (0.2),
             ``min_updates`` (400: at least this many optimiser updates, more epochs on a small
-            set). All: ``batch_size``.
+            set), ``rounds`` (1; more: the budget split into rounds, the flagged labels'
+            triggers searched again before each later one with the scan's settings, or the
+            defaults when a list of triggers is given). All: ``batch_size``.
 
     Returns:
         A :class:`MitigationResult`: the repaired copy (``.model``) or, for filtering, the
@@ -454,7 +456,14 @@ def mitigate(model: Any, x: np.ndarray, y: np.ndarray,
                          f"accepts: {', '.join(METHODS[method])}")
     if method == "unlearning" and layer is not None:
         raise InputError("layer is not used by unlearning (it fine-tunes the whole model)")
+    if isinstance(scan_result, (str, Path)):
+        scan_result = ScanResult.from_json(scan_result)
     triggers = select_triggers(scan_result, labels)
+    if method == "unlearning" and isinstance(scan_result, ScanResult):
+        # the search between rounds uses the scan's own settings
+        known = set(ScanConfig.field_names())
+        options = {"search_config": ScanConfig.from_dict(
+            {k: v for k, v in scan_result.config.items() if k in known}), **options}
     clf, images, targets = prepare(model, x, y, output=output, channels_first=channels_first,
                                    clip_values=clip_values, preprocessing=preprocessing,
                                    device=device)

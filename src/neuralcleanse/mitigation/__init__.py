@@ -37,7 +37,8 @@ METHODS: dict[str, tuple[str, ...]] = {
     "filtering": ("score", "top_fraction", "target_fpr", "batch_size", "ranking",
                   "max_neurons"),
     "pruning": ("max_fraction", "target_asr", "step_fraction", "batch_size"),
-    "unlearning": ("epochs", "learning_rate", "stamped_fraction", "batch_size", "min_updates"),
+    "unlearning": ("epochs", "learning_rate", "stamped_fraction", "batch_size", "min_updates",
+                   "rounds"),
 }
 
 

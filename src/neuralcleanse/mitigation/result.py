@@ -169,6 +169,14 @@ class MitigationResult:
                      f"{self.report.detection_rate:.1%}")
         elif isinstance(self.report, PruningReport):
             text += f"; {self.report.fraction:.1%} of the layer's neurons pruned"
+        elif isinstance(self.report, UnlearningReport) and len(self.report.rounds) > 1:
+            text += f"; {self.report.updates} updates in {len(self.report.rounds)} rounds"
+            for k, later in enumerate(self.report.rounds[1:], start=2):
+                found = ", ".join(
+                    f"label {label} norm {norm:.1f} (success {later.success_found[label]:.1%} "
+                    f"when found, {later.success_after.get(label, math.nan):.1%} after)"
+                    for label, norm in later.norms.items())
+                text += f"; trigger searched again before round {k}: {found}"
         return text
 
     def to_dict(self) -> dict[str, Any]:

@@ -66,7 +66,12 @@ from neuralcleanse.mitigation.filtering import (
 )
 from neuralcleanse.mitigation.inputs import check_fraction, check_int, check_positive
 from neuralcleanse.mitigation.metrics import DEFAULT_TEST_FRACTION, check_test_fraction
-from neuralcleanse.mitigation.unlearning import MAX_EPOCHS, MAX_LEARNING_RATE, MAX_MIN_UPDATES
+from neuralcleanse.mitigation.unlearning import (
+    MAX_EPOCHS,
+    MAX_LEARNING_RATE,
+    MAX_MIN_UPDATES,
+    MAX_ROUNDS,
+)
 
 #: Model formats that can be scanned but not mitigated (their layers cannot be hooked, trained
 #: and saved back in their format).
@@ -81,6 +86,7 @@ MITIGATION_FLAGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
                       lambda v: check_positive("learning_rate", v, MAX_LEARNING_RATE)),
     "stamped_fraction": ("--stamped-fraction", lambda v: check_fraction("stamped_fraction", v)),
     "min_updates": ("--min-updates", lambda v: check_int("min_updates", v, 0, MAX_MIN_UPDATES)),
+    "rounds": ("--rounds", lambda v: check_int("rounds", v, 1, MAX_ROUNDS)),
     "max_fraction": ("--max-fraction", lambda v: check_fraction("max_fraction", v)),
     "target_asr": ("--target-asr", lambda v: check_fraction("target_asr", v, allow_zero=True)),
     "score": ("--score", check_score),
@@ -157,6 +163,11 @@ def mitigate(
         "--min-updates", rich_help_panel=MITIGATION_PANEL,
         help="Unlearning: fewest optimiser updates; more epochs run on a small --data.")
     ] = None,
+    rounds: Annotated[int | None, typer.Option(
+        "--rounds", rich_help_panel=MITIGATION_PANEL,
+        help="Unlearning: rounds the updates are split into; before each one after the first "
+             "the flagged labels' triggers are searched again with the scan's settings "
+             "(default 1: the scan's triggers only, in one run).")] = None,
     max_fraction: Annotated[float | None, typer.Option(
         "--max-fraction", rich_help_panel=MITIGATION_PANEL,
         help="Pruning: most neurons of the layer to prune.")] = None,
@@ -231,7 +242,8 @@ def mitigate(
     chosen = parse_int_list(labels, "--labels") if labels is not None else None
     options = mitigation_options(method, layer, dict(
         epochs=epochs, learning_rate=learning_rate, stamped_fraction=stamped_fraction,
-        min_updates=min_updates, max_fraction=max_fraction, target_asr=target_asr,
+        min_updates=min_updates, rounds=rounds, max_fraction=max_fraction,
+        target_asr=target_asr,
         score=score, top_fraction=top_fraction, target_fpr=target_fpr, ranking=ranking,
         max_neurons=max_neurons,
         test_fraction=test_fraction))

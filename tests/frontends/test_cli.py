@@ -666,6 +666,25 @@ def test_a_safetensors_model_is_repaired_into_safetensors(files: dict[str, Path]
     assert loaded.format == "safetensors"
 
 
+def test_mitigate_rounds_search_the_trigger_again_with_the_scans_settings(
+        files: dict[str, Path], reference: dict, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    code = cli.run(["mitigate", str(files["backdoored"]), "--data", str(files["data"]),
+                    "--report", str(reference["out"]), "--method", "unlearning", "--rounds", "2",
+                    "--epochs", "2", "--min-updates", "0", "--out", str(out), *ARCH])
+    printed = capsys.readouterr().out
+    assert code == cli.EXIT_CLEAN
+    report = json.loads((out / "mitigation.json").read_text())["report"]
+    assert report["options"]["rounds"] == 2 and report["epochs"] == 2
+    first, second = report["rounds"]
+    assert first["norms"] == {} and first["epochs"] == second["epochs"] == 1
+    label = str(demo.TARGET_LABEL)
+    assert set(second["norms"]) == {label} and second["norms"][label] > 0
+    assert 0.0 <= second["success_after"][label] <= 1.0
+    assert "in 2 rounds" in printed and f"searched again before round 2: label {label}" in printed
+
+
 def test_mitigate_with_nothing_flagged_is_an_input_error(
         files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "scan"

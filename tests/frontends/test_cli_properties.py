@@ -401,7 +401,8 @@ SCAN_FLAGS = ["--steps", "--mini-batches", "--batch-size", "--learning-rate", "-
               "--verdict", "--confirm-seeds", "--confirm-margin", "--fail-on"]
 MITIGATE_FLAGS = ["--method", "--labels", "--layer", "--test-fraction", "--epochs",
                   "--learning-rate", "--stamped-fraction", "--max-fraction", "--target-asr",
-                  "--top-fraction", "--target-fpr", "--seed", "--clip-values", "--subtract"]
+                  "--top-fraction", "--target-fpr", "--seed", "--clip-values", "--subtract",
+                  "--rounds"]
 OPTION_TEXT = st.one_of(
     NUMBERS.map(str), st.sampled_from(["inf", "-inf", "nan", "1e400", "-0", "0x10", "1_0",
                                        "all", "auto", "", " ", "0-99999999999", "3-1",

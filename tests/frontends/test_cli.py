@@ -683,6 +683,9 @@ def test_mitigate_rounds_search_the_trigger_again_with_the_scans_settings(
     assert set(second["norms"]) == {label} and second["norms"][label] > 0
     assert 0.0 <= second["success_after"][label] <= 1.0
     assert "in 2 rounds" in printed and f"searched again before round 2: label {label}" in printed
+    html = (out / "report.html").read_text()
+    assert "in 2 rounds" in html and "trigger searched again before round 2" in html
+    assert f"label {label}: norm " in html
 
 
 def test_mitigate_with_nothing_flagged_is_an_input_error(

@@ -183,3 +183,20 @@ def test_cli_rounds_flag() -> None:
         mitigation_options(Method.unlearning, None, {"rounds": 0})
     with pytest.raises(CliError, match="--rounds applies to --method unlearning, not pruning"):
         mitigation_options(Method.pruning, None, {"rounds": 2})
+
+
+@pytest.mark.parametrize("rounds", [
+    [{"epochs": 1, "updates": 2, "norms": [1.0]}],
+    [{"epochs": "one", "updates": 2}],
+    {"epochs": 1},
+    [{"updates": 2}],
+])
+def test_malformed_rounds_in_a_result_file_are_refused(rounds: Any) -> None:
+    x, y = hand_made_data(40, 0)
+    result = nc.mitigate(hand_made(), x, y, [trigger()], "unlearning", output="logits",
+                         clip_values=(0.0, 1.0), min_updates=4)
+    data = result.to_dict()
+    assert nc.MitigationResult.from_dict(data).report == result.report
+    data["report"]["rounds"] = rounds
+    with pytest.raises(InputError, match="a field has the wrong type|field 'epochs' is missing"):
+        nc.MitigationResult.from_dict(data)

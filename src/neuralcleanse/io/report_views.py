@@ -64,6 +64,13 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+def _short(value: Any) -> str:
+    """A number with three significant digits, anything else as :func:`format_value` shows it."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format_number(value, 3)
+    return format_value(value)
+
+
 def rate(value: Any) -> str:
     """A rate as a percentage, or a dash when ``value`` is not a number."""
     return format_percent(value) if isinstance(value, (int, float)) else "–"
@@ -126,6 +133,17 @@ def mitigation_view(data: dict[str, Any]) -> dict[str, Any]:
                         report.get("stamped_fraction"))),
                     ("training images (stamped)", f"{format_value(report.get('n_train'))} "
                                                   f"({format_value(report.get('n_stamped'))})")]
+        rounds = [r for r in report.get("rounds") or [] if isinstance(r, dict)]
+        if report.get("updates") is not None:
+            details.append(("optimiser updates", format_value(report.get("updates"))
+                            + (f" in {len(rounds)} rounds" if len(rounds) > 1 else "")))
+        for k, later in enumerate(rounds[1:], start=2):
+            found = later.get("success_found") or {}
+            after = later.get("success_after") or {}
+            details.append((f"trigger searched again before round {k}", "; ".join(
+                f"label {label}: norm {_short(norm)}, attack success {rate(found.get(label))} "
+                f"when found, {rate(after.get(label))} after"
+                for label, norm in (later.get("norms") or {}).items())))
     if split:
         how = "given test data" if split.get("source") == "given" else \
             f"seeded split of the data (seed {split.get('seed')})"

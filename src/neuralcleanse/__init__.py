@@ -26,7 +26,7 @@ __all__ = ["FilteringReport", "InputFilter", "KerasNeuralCleanse", "LabelResult"
 #: their modules are only needed by callers who read files.
 _LAZY = {"KerasNeuralCleanse": "frontends.art", "PyTorchNeuralCleanse": "frontends.art",
          "load_model": "backends.loading", "load_data": "io.data_files",
-         "load_filter": "io.filter_files"}
+         "load_filter": "io.filter_loading"}
 
 
 def __getattr__(name: str) -> object:

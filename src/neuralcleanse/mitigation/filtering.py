@@ -153,7 +153,7 @@ class InputFilter:
         threshold: Overall score above which an input is refused.
         report: What was measured when the filter was fitted (set by :func:`filter_inputs`).
         file_info: What a filter file recorded about the fitting (set by
-            :func:`~neuralcleanse.io.filter_files.load_filter`, kept when the filter is saved
+            :func:`~neuralcleanse.io.filter_loading.load_filter`, kept when the filter is saved
             again): ``n_neurons``, ``target_fpr``, ``false_positive_rate``, ``detection_rate``,
             ``top_fraction``, ``score`` and ``model_sha256``.
     """

@@ -2,7 +2,7 @@
 
 The filter file is one that ``neuralcleanse mitigate --method filtering --save FILE`` (or
 ``InputFilter.save``) wrote; it is read as untrusted JSON and checked against the model
-(:func:`neuralcleanse.io.filter_files.load_filter`). The model is loaded as ``scan`` loads it,
+(:func:`neuralcleanse.io.filter_loading.load_filter`). The model is loaded as ``scan`` loads it,
 with the same flags; the layout, value range, output kind and preprocessing default to what the
 filter file records. The inputs need no labels (deployment inputs have none); labels the data
 holds are shown beside the decisions. Everything that can be checked without the model (the
@@ -103,7 +103,8 @@ def filter_command(
     input errors (a bad or mismatched filter file included), 3 on an internal error.
     """
     from neuralcleanse.frontends import api
-    from neuralcleanse.io.filter_files import load_filter, read_filter_file
+    from neuralcleanse.io.filter_files import read_filter_file
+    from neuralcleanse.io.filter_loading import load_filter
     from neuralcleanse.io.report import atomic_write
 
     # everything that can be checked without the model is checked first

@@ -15,8 +15,8 @@ from neuralcleanse.core import verdict as verdict_module
 from neuralcleanse.core.config import ScanConfig
 from neuralcleanse.frontends import cli
 from neuralcleanse.io.report import render_html, write_report
-from neuralcleanse.io.report_views import confirmation_view, verdict_view
 from neuralcleanse.io.sarif import sarif_log
+from neuralcleanse.io.verdict_views import confirmation_view, verdict_view
 from verdict_results import (
     BORDERLINE,
     FIRST_NORMS,
@@ -169,7 +169,7 @@ def test_the_chart_and_the_cards_mark_suspicious_labels_apart_from_flagged_ones(
 def test_the_false_alarm_line_states_the_measured_rate(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(verdict_module.ZOO_PER_LABEL_FALSE_FLAG, "confirmed", 0.002)
     monkeypatch.setattr(verdict_module, "ZOO_SOURCE", "the test zoo")
-    monkeypatch.setattr("neuralcleanse.io.report_views.ZOO_SOURCE", "the test zoo")
+    monkeypatch.setattr("neuralcleanse.io.verdict_views.ZOO_SOURCE", "the test zoo")
     result = graded_result("clean")
     rate = 1 - (1 - 0.002) ** 10
     assert result.confirmation["expected_false_alarm_rate"] == pytest.approx(rate)

@@ -20,7 +20,8 @@ from neuralcleanse.core.results import LabelResult, ScanResult
 from neuralcleanse.io.charts import norm_chart
 from neuralcleanse.io.report import template_environment
 from neuralcleanse.io.report_images import data_uri, png_bytes, trigger_arrays
-from neuralcleanse.io.report_views import mitigation_view, verdict_view
+from neuralcleanse.io.report_views import mitigation_view
+from neuralcleanse.io.verdict_views import verdict_view
 
 #: Labels a repr lists before it only counts the rest.
 _REPR_LABELS = 8

@@ -60,8 +60,9 @@ for an image the input filter refuses, and ``refused`` is always false after pru
 unlearning). The HTML report shows it when present, each stamped example with its answers
 after the mitigation; ``report.json`` stays the scan's record.
 
-The page is ``templates/report.html``, fed by :mod:`~neuralcleanse.io.report_views` (verdict,
-confirmation, settings, mitigation and demo rows, number formats),
+The page is ``templates/report.html``, fed by :mod:`~neuralcleanse.io.verdict_views` (the
+verdict box and the confirmation), :mod:`~neuralcleanse.io.report_views` (settings, mitigation
+and demo rows, number formats),
 :mod:`~neuralcleanse.io.charts` (the SVG charts) and :mod:`~neuralcleanse.io.report_images` (the
 trigger images).
 """
@@ -94,7 +95,6 @@ from neuralcleanse.io.report_images import (
     trigger_arrays,
 )
 from neuralcleanse.io.report_views import (
-    confirmation_view,
     demo_view,
     examples_after_view,
     format_number,
@@ -103,8 +103,8 @@ from neuralcleanse.io.report_views import (
     mitigation_view,
     provenance_view,
     settings_view,
-    verdict_view,
 )
+from neuralcleanse.io.verdict_views import confirmation_view, verdict_view
 
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"

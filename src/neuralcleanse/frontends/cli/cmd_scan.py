@@ -510,7 +510,7 @@ def verdict_lines(result: ScanResult) -> list[tuple[str, str | None]]:
     label-steps as a share of the first pass), and the expected false-alarm rate of the rule
     for this many labels.
     """
-    from neuralcleanse.io.report_views import confirmation_view, verdict_view
+    from neuralcleanse.io.verdict_views import confirmation_view, verdict_view
 
     view = verdict_view(result)
     lines: list[tuple[str, str | None]] = [

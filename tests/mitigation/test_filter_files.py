@@ -363,6 +363,45 @@ def test_broken_and_hostile_files_are_refused_in_one_line(
         assert expected in text, text
 
 
+class _OpensAFile:
+    """Unpickling this creates ``path`` (a payload that leaves a trace)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return open, (str(self.path), "w")
+
+
+def test_hostile_filter_files_never_run_their_payload(case: dict, good_text: str,
+                                                      tmp_path: Path) -> None:
+    import pickle
+
+    from neuralcleanse.io.filter_loading import load_filter
+
+    # the payload is live: unpickled, it creates its file
+    control = tmp_path / "control"
+    pickle.loads(pickle.dumps(_OpensAFile(control)))
+    assert control.exists()
+    marker = tmp_path / "owned"
+    doc = json.loads(good_text)
+    hostile = {
+        "pickle.json": pickle.dumps(_OpensAFile(marker)),
+        "reduce.json": json.dumps({**doc, "__reduce__": ["builtins.open", [str(marker), "w"]]}
+                                  ).encode(),
+        "jsonpickle.json": json.dumps({**doc, "model": {**doc["model"], "py/reduce": [
+            {"py/function": "builtins.open"}, {"py/tuple": [str(marker), "w"]}]}}).encode(),
+        "object.json": json.dumps({"py/object": "builtins.open", "file": str(marker)}).encode(),
+    }
+    for name, content in hostile.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(LoadError) as caught:
+            load_filter(path, case["model"])
+        assert "\n" not in str(caught.value), name
+        assert not marker.exists(), f"{name}: the file's payload ran"
+
+
 def test_files_that_are_not_filter_files_at_all_are_refused(tmp_path: Path) -> None:
     huge = tmp_path / "huge.json"
     with huge.open("wb") as handle:  # 100 MB, sparse: nothing is written

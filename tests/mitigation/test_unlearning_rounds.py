@@ -200,3 +200,18 @@ def test_malformed_rounds_in_a_result_file_are_refused(rounds: Any) -> None:
     data["report"]["rounds"] = rounds
     with pytest.raises(InputError, match="a field has the wrong type|field 'epochs' is missing"):
         nc.MitigationResult.from_dict(data)
+
+
+def test_one_round_does_not_read_the_scans_search_settings(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    x, y = hand_made_data(60, 0)
+    scan = nc.scan(hand_made(), x, y, config=SEARCH.replace(steps=20), output="logits",
+                   clip_values=(0.0, 1.0))
+    scan.config["steps"] = 0  # a report edited by hand: a setting out of range
+    spy = SearchSpy(monkeypatch, run=False)
+    result = nc.mitigate(hand_made(), x, y, scan, "unlearning", labels=[TARGET],
+                         output="logits", clip_values=(0.0, 1.0), min_updates=10)
+    assert spy.calls == [] and len(result.report.rounds) == 1
+    with pytest.raises(InputError, match="steps"):
+        nc.mitigate(hand_made(), x, y, scan, "unlearning", labels=[TARGET], output="logits",
+                    clip_values=(0.0, 1.0), min_updates=10, rounds=2)

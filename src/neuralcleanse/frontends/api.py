@@ -459,8 +459,9 @@ def mitigate(model: Any, x: np.ndarray, y: np.ndarray,
     if isinstance(scan_result, (str, Path)):
         scan_result = ScanResult.from_json(scan_result)
     triggers = select_triggers(scan_result, labels)
-    if method == "unlearning" and isinstance(scan_result, ScanResult):
-        # the search between rounds uses the scan's own settings
+    if method == "unlearning" and isinstance(scan_result, ScanResult) \
+            and options.get("rounds", 1) != 1:
+        # the search between rounds uses the scan's own settings (one round searches nothing)
         known = set(ScanConfig.field_names())
         options = {"search_config": ScanConfig.from_dict(
             {k: v for k, v in scan_result.config.items() if k in known}), **options}

@@ -173,7 +173,8 @@ class MitigationResult:
             text += f"; {self.report.updates} updates in {len(self.report.rounds)} rounds"
             for k, later in enumerate(self.report.rounds[1:], start=2):
                 found = ", ".join(
-                    f"label {label} norm {norm:.1f} (success {later.success_found[label]:.1%} "
+                    f"label {label} norm {norm:.1f} (success "
+                    f"{later.success_found.get(label, math.nan):.1%} "
                     f"when found, {later.success_after.get(label, math.nan):.1%} after)"
                     for label, norm in later.norms.items())
                 text += f"; trigger searched again before round {k}: {found}"

@@ -36,10 +36,11 @@ from neuralcleanse.mitigation.metrics import (
     DataSplit,
     HeldOut,
     Measurements,
+    attack_success_rate,
     rates_from_dict,
     rates_to_dict,
 )
-from neuralcleanse.mitigation.stamping import check_triggers, stamp_fraction
+from neuralcleanse.mitigation.stamping import check_triggers, stamp_fraction, stamped_others
 from neuralcleanse.search.reverse import reverse_engineer
 
 #: Bounds of the fine-tuning settings: beyond them a value is a typo, not a choice.
@@ -111,7 +112,7 @@ class UnlearningReport:
         learning_rate: Learning rate of the fine-tuning.
         stamped_fraction: Share of the fitting images stamped with a reversed trigger.
         n_train: Images in the fine-tuning set.
-        n_stamped: How many of them carry a trigger.
+        n_stamped: How many of them carry a trigger (with rounds: the most in one round).
         measurements: Clean accuracy and reversed-trigger attack success before and after, on
             the held-out data.
         split: How the data was divided between fitting and measuring.
@@ -239,7 +240,9 @@ def unlearn(clf: Classifier, x: np.ndarray, y: np.ndarray, triggers: Sequence[La
             success_found={t.label: float(t.attack_success_rate) for t in new}))
     after = held.measure(clf)
     for entry, found in zip(done[1:], searched):
-        entry.success_after = HeldOut(x_hold, y_hold, found, clf.channels_first).measure(clf).asr
+        entry.success_after = {t.label: attack_success_rate(
+            clf, stamped_others(x_hold, y_hold, t, clf.channels_first)[0], t.label)
+            for t in found}
     return UnlearningReport(
         epochs=epochs_run, learning_rate=learning_rate, stamped_fraction=stamped_fraction,
         n_train=len(x_fit), n_stamped=n_stamped,

@@ -367,7 +367,7 @@ def test_the_json_round_trip_keeps_the_verdict(tmp_path: Path) -> None:
 
 def older_report() -> dict[str, Any]:
     doc = graded_result().to_dict()
-    for key in ("verdict", "suspicious_labels", "confirmation"):
+    for key in ("verdict", "suspicious_labels", "confirmation", "further_triggers"):
         del doc[key]
     return doc
 

@@ -666,6 +666,33 @@ def test_a_safetensors_model_is_repaired_into_safetensors(files: dict[str, Path]
     assert loaded.format == "safetensors"
 
 
+def test_mitigate_unlearning_stamps_the_scans_other_seeds_unless_told_not_to(
+        files: dict[str, Path], reference: dict, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    label = demo.TARGET_LABEL
+    further = [r for r in reference["report"]["further_triggers"] if r["label"] == label]
+    assert len(further) == 2  # the confirmation's two further seeds, less the kept run
+    norms = [r["norm"] for r in further]
+    found = {}
+    for flag in ("--all-seeds", "--kept-trigger-only"):
+        out = tmp_path / flag.strip("-")
+        code = cli.run(["mitigate", str(files["backdoored"]), "--data", str(files["data"]),
+                        "--report", str(reference["out"]), "--method", "unlearning", flag,
+                        "--epochs", "1", "--min-updates", "0", "--out", str(out), *ARCH])
+        assert code == cli.EXIT_CLEAN
+        found[flag] = json.loads((out / "mitigation.json").read_text())["report"]
+        found[flag]["printed"] = capsys.readouterr().out
+        found[flag]["html"] = (out / "report.html").read_text()
+    stamped = found["--all-seeds"]
+    assert stamped["further_norms"] == {str(label): pytest.approx(norms)}
+    assert f"also stamped the scan's other triggers of label {label}" in stamped["printed"]
+    assert "other triggers of the scan stamped too" in stamped["html"]
+    kept = found["--kept-trigger-only"]
+    assert kept["further_norms"] == {}
+    assert "other triggers" not in kept["printed"] and "other triggers" not in kept["html"]
+    assert kept["n_stamped"] == stamped["n_stamped"]  # the same share, fewer triggers
+
+
 def test_mitigate_rounds_search_the_trigger_again_with_the_scans_settings(
         files: dict[str, Path], reference: dict, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:

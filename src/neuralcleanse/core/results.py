@@ -40,6 +40,9 @@ from neuralcleanse.core.verdict import RULES, VERDICTS, verdict_word
 SCHEMA_VERSION = 1
 #: Most outputs a model in a report may have.
 MAX_CLASSES = 1_000_000
+#: Most further triggers a report may keep per label: the first run and the most further
+#: seeds the confirmation allows, less the kept one.
+MAX_FURTHER_PER_LABEL = 16
 
 
 @dataclass
@@ -160,6 +163,11 @@ class ScanResult:
             labels searched again, their norms under the further seeds, the first run's norms,
             indices and flags, the extra label-steps and seconds, and the expected false-alarm
             rate; ``{"skipped": "partial scan"}`` for a partial scan, empty when unknown.
+        further_triggers: The other triggers the confirmation found for the flagged and
+            suspicious labels: each such label keeps the run at its median norm in ``labels``,
+            and its other runs (the first run or further seeds) are listed here, by label and
+            then seed. Unlearning stamps them beside the kept ones. Empty under the paper rule,
+            for restarts and partial scans, and in reports written before they were kept.
     """
 
     labels: list[LabelResult]
@@ -179,6 +187,7 @@ class ScanResult:
     verdict: str = ""
     suspicious_labels: list[int] = field(default_factory=list)
     confirmation: dict[str, Any] = field(default_factory=dict)
+    further_triggers: list[LabelResult] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -295,6 +304,7 @@ class ScanResult:
             "suspicious_labels": [int(t) for t in self.suspicious_labels],
             "confirmation": json_safe(self.confirmation),
             "labels": [r.to_dict(arrays=arrays) for r in self.labels],
+            "further_triggers": [r.to_dict(arrays=arrays) for r in self.further_triggers],
         }
 
     def to_json(self, path: str | Path | None = None, arrays: bool = True) -> str:
@@ -375,7 +385,9 @@ class ScanResult:
                    labels_without_data=_labels_without_data(
                        data.get("labels_without_data", []), scanned),
                    verdict=verdict, suspicious_labels=suspicious,
-                   confirmation=_confirmation(data.get("confirmation", {}), scanned))
+                   confirmation=_confirmation(data.get("confirmation", {}), scanned),
+                   further_triggers=_further_triggers(data.get("further_triggers", []),
+                                                      labels, flagged + suspicious))
 
     @classmethod
     def from_json(cls, source: str | Path) -> ScanResult:
@@ -445,6 +457,38 @@ class ScanResult:
             text += (f"\nlabel(s) {self.labels_without_data} had no clean images: searched on "
                      "the other classes' images, left out of the median and MAD")
         return text
+
+
+def _further_triggers(value: Any, labels: list[LabelResult], mitigable: list[int]
+                      ) -> list[LabelResult]:
+    """Read ``further_triggers``: whole label results of flagged or suspicious labels.
+
+    Each must have its label's mask and pattern shapes, and a label has at most
+    :data:`MAX_FURTHER_PER_LABEL` of them.
+    """
+    if not isinstance(value, list):
+        raise InputError(f"further_triggers must be a list (got {json_kind(value)})")
+    kept = {r.label: r for r in labels}
+    out: list[LabelResult] = []
+    counts: dict[int, int] = {}
+    for i, entry in enumerate(value):
+        try:
+            r = LabelResult.from_dict(entry)
+        except InputError as exc:
+            raise InputError(f"further_triggers[{i}]: {exc}") from None
+        if r.label not in mitigable:
+            raise InputError(f"further_triggers[{i}] is of label {r.label}, which is neither "
+                             "flagged nor suspicious")
+        main = kept[r.label]
+        if r.mask.shape != main.mask.shape or r.pattern.shape != main.pattern.shape:
+            raise InputError(f"further_triggers[{i}] (label {r.label}) has another mask or "
+                             "pattern shape than the label's kept trigger")
+        counts[r.label] = counts.get(r.label, 0) + 1
+        if counts[r.label] > MAX_FURTHER_PER_LABEL:
+            raise InputError(f"further_triggers lists more than {MAX_FURTHER_PER_LABEL} "
+                             f"triggers of label {r.label}")
+        out.append(r)
+    return out
 
 
 def _restarts(value: Any, scanned: list[int]) -> dict[str, Any]:

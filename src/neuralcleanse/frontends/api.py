@@ -44,6 +44,7 @@ from neuralcleanse.mitigation import (
     unlearn,
 )
 from neuralcleanse.mitigation.metrics import DEFAULT_TEST_FRACTION
+from neuralcleanse.mitigation.unlearning import DEFAULT_ALL_SEEDS
 from neuralcleanse.search.confirm import (
     apply_confirmation,
     plan_confirmation,
@@ -436,7 +437,10 @@ def mitigate(model: Any, x: np.ndarray, y: np.ndarray,
             ``min_updates`` (400: at least this many optimiser updates, more epochs on a small
             set), ``rounds`` (1; more: the budget split into rounds, the flagged labels'
             triggers searched again before each later one with the scan's settings, or the
-            defaults when a list of triggers is given). All: ``batch_size``.
+            defaults when a list of triggers is given), ``all_seeds`` (True: a scan's
+            :attr:`~neuralcleanse.core.results.ScanResult.further_triggers` of the labels,
+            the triggers its confirmation found with its other seeds, are stamped beside the
+            kept ones; False: the kept triggers only). All: ``batch_size``.
 
     Returns:
         A :class:`MitigationResult`: the repaired copy (``.model``) or, for filtering, the
@@ -459,6 +463,10 @@ def mitigate(model: Any, x: np.ndarray, y: np.ndarray,
     if isinstance(scan_result, (str, Path)):
         scan_result = ScanResult.from_json(scan_result)
     triggers = select_triggers(scan_result, labels)
+    if method == "unlearning":
+        options = dict(options)
+        all_seeds = options.pop("all_seeds", DEFAULT_ALL_SEEDS)
+        options["further_triggers"] = further_triggers_of(scan_result, triggers, all_seeds)
     if method == "unlearning" and isinstance(scan_result, ScanResult) \
             and options.get("rounds", 1) != 1:
         # the search between rounds uses the scan's own settings (one round searches nothing)
@@ -489,6 +497,21 @@ def mitigate(model: Any, x: np.ndarray, y: np.ndarray,
                             wall_seconds=time.perf_counter() - started,
                             model_info=clf.describe(), versions=versions(),
                             classifier=repaired, input_filter=result_filter)
+
+
+def further_triggers_of(scan_result: ScanResult | Sequence[LabelResult],
+                        triggers: Sequence[LabelResult], all_seeds: Any) -> list[LabelResult]:
+    """The scan's further triggers of the labels being unlearned (none when ``all_seeds`` is off).
+
+    Raises:
+        InputError: When ``all_seeds`` is not a boolean.
+    """
+    if not isinstance(all_seeds, (bool, np.bool_)):
+        raise InputError(f"all_seeds must be True or False (got {all_seeds!r})")
+    if not all_seeds or not isinstance(scan_result, ScanResult):
+        return []
+    chosen = {t.label for t in triggers}
+    return [r for r in scan_result.further_triggers if r.label in chosen]
 
 
 def scan_many(manifest: Any, out: str | Path, *, config: Any = None,

@@ -125,6 +125,12 @@ def mitigation_view(data: dict[str, Any]) -> dict[str, Any]:
                         report.get("stamped_fraction"))),
                     ("training images (stamped)", f"{format_value(report.get('n_train'))} "
                                                   f"({format_value(report.get('n_stamped'))})")]
+        further = report.get("further_norms")
+        if isinstance(further, dict) and further:
+            details.append(("other triggers of the scan stamped too", "; ".join(
+                f"label {label}: norms "
+                + ", ".join(_short(n) for n in (norms if isinstance(norms, list) else [norms]))
+                for label, norms in further.items())))
         rounds = [r for r in report.get("rounds") or [] if isinstance(r, dict)]
         if report.get("updates") is not None:
             details.append(("optimiser updates", format_value(report.get("updates"))

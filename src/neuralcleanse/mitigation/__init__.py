@@ -38,7 +38,7 @@ METHODS: dict[str, tuple[str, ...]] = {
                   "max_neurons"),
     "pruning": ("max_fraction", "target_asr", "step_fraction", "batch_size"),
     "unlearning": ("epochs", "learning_rate", "stamped_fraction", "batch_size", "min_updates",
-                   "rounds"),
+                   "rounds", "all_seeds"),
 }
 
 

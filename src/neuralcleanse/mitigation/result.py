@@ -169,7 +169,11 @@ class MitigationResult:
                      f"{self.report.detection_rate:.1%}")
         elif isinstance(self.report, PruningReport):
             text += f"; {self.report.fraction:.1%} of the layer's neurons pruned"
-        elif isinstance(self.report, UnlearningReport) and len(self.report.rounds) > 1:
+        if isinstance(self.report, UnlearningReport) and self.report.further_norms:
+            text += "; also stamped the scan's other triggers of " + ", ".join(
+                f"label {label} (norms {', '.join(f'{n:.1f}' for n in norms)})"
+                for label, norms in self.report.further_norms.items())
+        if isinstance(self.report, UnlearningReport) and len(self.report.rounds) > 1:
             text += f"; {self.report.updates} updates in {len(self.report.rounds)} rounds"
             for k, later in enumerate(self.report.rounds[1:], start=2):
                 found = ", ".join(

@@ -50,26 +50,50 @@ def check_triggers(clf: Classifier, triggers: Sequence[LabelResult]) -> list[Lab
                          "(there is nothing to mitigate)")
     seen: set[int] = set()
     for trig in triggers:
-        if not isinstance(trig, LabelResult):
-            raise InputTypeError("triggers must be LabelResult objects (got "
-                                 f"{type(trig).__name__})")
-        if not 0 <= trig.label < clf.nb_classes:
-            raise InputError(f"trigger label {trig.label} is outside 0..{clf.nb_classes - 1}")
+        check_trigger(clf, trig, "triggers")
         if trig.label in seen:
             raise InputError(f"trigger label {trig.label} is given twice")
         seen.add(trig.label)
-        if tuple(np.shape(trig.mask)) != tuple(clf.image_shape):
-            raise InputError(f"the trigger mask of label {trig.label} has shape "
-                             f"{np.shape(trig.mask)} but the model's images are "
-                             f"{tuple(clf.image_shape)}")
-        if tuple(np.shape(trig.pattern)) != tuple(clf.input_shape):
-            raise InputError(f"the trigger pattern of label {trig.label} has shape "
-                             f"{np.shape(trig.pattern)} but the model's inputs are "
-                             f"{tuple(clf.input_shape)}")
-        if not (np.all(np.isfinite(trig.mask)) and np.all(np.isfinite(trig.pattern))):
-            raise InputError(f"the trigger of label {trig.label} holds NaN or infinite values "
-                             "(its search did not finish with a usable trigger)")
     return triggers
+
+
+def check_further_triggers(clf: Classifier, further: Sequence[LabelResult],
+                           labels: Sequence[int]) -> list[LabelResult]:
+    """Validate further triggers of labels being mitigated (several per label are allowed).
+
+    Raises:
+        ValueError: If a trigger is of a label not in ``labels`` or does not fit the model.
+        TypeError: If ``further`` or an element has the wrong type.
+    """
+    if isinstance(further, LabelResult) or not isinstance(further, (list, tuple)):
+        raise InputTypeError("further_triggers must be a list of LabelResult (got "
+                             f"{type(further).__name__})")
+    for trig in further:
+        check_trigger(clf, trig, "further_triggers")
+        if trig.label not in labels:
+            raise InputError(f"a further trigger is of label {trig.label}, which is not being "
+                             f"mitigated (labels: {sorted(labels)})")
+    return list(further)
+
+
+def check_trigger(clf: Classifier, trig: LabelResult, what: str) -> None:
+    """Check one trigger's type, label, shapes and values against the wrapped model."""
+    if not isinstance(trig, LabelResult):
+        raise InputTypeError(f"{what} must be LabelResult objects (got "
+                             f"{type(trig).__name__})")
+    if not 0 <= trig.label < clf.nb_classes:
+        raise InputError(f"trigger label {trig.label} is outside 0..{clf.nb_classes - 1}")
+    if tuple(np.shape(trig.mask)) != tuple(clf.image_shape):
+        raise InputError(f"the trigger mask of label {trig.label} has shape "
+                         f"{np.shape(trig.mask)} but the model's images are "
+                         f"{tuple(clf.image_shape)}")
+    if tuple(np.shape(trig.pattern)) != tuple(clf.input_shape):
+        raise InputError(f"the trigger pattern of label {trig.label} has shape "
+                         f"{np.shape(trig.pattern)} but the model's inputs are "
+                         f"{tuple(clf.input_shape)}")
+    if not (np.all(np.isfinite(trig.mask)) and np.all(np.isfinite(trig.pattern))):
+        raise InputError(f"the trigger of label {trig.label} holds NaN or infinite values "
+                         "(its search did not finish with a usable trigger)")
 
 
 def stamped_others(x: np.ndarray, y: np.ndarray, trigger: LabelResult,

@@ -15,6 +15,7 @@ again with ``confirm_seeds`` further seeds, and decides on each one's median nor
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -148,10 +149,16 @@ def apply_confirmation(result: ScanResult, extra: Mapping[int, Sequence[LabelRes
                          max_norm_ratio=cfg.max_norm_ratio,
                          small_norm_ratio=cfg.small_norm_ratio)
     labels = []
+    further: list[LabelResult] = []
+    mitigable = set(conf.flagged) | set(conf.suspicious)
     for i, r in enumerate(result.labels):
         chosen = r if r.label not in runs else [r, *extra[r.label]][conf.picked[r.label]]
         labels.append(dataclasses.replace(chosen, norm=float(conf.norms[i]),
                                           anomaly_index=float(conf.anomaly_index[i])))
+        if r.label in runs and r.label in mitigable:
+            further += [dataclasses.replace(other, anomaly_index=math.nan)
+                        for k, other in enumerate([r, *extra[r.label]])
+                        if k != conf.picked[r.label]]
     first_steps = int(sum(r.steps for r in result.labels))
     extra_steps = int(sum(r.steps for t in candidates for r in extra[t]))
     record: dict[str, Any] = {
@@ -179,7 +186,8 @@ def apply_confirmation(result: ScanResult, extra: Mapping[int, Sequence[LabelRes
     return dataclasses.replace(result, labels=labels, flagged_labels=conf.flagged,
                                median_norm=conf.median, mad=conf.mad, verdict=conf.verdict,
                                suspicious_labels=conf.suspicious, confirmation=record,
-                               wall_seconds=result.wall_seconds + float(seconds))
+                               wall_seconds=result.wall_seconds + float(seconds),
+                               further_triggers=further)
 
 
 def _grade_restarts(result: ScanResult, cfg: ScanConfig) -> ScanResult:

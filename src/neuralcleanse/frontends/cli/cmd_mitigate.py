@@ -87,6 +87,7 @@ MITIGATION_FLAGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "stamped_fraction": ("--stamped-fraction", lambda v: check_fraction("stamped_fraction", v)),
     "min_updates": ("--min-updates", lambda v: check_int("min_updates", v, 0, MAX_MIN_UPDATES)),
     "rounds": ("--rounds", lambda v: check_int("rounds", v, 1, MAX_ROUNDS)),
+    "all_seeds": ("--all-seeds or --kept-trigger-only", lambda v: v),
     "max_fraction": ("--max-fraction", lambda v: check_fraction("max_fraction", v)),
     "target_asr": ("--target-asr", lambda v: check_fraction("target_asr", v, allow_zero=True)),
     "score": ("--score", check_score),
@@ -168,6 +169,11 @@ def mitigate(
         help="Unlearning: rounds the updates are split into; before each one after the first "
              "the flagged labels' triggers are searched again with the scan's settings "
              "(default 1: the scan's triggers only, in one run).")] = None,
+    all_seeds: Annotated[bool | None, typer.Option(
+        "--all-seeds/--kept-trigger-only", rich_help_panel=MITIGATION_PANEL,
+        show_default=False,
+        help="Unlearning: stamp every trigger the scan's confirmation found for a label "
+             "(its other seeds too; the default), or only the kept one.")] = None,
     max_fraction: Annotated[float | None, typer.Option(
         "--max-fraction", rich_help_panel=MITIGATION_PANEL,
         help="Pruning: most neurons of the layer to prune.")] = None,
@@ -242,7 +248,8 @@ def mitigate(
     chosen = parse_int_list(labels, "--labels") if labels is not None else None
     options = mitigation_options(method, layer, dict(
         epochs=epochs, learning_rate=learning_rate, stamped_fraction=stamped_fraction,
-        min_updates=min_updates, rounds=rounds, max_fraction=max_fraction,
+        min_updates=min_updates, rounds=rounds, all_seeds=all_seeds,
+        max_fraction=max_fraction,
         target_asr=target_asr,
         score=score, top_fraction=top_fraction, target_fpr=target_fpr, ranking=ranking,
         max_neurons=max_neurons,

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import jsonschema  # the dev extra, which make test installs
 import numpy as np
 import pytest
 from test_mitigation_defaults import TARGET, hand_made, hand_made_data, trigger
@@ -26,6 +27,7 @@ from neuralcleanse.frontends.api import prepare
 from neuralcleanse.frontends.cli.cmd_mitigate import mitigation_options
 from neuralcleanse.frontends.cli.messages import CliError
 from neuralcleanse.frontends.cli.options import Method
+from neuralcleanse.io.json_schemas import load_schema
 from neuralcleanse.mitigation import unlearn
 from neuralcleanse.mitigation.result import MitigationResult
 from neuralcleanse.search.confirm import apply_confirmation, plan_confirmation
@@ -119,9 +121,6 @@ def test_the_further_triggers_survive_the_json_and_match_the_schema(tmp_path: Pa
         assert (a.label, a.norm) == (b.label, b.norm)
         np.testing.assert_array_equal(a.mask, b.mask)
         np.testing.assert_array_equal(a.pattern, b.pattern)
-    jsonschema = pytest.importorskip("jsonschema")
-    from neuralcleanse.io.json_schemas import load_schema
-
     validator = jsonschema.Draft202012Validator(load_schema("report"))
     doc = json.loads(result.to_json())
     assert [e.message for e in validator.iter_errors(doc)] == []

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from neuralcleanse.core.config import INT_RANGES
 from neuralcleanse.core.errors import InputError
 from neuralcleanse.core.layout import mask_for_layout
 from neuralcleanse.core.outliers import anomaly_indices
@@ -42,7 +43,7 @@ SCHEMA_VERSION = 1
 MAX_CLASSES = 1_000_000
 #: Most further triggers a report may keep per label: the first run and the most further
 #: seeds the confirmation allows, less the kept one.
-MAX_FURTHER_PER_LABEL = 16
+MAX_FURTHER_PER_LABEL = INT_RANGES["confirm_seeds"][1]
 
 
 @dataclass

@@ -337,6 +337,9 @@ def test_restarts_flag_reports_verdict_stability(files: dict[str, Path], tmp_pat
     info = report["restarts"]
     assert info["n"] == 2 and info["seeds"] == [0, 1] and info["labels"] == [6, 7]
     assert np.allclose(norms(report), np.median(info["norms"], axis=0), rtol=1e-5)
+    # the other restart of each flagged or suspicious label is written for unlearning
+    mitigable = set(report["flagged_labels"]) | set(report["suspicious_labels"])
+    assert sorted(r["label"] for r in report["further_triggers"]) == sorted(mitigable)
     html = (out / "report.html").read_text()
     assert "flagged in runs" in html and "seeds 0, 1" in html
     printed = capsys.readouterr().out

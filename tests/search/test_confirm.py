@@ -131,4 +131,17 @@ def test_restarts_and_label_subsets_search_nothing_more(backdoored) -> None:
     assert restarted.suspicious_labels == sorted(
         flagged_some_run - set(restarted.flagged_labels), key=lambda t: restarted.norms[t])
     assert restarted.flagged_labels == [TARGET] and restarted.verdict == "backdoor"
+    # the flagged and suspicious labels keep their other restart as a further trigger for
+    # unlearning: with two runs the median lies halfway, the first run is kept, the second not
+    mitigable = set(restarted.flagged_labels) | set(restarted.suspicious_labels)
+    further = restarted.further_triggers
+    assert sorted(r.label for r in further) == sorted(mitigable)
+    for r in further:
+        j = c["first_run"]["labels"].index(r.label)
+        assert r.norm == pytest.approx(restarted.restarts["norms"][1][j], rel=1e-5)
+        assert np.isnan(r.anomaly_index)
+        kept = restarted.label(r.label)
+        assert not np.array_equal(r.mask, kept.mask)
+        assert kept.norm == pytest.approx(np.median([row[j] for row in
+                                                     restarted.restarts["norms"]]), rel=1e-5)
 

@@ -164,11 +164,12 @@ class ScanResult:
             labels searched again, their norms under the further seeds, the first run's norms,
             indices and flags, the extra label-steps and seconds, and the expected false-alarm
             rate; ``{"skipped": "partial scan"}`` for a partial scan, empty when unknown.
-        further_triggers: The other triggers the confirmation found for the flagged and
-            suspicious labels: each such label keeps the run at its median norm in ``labels``,
-            and its other runs (the first run or further seeds) are listed here, by label and
-            then seed. Unlearning stamps them beside the kept ones. Empty under the paper rule,
-            for restarts and partial scans, and in reports written before they were kept.
+        further_triggers: The other triggers the confirmation (or the restarts) found for the
+            flagged and suspicious labels: each such label keeps the run at its median norm in
+            ``labels``, and its other runs (the first run, further seeds or other restarts) are
+            listed here, by label and then seed. Unlearning stamps them beside the kept ones.
+            Empty under the paper rule without restarts, for partial scans, and in reports
+            written before they were kept.
     """
 
     labels: list[LabelResult]

@@ -50,7 +50,7 @@ from neuralcleanse.search.confirm import (
     plan_confirmation,
     search_confirmations,
 )
-from neuralcleanse.search.restarts import combine_restarts
+from neuralcleanse.search.restarts import combine_restarts, other_restarts
 from neuralcleanse.search.reverse import (
     CHECKPOINT_EVERY_S,
     CheckpointCallback,
@@ -362,7 +362,11 @@ def scan(model: Any, x: Any, y: Any = None, *, config: ScanConfig | None = None,
     extra_started = time.perf_counter()
     candidates = plan_confirmation(first, cfg)
     extra = search_confirmations(clf, images, targets, cfg, candidates) if candidates else {}
-    return apply_confirmation(first, extra, cfg, time.perf_counter() - extra_started)
+    result = apply_confirmation(first, extra, cfg, time.perf_counter() - extra_started)
+    if restarts > 1:  # the other restarts of the flagged and suspicious labels, for unlearning
+        result.further_triggers = other_restarts(
+            runs, set(result.flagged_labels) | set(result.suspicious_labels))
+    return result
 
 
 def _label_list(labels: Any, nb_classes: int) -> list[int]:
@@ -439,8 +443,8 @@ def mitigate(model: Any, x: np.ndarray, y: np.ndarray,
             triggers searched again before each later one with the scan's settings, or the
             defaults when a list of triggers is given), ``all_seeds`` (True: a scan's
             :attr:`~neuralcleanse.core.results.ScanResult.further_triggers` of the labels,
-            the triggers its confirmation found with its other seeds, are stamped beside the
-            kept ones; False: the kept triggers only). All: ``batch_size``.
+            the triggers its confirmation (or its restarts) found with other seeds, are
+            stamped beside the kept ones; False: the kept triggers only). All: ``batch_size``.
 
     Returns:
         A :class:`MitigationResult`: the repaired copy (``.model``) or, for filtering, the

@@ -208,8 +208,9 @@ def unlearn(clf: Classifier, x: np.ndarray, y: np.ndarray, triggers: Sequence[La
             defaults). Its seed is replaced by ``seed`` and its progress bar switched off.
         further_triggers: More reversed triggers of the labels in ``triggers`` (any number
             per label), stamped beside them: :attr:`ScanResult.further_triggers`, the triggers
-            the scan's confirmation found with its other seeds. The stamped images are shared
-            out evenly among all the triggers; the measurements use ``triggers`` only.
+            the scan's confirmation (or restarts) found with other seeds. The stamped images
+            are shared out evenly among all the triggers; the measurements use ``triggers``
+            only.
         x_test: Held-out clean images for the measurements (default: split off ``x``).
         y_test: Their labels.
         test_fraction: Share of ``x`` held out when no test data is given, in (0, 1).

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import math
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
 
 from neuralcleanse.core.outliers import anomaly_indices
-from neuralcleanse.core.results import LabelResult
+from neuralcleanse.core.results import MAX_FURTHER_PER_LABEL, LabelResult
+
+
+def _picks(norms: np.ndarray) -> list[int]:
+    """Per label (column of ``norms``, one row per run): the run closest to the median norm."""
+    median = np.median(norms, axis=0)
+    return [int(np.argmin(np.abs(norms[:, j] - median[j]))) for j in range(norms.shape[1])]
 
 
 def combine_restarts(runs: list[list[LabelResult]], seeds: list[int],
@@ -38,10 +45,8 @@ def combine_restarts(runs: list[list[LabelResult]], seeds: list[int],
                for row in norms]
     index = np.array([rep.anomaly_index for rep in per_run])
     median = np.median(norms, axis=0)
-    merged = []
-    for j, _label in enumerate(labels):
-        pick = int(np.argmin(np.abs(norms[:, j] - median[j])))
-        merged.append(dataclasses.replace(runs[pick][j], norm=float(median[j])))
+    merged = [dataclasses.replace(runs[pick][j], norm=float(median[j]))
+              for j, pick in enumerate(_picks(norms))]
     flag_counts = {str(t): sum(t in rep.flagged for rep in per_run) for t in labels}
     details = {
         "n": len(runs),
@@ -56,3 +61,34 @@ def combine_restarts(runs: list[list[LabelResult]], seeds: list[int],
         "anomaly_index_spread": (index.max(axis=0) - index.min(axis=0)).round(6).tolist(),
     }
     return merged, details
+
+
+def other_restarts(runs: list[list[LabelResult]], labels: Collection[int]
+                   ) -> list[LabelResult]:
+    """The runs :func:`combine_restarts` did not keep, for ``labels``: their further triggers.
+
+    Each label keeps the run nearest its median norm; its other runs are other ways into the
+    label, which unlearning stamps beside the kept one
+    (:attr:`~neuralcleanse.core.results.ScanResult.further_triggers`). At most
+    :data:`~neuralcleanse.core.results.MAX_FURTHER_PER_LABEL` per label, those nearest the
+    median; each keeps its own norm, its anomaly index is NaN (it took no part in the verdict).
+
+    Args:
+        runs: One list of label results per seed, each covering the same labels.
+        labels: The labels whose other runs to return (the flagged and suspicious ones).
+
+    Returns:
+        The other runs' results, by label and then seed.
+    """
+    wanted = {int(t) for t in labels}
+    norms = np.array([[r.norm for r in run] for run in runs])
+    median = np.median(norms, axis=0)
+    out: list[LabelResult] = []
+    for j, pick in enumerate(_picks(norms)):
+        if runs[0][j].label not in wanted:
+            continue
+        others = sorted((k for k in range(len(runs)) if k != pick),
+                        key=lambda k: (abs(norms[k, j] - median[j]), k))
+        out += [dataclasses.replace(runs[k][j], anomaly_index=math.nan)
+                for k in sorted(others[:MAX_FURTHER_PER_LABEL])]
+    return out

@@ -431,6 +431,79 @@ def test_a_run_stopped_in_a_confirmation_resumes_with_the_confirmation_alone(
     assert_same_results(reports(tmp_path), reports(out))
 
 
+def test_other_verdict_settings_grade_finished_models_again_from_their_saved_searches(
+        baseline: tuple, zoo: dict[str, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _, out, _ = baseline
+    scan_many(zoo["manifest"], tmp_path, parallel=False)  # the default (confirmed) rule
+    confirmed = reports(tmp_path)
+    assert_same_results(confirmed, reports(out))
+    chunks: list[str] = []
+    confirmations: list[tuple[str, list[int]]] = []
+    scan_chunk, confirm_labels = runner.scan_chunk, runner.confirm_labels
+
+    def chunk_spy(spec, *args):  # type: ignore[no-untyped-def]
+        chunks.append(spec.name)
+        return scan_chunk(spec, *args)
+
+    def confirm_spy(spec, cfg, ctx, facts, labels, *args):  # type: ignore[no-untyped-def]
+        confirmations.append((spec.name, list(labels)))
+        return confirm_labels(spec, cfg, ctx, facts, labels, *args)
+
+    monkeypatch.setattr(runner, "scan_chunk", chunk_spy)
+    monkeypatch.setattr(runner, "confirm_labels", confirm_spy)
+
+    # the paper rule: the saved first pass, graded again; only the examples are stamped
+    summary = scan_many(zoo["manifest"], tmp_path, parallel=False, resume=True,
+                        config={"verdict": "paper"})
+    assert chunks == [] and all(labels == [] for _, labels in confirmations)
+    for name, result in reports(tmp_path).items():
+        first = confirmed[name].confirmation["first_run"]
+        assert result.confirmation["rule"] == "paper"
+        assert [r.norm for r in result.labels] == first["norms"]
+        assert result.flagged_labels == first["flagged"]
+    assert {m.name: m.status for m in summary.models} == {
+        "clean": "done", "poisoned": "done", "broken": "failed"}
+
+    # back to the confirmed rule: the confirmation's runs were saved too, nothing is searched
+    confirmations.clear()
+    scan_many(zoo["manifest"], tmp_path, parallel=False, resume=True)
+    assert chunks == [] and all(labels == [] for _, labels in confirmations)
+    assert_same_results(reports(tmp_path), confirmed)
+
+    # a wider margin plans more labels: only those never searched with the further seeds run
+    planned = {n: set(r.confirmation["candidates"]) for n, r in confirmed.items()}
+    scan_many(zoo["manifest"], tmp_path, parallel=False, resume=True,
+              config={"confirm_margin": 1.5})
+    assert chunks == []
+    widened = reports(tmp_path)
+    searched = {name: set(labels) for name, labels in confirmations if labels}
+    for name, result in widened.items():
+        more = set(result.confirmation["candidates"]) - planned[name]
+        assert searched.get(name, set()) == more, name
+        direct = direct_scan(zoo, name, confirm_margin=1.5)
+        assert np.array_equal(result.norms, direct.norms), name
+        assert result.flagged_labels == direct.flagged_labels, name
+        assert result.verdict == direct.verdict, name
+    assert any(searched.values())  # the margin did plan more labels
+
+    # saved searches that do not fit (another model, data or settings) are not used
+    saved = tmp_path / ".scan-many" / "searches" / "clean" / "seed-0" / "label_3.json"
+    doc = json.loads(saved.read_text())
+    doc["fingerprint"] = "another model"
+    saved.write_text(json.dumps(doc))
+    scan_many(zoo["manifest"], tmp_path, parallel=False, resume=True,
+              config={"verdict": "paper"})
+    assert chunks == ["clean"]  # its first pass searched again, the other model's reused
+    assert_same_results({"clean": reports(tmp_path)["clean"]},
+                        {"clean": direct_scan(zoo, "clean", verdict="paper")})
+
+    # a run without resume searches everything again
+    chunks.clear()
+    scan_many(zoo["manifest"], tmp_path, parallel=False, config={"verdict": "paper"})
+    assert sorted(chunks) == ["clean", "poisoned"]
+
+
 def test_a_confirmation_that_fails_fails_its_model_alone(
         zoo: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from neuralcleanse.distributed.tasks import ConfirmDone, TaskFailure

@@ -22,7 +22,11 @@ report, with a warning.
 
 ``OUT/.scan-many/`` holds the run's own state: the outcome of each finished model with the
 fingerprint of its model, data and settings and its verdict settings (``resume`` skips a model
-whose outcome matches both), and one marker per task attempt (the ``attempts`` of the summary).
+whose outcome matches both), one marker per task attempt (the ``attempts`` of the summary), and
+each finished model's label searches, one folder per seed (``searches/<name>/seed-<s>/``, keyed
+by the same fingerprint): resumed with other verdict settings, a model is graded again from its
+saved first pass and further runs, and only the labels the new settings plan that lack a saved
+run are searched (a run without ``resume`` removes them).
 A model's first-pass labels stay in ``OUT/models/<name>/partial/`` until its report is written,
 so a run interrupted during a confirmation resumes with the confirmation alone (run again from
 its start: its searches are not saved as they go).
@@ -66,13 +70,14 @@ from neuralcleanse.distributed.tasks import (
     inspect_model,
     model_dir,
     scan_chunk,
+    searches_dir,
     settings_key,
     verdict_settings,
 )
 from neuralcleanse.io.report import STAMPED_EXAMPLES, atomic_write, write_report
 from neuralcleanse.io.resume import PartialStore
 from neuralcleanse.mitigation.examples import example_labels
-from neuralcleanse.search.confirm import apply_confirmation, plan_confirmation
+from neuralcleanse.search.confirm import apply_confirmation, further_seeds, plan_confirmation
 
 OUTCOME_KIND = "neuralcleanse scan-many outcome"
 Progress = Callable[[dict[str, Any]], None]
@@ -89,6 +94,7 @@ class ModelRun:
         self.results: dict[int, LabelResult] = {}
         self.first: ScanResult | None = None  # the merged first pass, while it is confirmed
         self.confirming: list[int] = []  # the labels its confirmation searches again
+        self.saved_runs: dict[int, list[LabelResult]] = {}  # confirmation runs an earlier run saved
         self.graded: ScanResult | None = None  # the graded result, while its examples are made
         self.examples: dict[int, dict[str, Any]] = {}  # its stamped examples, by label
         self.confirm_searches = 0  # label searches of the confirmation (labels x seeds)
@@ -171,9 +177,13 @@ class Driver:
             except InputError as exc:
                 m.warnings.append(f"started over: {exc}")
                 store.clear()
+            # a model finished before under other verdict settings: its first pass is saved
+            saved = self.saved_searches(m, self.cfg.seed)
+            done += [r for t, r in saved.items() if t not in {d.label for d in done}]
         else:
             store.clear()
             self.outcome_path(m).unlink(missing_ok=True)  # an earlier run's, now stale
+            shutil.rmtree(searches_dir(self.out, m.spec.name), ignore_errors=True)
         m.results = {r.label: r for r in done if r.label in facts.labels}
         todo = [t for t in facts.labels if t not in m.results]
         size = self.labels_per_task or max(1, len(todo))
@@ -210,6 +220,34 @@ class Driver:
         """The model's resume store."""
         assert m.facts is not None
         return PartialStore(model_dir(self.out, m.spec.name) / PARTIAL_DIR, m.facts.key)
+
+    def search_store(self, m: ModelRun, seed: int) -> PartialStore:
+        """Where the model's label searches with ``seed`` are kept once it is finished."""
+        assert m.facts is not None
+        return PartialStore(searches_dir(self.out, m.spec.name) / f"seed-{seed}", m.facts.key)
+
+    def saved_searches(self, m: ModelRun, seed: int) -> dict[int, LabelResult]:
+        """The label searches with ``seed`` that an earlier run of this model saved.
+
+        Searches saved for another model, data or search settings are stale: they are removed
+        and none is returned.
+        """
+        store = self.search_store(m, seed)
+        try:
+            return {r.label: r for r in store.load()}
+        except InputError:
+            store.clear()
+            return {}
+
+    def save_searches(self, m: ModelRun, seed: int, results: list[LabelResult]) -> None:
+        """Keep label searches for a later run with other verdict settings (best effort)."""
+        store = self.search_store(m, seed)
+        try:
+            for r in results:
+                store.save(r)
+        except (InputError, OSError) as exc:
+            m.warnings.append(f"its searches were not kept for a later re-grading: "
+                              f"{one_line(exc)}")
 
     def outcome_path(self, m: ModelRun) -> Path:
         """Where a finished model's outcome is kept for ``resume``."""
@@ -250,12 +288,23 @@ class Driver:
             return self.with_examples(m, self.recorded(
                 m, lambda: apply_confirmation(first, {}, self.cfg, 0.0)), {})
         m.first, m.confirming, m.state = first, labels, "confirming"
-        m.confirm_searches = len(labels) * self.cfg.confirm_seeds
+        m.saved_runs = self.saved_confirmations(m, labels) if self.resume else {}
+        todo = [t for t in labels if t not in m.saved_runs]
+        if not todo:  # every run was saved by an earlier run: grade without a task
+            return self.confirmed(m, ConfirmDone(runs={}))
+        m.confirm_searches = len(todo) * self.cfg.confirm_seeds
         self.engine.submit(("confirm", self.models.index(m), CONFIRM_TASK), confirm_labels,
-                           m.spec, self.cfg, self.ctx, facts, labels,
-                           [first.label(t) for t in labels])
+                           m.spec, self.cfg, self.ctx, facts, todo,
+                           [first.label(t) for t in todo])
         self.emit("confirming", m)
         return None
+
+    def saved_confirmations(self, m: ModelRun, labels: list[int]
+                            ) -> dict[int, list[LabelResult]]:
+        """The further runs of ``labels`` an earlier run saved, for labels that have them all."""
+        by_seed = [self.saved_searches(m, s) for s in further_seeds(self.cfg)]
+        return {t: [runs[t] for runs in by_seed] for t in labels
+                if all(t in runs for runs in by_seed)}
 
     def confirmed(self, m: ModelRun, value: ConfirmDone | TaskFailure) -> None:
         """Grade the first pass with the confirmation's further runs; finish the model."""
@@ -265,13 +314,17 @@ class Driver:
             return self.fail(m, value.error)
         first = m.first
         assert first is not None
-        m.label_steps += sum(r.steps for runs in value.runs.values() for r in runs)
+        runs = {**m.saved_runs, **value.runs}
+        m.label_steps += sum(r.steps for found in runs.values() for r in found)
         try:
-            result = self.recorded(m, lambda: apply_confirmation(first, value.runs, self.cfg,
+            result = self.recorded(m, lambda: apply_confirmation(first, runs, self.cfg,
                                                                  value.seconds))
         except InputError as exc:  # runs that do not fit the plan: this model's, not the run's
             return self.fail(m, f"cannot grade its confirmation: {one_line(exc)}")
-        m.first = None
+        for k, seed in enumerate(further_seeds(self.cfg)):
+            self.save_searches(m, seed, [found[k] for found in value.runs.values()
+                                         if k < len(found)])
+        m.first, m.saved_runs = None, {}
         return self.with_examples(m, result, picked_examples(result, first, value))
 
     def with_examples(self, m: ModelRun, result: ScanResult,
@@ -332,6 +385,7 @@ class Driver:
         except (InputError, OSError) as exc:
             return self.fail(m, f"cannot write the report into {str(folder)!r}: "
                                 f"{one_line(exc)}")
+        self.save_searches(m, self.cfg.seed, list(m.results.values()))
         self.store(m).clear()
         norms = [r.norm for r in result.labels]
         indices = [r.anomaly_index for r in result.labels]

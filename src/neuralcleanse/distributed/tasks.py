@@ -52,6 +52,10 @@ TEST_CRASH_ENV = "NEURALCLEANSE_SCAN_MANY_TEST_CRASH"
 MODELS_DIR = "models"
 PARTIAL_DIR = "partial"
 STATE_DIR = ".scan-many"
+#: Under :data:`STATE_DIR`: each finished model's label searches, one folder per seed (the first
+#: pass's and the confirmation's), so that a resumed run with other verdict settings grades the
+#: model again without searching what it searched before.
+SEARCHES_DIR = "searches"
 #: The name of a model's confirmation task (in the attempt markers and the driver's records).
 CONFIRM_TASK = "confirm"
 #: The name of a model's last task, which stamps the examples the confirmation did not
@@ -136,6 +140,11 @@ class TaskFailure:
 def model_dir(out: str | Path, name: str) -> Path:
     """The folder of one model's report."""
     return Path(out) / MODELS_DIR / name
+
+
+def searches_dir(out: str | Path, name: str) -> Path:
+    """The folder of a model's saved label searches (one subfolder per seed)."""
+    return Path(out) / STATE_DIR / SEARCHES_DIR / name
 
 
 def attempts_dir(out: str | Path, name: str) -> Path:

@@ -469,7 +469,10 @@ def test_other_verdict_settings_grade_finished_models_again_from_their_saved_sea
     confirmations.clear()
     scan_many(zoo["manifest"], tmp_path, parallel=False, resume=True)
     assert chunks == [] and all(labels == [] for _, labels in confirmations)
-    assert_same_results(reports(tmp_path), confirmed)
+    regraded = reports(tmp_path)
+    assert_same_results(regraded, confirmed)
+    for name, result in regraded.items():  # the report's examples: the library's, as before
+        assert report_examples(tmp_path, name) == library_examples(zoo, name, result), name
 
     # a wider margin plans more labels: only those never searched with the further seeds run
     planned = {n: set(r.confirmation["candidates"]) for n, r in confirmed.items()}

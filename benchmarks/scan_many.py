@@ -7,7 +7,11 @@ with :func:`neuralcleanse.scan_many`:
 * ``sequential``: ``parallel=False`` (what ``scan-many --sequential`` runs), one model after
   another in this process, with 1 torch thread and with k torch threads;
 * ``ray``: k Ray workers on this machine (a Ray started here with ``num_cpus=k``, one CPU per
-  task), the time to start Ray counted apart.
+  task), the time to start Ray counted apart;
+* ``re-graded``: the one-thread sequential run resumed (``resume=True``) under the paper rule,
+  then under the default rule again: the finished models are graded again from the searches
+  the first run kept, so only the examples are stamped (the paper rule's verdicts must be the
+  first run's first pass, the default rule's the first run's own).
 
 For each: wall time, speed-up over the one-thread sequential run, and CPU use of the whole process
 tree (this process, Ray's processes and its workers): CPU seconds, and the average number of busy
@@ -162,6 +166,23 @@ def norms_of(out: Path, summary: Any) -> dict[str, list[float]]:
     return result
 
 
+def first_passes(out: Path) -> dict[str, dict[str, Any]]:
+    """Each model's first pass (norms, flags) as its default-rule report records it."""
+    return {f.name: json.loads((f / "report.json").read_text())["confirmation"]["first_run"]
+            for f in sorted((out / "models").iterdir())}
+
+
+def graded_as_first_pass(out: Path, first: dict[str, dict[str, Any]]) -> bool:
+    """Whether every report in ``out`` is the paper rule on the first pass ``first`` holds."""
+    ok = True
+    for name, run_first in first.items():
+        report = json.loads((out / "models" / name / "report.json").read_text())
+        ok &= (report["confirmation"]["rule"] == "paper"
+               and [lab["norm"] for lab in report["labels"]] == run_first["norms"]
+               and report["flagged_labels"] == run_first["flagged"])
+    return bool(ok)
+
+
 def run(label: str, manifest: Any, out: Path, config: dict[str, Any], **kwargs: Any
         ) -> tuple[dict[str, Any], dict[str, list[float]]]:
     with TreeCpu() as cpu:
@@ -204,6 +225,14 @@ def main() -> None:
         with torch_threads(1):
             runs["sequential, 1 thread"], norms["seq1"] = run(
                 "sequential, 1 thread", manifest, folder / "seq1", config, parallel=False)
+            first = first_passes(folder / "seq1")
+            runs["re-graded: paper rule"], _ = run(
+                "re-graded: paper rule", manifest, folder / "seq1", {**config, "verdict": "paper"},
+                parallel=False, resume=True)
+            paper = graded_as_first_pass(folder / "seq1", first)
+            runs["re-graded: default rule again"], norms["regraded"] = run(
+                "re-graded: default rule again", manifest, folder / "seq1", config,
+                parallel=False, resume=True)
         with torch_threads(k):
             runs[f"sequential, {k} threads"], norms["seqk"] = run(
                 f"sequential, {k} threads", manifest, folder / "seqk", config, parallel=False)
@@ -221,11 +250,12 @@ def main() -> None:
     base = runs["sequential, 1 thread"]["wall_seconds"]
     for row in runs.values():
         row["speed_up"] = round(base / row["wall_seconds"], 2)
-    same = norms["seq1"] == norms["seqk"] == norms["ray"]
+    same = norms["seq1"] == norms["seqk"] == norms["ray"] == norms["regraded"]
     planted = [f"digits{s:02d}" for s, p in enumerate(poisoned) if p]
     results = {"environment": environment(), "cpu_measure": TreeCpu().method,
                "models": args.models, "workers": k, "config": config,
                "poisoned_models": planted, "same_norms_in_every_run": same,
+               "paper_rule_regraded_equals_first_pass": paper,
                "load_average_1min_before_after": [round(load_before[0], 2),
                                                   round(os.getloadavg()[0], 2)],
                "runs": runs}
@@ -233,13 +263,14 @@ def main() -> None:
     print(f"\n{args.models} digits CNNs (8x8), {args.steps} steps x {args.mini_batches} "
           f"mini-batches per label, {os.cpu_count()} CPUs; busy cores = CPU seconds of the "
           "process tree / wall time")
-    print(f"{'run':<24}{'wall s':>9}{'speed-up':>10}{'CPU s':>9}{'busy cores':>12}")
+    print(f"{'run':<32}{'wall s':>9}{'speed-up':>10}{'CPU s':>9}{'busy cores':>12}")
     for name, row in runs.items():
-        print(f"{name:<24}{row['wall_seconds']:>9.2f}{row['speed_up']:>10.2f}"
+        print(f"{name:<32}{row['wall_seconds']:>9.2f}{row['speed_up']:>10.2f}"
               f"{row['cpu_seconds']:>9.2f}{row['busy_cores']:>12.2f}")
     print(f"Ray start: {runs[f'ray, {k} workers']['ray_start_seconds']:.2f} s (not in the wall "
           f"time above); same norms in every run: {same}; load average before/after: "
-          f"{results['load_average_1min_before_after']}")
+          f"{results['load_average_1min_before_after']}; re-graded under the paper rule: "
+          f"{'as the paper rule grades the first pass' if paper else 'NOT as expected'}")
     save_results(args.out, results)
 
 

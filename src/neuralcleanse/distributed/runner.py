@@ -26,7 +26,8 @@ whose outcome matches both), one marker per task attempt (the ``attempts`` of th
 each finished model's label searches, one folder per seed (``searches/<name>/seed-<s>/``, keyed
 by the same fingerprint): resumed with other verdict settings, a model is graded again from its
 saved first pass and further runs, and only the labels the new settings plan that lack a saved
-run are searched (a run without ``resume`` removes them).
+run are searched (a run without ``resume`` removes them;
+:mod:`~neuralcleanse.distributed.saved_searches`).
 A model's first-pass labels stay in ``OUT/models/<name>/partial/`` until its report is written,
 so a run interrupted during a confirmation resumes with the confirmation alone (run again from
 its start: its searches are not saved as they go).
@@ -53,6 +54,7 @@ from neuralcleanse.core.strict_json import dumps, read_json_file
 from neuralcleanse.core.summary import ModelOutcome, ScanManySummary
 from neuralcleanse.distributed.engines import RayEngine, Sequential, make_engine
 from neuralcleanse.distributed.manifest import ModelSpec, build_config, read_manifest
+from neuralcleanse.distributed.saved_searches import SavedSearches
 from neuralcleanse.distributed.tasks import (
     CONFIRM_TASK,
     EXAMPLES_TASK,
@@ -70,14 +72,13 @@ from neuralcleanse.distributed.tasks import (
     inspect_model,
     model_dir,
     scan_chunk,
-    searches_dir,
     settings_key,
     verdict_settings,
 )
 from neuralcleanse.io.report import STAMPED_EXAMPLES, atomic_write, write_report
 from neuralcleanse.io.resume import PartialStore
 from neuralcleanse.mitigation.examples import example_labels
-from neuralcleanse.search.confirm import apply_confirmation, further_seeds, plan_confirmation
+from neuralcleanse.search.confirm import apply_confirmation, plan_confirmation
 
 OUTCOME_KIND = "neuralcleanse scan-many outcome"
 Progress = Callable[[dict[str, Any]], None]
@@ -178,12 +179,12 @@ class Driver:
                 m.warnings.append(f"started over: {exc}")
                 store.clear()
             # a model finished before under other verdict settings: its first pass is saved
-            saved = self.saved_searches(m, self.cfg.seed)
+            saved = self.searches(m).load(self.cfg.seed)
             done += [r for t, r in saved.items() if t not in {d.label for d in done}]
         else:
             store.clear()
             self.outcome_path(m).unlink(missing_ok=True)  # an earlier run's, now stale
-            shutil.rmtree(searches_dir(self.out, m.spec.name), ignore_errors=True)
+            self.searches(m).forget()
         m.results = {r.label: r for r in done if r.label in facts.labels}
         todo = [t for t in facts.labels if t not in m.results]
         size = self.labels_per_task or max(1, len(todo))
@@ -221,33 +222,15 @@ class Driver:
         assert m.facts is not None
         return PartialStore(model_dir(self.out, m.spec.name) / PARTIAL_DIR, m.facts.key)
 
-    def search_store(self, m: ModelRun, seed: int) -> PartialStore:
-        """Where the model's label searches with ``seed`` are kept once it is finished."""
+    def searches(self, m: ModelRun) -> SavedSearches:
+        """The label searches the model keeps for a later re-grading."""
         assert m.facts is not None
-        return PartialStore(searches_dir(self.out, m.spec.name) / f"seed-{seed}", m.facts.key)
+        return SavedSearches(self.out, m.spec.name, m.facts.key)
 
-    def saved_searches(self, m: ModelRun, seed: int) -> dict[int, LabelResult]:
-        """The label searches with ``seed`` that an earlier run of this model saved.
-
-        Searches saved for another model, data or search settings are stale: they are removed
-        and none is returned.
-        """
-        store = self.search_store(m, seed)
-        try:
-            return {r.label: r for r in store.load()}
-        except InputError:
-            store.clear()
-            return {}
-
-    def save_searches(self, m: ModelRun, seed: int, results: list[LabelResult]) -> None:
-        """Keep label searches for a later run with other verdict settings (best effort)."""
-        store = self.search_store(m, seed)
-        try:
-            for r in results:
-                store.save(r)
-        except (InputError, OSError) as exc:
-            m.warnings.append(f"its searches were not kept for a later re-grading: "
-                              f"{one_line(exc)}")
+    def warn(self, m: ModelRun, warning: str | None) -> None:
+        """Add ``warning`` to the model's warnings (when there is one)."""
+        if warning:
+            m.warnings.append(warning)
 
     def outcome_path(self, m: ModelRun) -> Path:
         """Where a finished model's outcome is kept for ``resume``."""
@@ -288,7 +271,7 @@ class Driver:
             return self.with_examples(m, self.recorded(
                 m, lambda: apply_confirmation(first, {}, self.cfg, 0.0)), {})
         m.first, m.confirming, m.state = first, labels, "confirming"
-        m.saved_runs = self.saved_confirmations(m, labels) if self.resume else {}
+        m.saved_runs = self.searches(m).confirmations(self.cfg, labels) if self.resume else {}
         todo = [t for t in labels if t not in m.saved_runs]
         if not todo:  # every run was saved by an earlier run: grade without a task
             return self.confirmed(m, ConfirmDone(runs={}))
@@ -298,13 +281,6 @@ class Driver:
                            [first.label(t) for t in todo])
         self.emit("confirming", m)
         return None
-
-    def saved_confirmations(self, m: ModelRun, labels: list[int]
-                            ) -> dict[int, list[LabelResult]]:
-        """The further runs of ``labels`` an earlier run saved, for labels that have them all."""
-        by_seed = [self.saved_searches(m, s) for s in further_seeds(self.cfg)]
-        return {t: [runs[t] for runs in by_seed] for t in labels
-                if all(t in runs for runs in by_seed)}
 
     def confirmed(self, m: ModelRun, value: ConfirmDone | TaskFailure) -> None:
         """Grade the first pass with the confirmation's further runs; finish the model."""
@@ -321,9 +297,7 @@ class Driver:
                                                                  value.seconds))
         except InputError as exc:  # runs that do not fit the plan: this model's, not the run's
             return self.fail(m, f"cannot grade its confirmation: {one_line(exc)}")
-        for k, seed in enumerate(further_seeds(self.cfg)):
-            self.save_searches(m, seed, [found[k] for found in value.runs.values()
-                                         if k < len(found)])
+        self.warn(m, self.searches(m).save_confirmations(self.cfg, value.runs))
         m.first, m.saved_runs = None, {}
         return self.with_examples(m, result, picked_examples(result, first, value))
 
@@ -385,7 +359,7 @@ class Driver:
         except (InputError, OSError) as exc:
             return self.fail(m, f"cannot write the report into {str(folder)!r}: "
                                 f"{one_line(exc)}")
-        self.save_searches(m, self.cfg.seed, list(m.results.values()))
+        self.warn(m, self.searches(m).save(self.cfg.seed, list(m.results.values())))
         self.store(m).clear()
         norms = [r.norm for r in result.labels]
         indices = [r.anomaly_index for r in result.labels]

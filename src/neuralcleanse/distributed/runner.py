@@ -95,6 +95,7 @@ class ModelRun:
         self.results: dict[int, LabelResult] = {}
         self.first: ScanResult | None = None  # the merged first pass, while it is confirmed
         self.confirming: list[int] = []  # the labels its confirmation searches again
+        self.kept_first: set[int] = set()  # first-pass labels an earlier run kept
         self.saved_runs: dict[int, list[LabelResult]] = {}  # confirmation runs an earlier run saved
         self.graded: ScanResult | None = None  # the graded result, while its examples are made
         self.examples: dict[int, dict[str, Any]] = {}  # its stamped examples, by label
@@ -178,9 +179,10 @@ class Driver:
             except InputError as exc:
                 m.warnings.append(f"started over: {exc}")
                 store.clear()
-            # a model finished before under other verdict settings: its first pass is saved
-            saved = self.searches(m).load(self.cfg.seed)
-            done += [r for t, r in saved.items() if t not in {d.label for d in done}]
+            # a model finished before under other verdict settings: its first pass is kept
+            kept = self.searches(m).load(self.cfg.seed)
+            m.kept_first = set(kept)
+            done = list({**kept, **{r.label: r for r in done}}.values())
         else:
             store.clear()
             self.outcome_path(m).unlink(missing_ok=True)  # an earlier run's, now stale
@@ -359,7 +361,8 @@ class Driver:
         except (InputError, OSError) as exc:
             return self.fail(m, f"cannot write the report into {str(folder)!r}: "
                                 f"{one_line(exc)}")
-        self.warn(m, self.searches(m).save(self.cfg.seed, list(m.results.values())))
+        self.warn(m, self.searches(m).save(self.cfg.seed, [
+            r for t, r in m.results.items() if t not in m.kept_first]))  # the new ones only
         self.store(m).clear()
         norms = [r.norm for r in result.labels]
         indices = [r.anomaly_index for r in result.labels]

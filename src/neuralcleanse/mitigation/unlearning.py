@@ -16,8 +16,8 @@ model zoo's small ResNets its top pixels barely overlap the real patch), so unle
 can leave the real trigger working; the search on the partly repaired model finds what still
 leads there, but it is usually a larger trigger, and stamping it costs clean accuracy.
 
-For the same reason the triggers the scan's confirmation found with its other seeds
-(``further_triggers``) are stamped beside the kept one when they are given: several ways into
+For the same reason the triggers the scan's confirmation (or its restarts) found with other
+seeds (``further_triggers``) are stamped beside the kept one when they are given: several ways into
 the target, found at no extra cost, transfer to the real trigger more often than one.
 """
 
@@ -72,7 +72,7 @@ DEFAULT_MIN_UPDATES = 400
 #: more often, and met the target on about as many models (``benchmarks/zoo_mitigation.py
 #: --set unlearning.rounds=2``, docs/zoo.md).
 DEFAULT_ROUNDS = 1
-#: Stamp every trigger the scan found for a label (its confirmation's other seeds too), not only
+#: Stamp every trigger the scan found for a label (its other seeds' or restarts' too), not only
 #: the kept one: on the model zoo this met the target on 37 instead of 35 of the first
 #: population's 43 flagged patch models and 32 instead of 31 of the second's 36, at no search
 #: cost (docs/zoo.md). :func:`neuralcleanse.mitigate`'s ``all_seeds`` option.

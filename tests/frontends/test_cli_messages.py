@@ -148,6 +148,7 @@ def test_channel_order_help_names_the_models_own_layout() -> None:
     ("learning_rate", Method.unlearning, MAX_LEARNING_RATE, MAX_LEARNING_RATE * 1.01),
     ("target_asr", Method.pruning, 0.0, -0.01),
     ("target_fpr", Method.filtering, 0.5, 1.0),
+    ("fpr_confidence", Method.filtering, 0.9, 1.0),
     ("test_fraction", Method.pruning, 0.5, 1.0),
 ])
 def test_mitigation_flags_take_the_librarys_bounds(name: str, method: Method, good: float,

@@ -291,6 +291,8 @@ def test_conv_layers_rank_channels_by_name_and_index(backdoored: dict) -> None:
 @pytest.mark.parametrize(("method", "options", "message"), [
     ("filtering", {"top_fraction": 0}, "top_fraction"),
     ("filtering", {"target_fpr": 1.0}, "target_fpr"),
+    ("filtering", {"fpr_confidence": 1.0}, "fpr_confidence"),
+    ("filtering", {"fpr_confidence": 0}, "fpr_confidence"),
     ("pruning", {"max_fraction": 1.5}, "max_fraction"),
     ("pruning", {"target_asr": -0.1}, "target_asr"),
     ("pruning", {"step_fraction": "a"}, "step_fraction"),

@@ -27,7 +27,9 @@ from neuralcleanse.mitigation import filter_inputs, unlearn
 from neuralcleanse.mitigation.filtering import (
     FISHER_SHRINKAGE,
     fisher_weights,
+    own_label_threshold,
     rank_trigger_neurons,
+    refusal_threshold,
 )
 from neuralcleanse.mitigation.unlearning import DEFAULT_BATCH_SIZE, DEFAULT_MIN_UPDATES
 
@@ -114,13 +116,16 @@ def test_threshold_spares_the_flagged_labels_own_images(ranking: str) -> None:
     own = filt.is_flagged(x[y == TARGET]).mean()
     overall = filt.is_flagged(x).mean()
     assert own <= 0.05 and overall <= 0.05
-    # the threshold is the larger of the two quantiles: one of them is met closely
+    # the threshold is the larger of the two: the bound on all clean images at 80 %
+    # confidence, the normal fit on the label's own
     scores = filt.scores(x)
-    assert filt.threshold == pytest.approx(max(np.quantile(scores, 0.95),
-                                               np.quantile(scores[y == TARGET], 0.95)))
-    if ranking == "clean":  # the target class's own neuron: its quantile sets the threshold
-        assert filt.threshold == pytest.approx(np.quantile(scores[y == TARGET], 0.95))
-        assert filt.threshold > np.quantile(scores, 0.95)
+    everyone = refusal_threshold(scores, 0.05, 0.8)
+    own_fit = own_label_threshold(scores[y == TARGET], 0.05)
+    assert filt.threshold == pytest.approx(max(everyone, own_fit))
+    assert filt.report.options["fpr_confidence"] == 0.8
+    if ranking == "clean":  # the target class's own neuron: its images set the threshold
+        assert filt.threshold == pytest.approx(own_fit)
+        assert filt.threshold > everyone
 
 
 def test_rank_trigger_neurons_standardises_and_falls_back() -> None:
@@ -285,10 +290,10 @@ def test_fisher_threshold_holds_on_unseen_clean_images() -> None:
     clf, x, y = prepare(model, x, y, output="logits", clip_values=(0.0, 1.0))
     filt = filter_inputs(clf, x, y, [corner], x_test=x_new[:200], y_test=y_new[:200])
     assert filt.report.options["score"] == "fisher"
-    assert filt.report.options["calibration_folds"] == 5
+    assert filt.report.options["calibration_folds"] == 10
     assert len(filt.neurons[3]) == 64
     new_scores = filt.scores(x_new)
-    assert (new_scores > filt.threshold).mean() <= 0.05 + 0.02
+    assert (new_scores > filt.threshold).mean() <= 0.05  # held with 80 % confidence
     fitted = filt._scores_of_activations(clf.neuron_activations(x))
     in_sample = max(np.quantile(fitted, 0.95), np.quantile(fitted[y == 3], 0.95))
     assert (new_scores > in_sample).mean() >= 0.1
@@ -298,3 +303,6 @@ def test_fisher_threshold_holds_on_unseen_clean_images() -> None:
     # too few images for five folds of five: calibrated on the fitted scores
     small = filter_inputs(clf, x[:24], y[:24], [corner], x_test=x_new[:50], y_test=y_new[:50])
     assert small.report.options["calibration_folds"] == 0
+    # 40 images: eight folds of five
+    fewer = filter_inputs(clf, x[:40], y[:40], [corner], x_test=x_new[:50], y_test=y_new[:50])
+    assert fewer.report.options["calibration_folds"] == 8

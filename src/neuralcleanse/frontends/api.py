@@ -431,7 +431,9 @@ def mitigate(model: Any, x: np.ndarray, y: np.ndarray,
         seed: Seed of the split and of every random choice.
         **options: Options of the method. Filtering: ``score`` (``"fisher"``: the watched
             neurons weighted by Fisher's discriminant, threshold calibrated out of fold;
-            ``"mean"``: their mean, the paper's filter), ``target_fpr`` (0.05),
+            ``"mean"``: their mean, the paper's filter), ``target_fpr`` (0.05) and
+            ``fpr_confidence`` (0.8: the probability that new clean inputs are refused at no
+            more than ``target_fpr``),
             ``top_fraction`` and ``max_neurons`` (the share and most of the layer's neurons
             kept per label; ``None``: all, at most 2048, for ``"fisher"``; 0.1 and 16 for
             ``"mean"``), ``ranking`` (``"target_z"``: how the neurons are ranked, see

@@ -34,8 +34,8 @@ __all__ = ["METHODS", "DataSplit", "FilteringReport", "InputFilter", "Measuremen
 
 #: The mitigation methods, and the options each accepts besides the common ones.
 METHODS: dict[str, tuple[str, ...]] = {
-    "filtering": ("score", "top_fraction", "target_fpr", "batch_size", "ranking",
-                  "max_neurons"),
+    "filtering": ("score", "top_fraction", "target_fpr", "fpr_confidence", "batch_size",
+                  "ranking", "max_neurons"),
     "pruning": ("max_fraction", "target_asr", "step_fraction", "batch_size"),
     "unlearning": ("epochs", "learning_rate", "stamped_fraction", "batch_size", "min_updates",
                    "rounds", "all_seeds"),

@@ -18,8 +18,12 @@ is the largest of its labels' scores. Two scores (:data:`SCORES`):
 * ``"mean"`` (the paper's filter) keeps the top ``top_fraction`` of the ranked neurons (at most
   ``max_neurons``) with equal weights, calibrated on the fitting images' own scores.
 
-The threshold refuses at most ``target_fpr`` of the clean images and of each flagged label's own
-clean images. A refused input gets a prediction row of zeros.
+The threshold (:func:`refusal_threshold`) holds ``target_fpr`` on clean inputs with a stated
+confidence (``fpr_confidence``, 80 % by default): it is the lowest of the clean scores above
+which new clean inputs are refused at more than ``target_fpr`` with probability at most
+``1 - fpr_confidence`` (an order statistic, distribution-free). It is raised where needed to hold
+``target_fpr`` on each flagged label's own clean images as well, from a normal fit to their
+scores (:func:`own_label_threshold`). A refused input gets a prediction row of zeros.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -70,12 +75,23 @@ FISHER_MAX_NEURONS = 2048
 #: Share of the covariance replaced by its mean variance on the diagonal (zoo tune half: 0.03,
 #: 0.05, 0.1, 0.2 and 0.3 met the target on 75 %, 75 %, 85 %, 80 % and 70 % of the models).
 FISHER_SHRINKAGE = 0.1
-#: Folds of the out-of-fold calibration of the ``"fisher"`` score; fewer than
-#: ``MIN_PER_FOLD * CALIBRATION_FOLDS`` clean images are calibrated on their own scores.
-CALIBRATION_FOLDS = 5
+#: Folds of the out-of-fold calibration of the ``"fisher"`` score: at most
+#: ``CALIBRATION_FOLDS`` of at least ``MIN_PER_FOLD`` images each; with fewer than
+#: ``MIN_FOLDS`` such folds the clean images are calibrated on their own scores. Ten folds
+#: rather than five: weights fitted on 80 % of a small set score new images more widely than
+#: the filter's own, so five folds set the threshold too high (150 images, 64 neurons: 1.4 %
+#: of new clean inputs refused for a 5 % target, 2.2 % with ten; on the model zoo both met the
+#: filtering target on the same number of models).
+CALIBRATION_FOLDS = 10
+MIN_FOLDS = 5
 MIN_PER_FOLD = 5
 MAX_NEURONS_LIMIT = 1_000_000
 DEFAULT_TARGET_FPR = 0.05
+#: Confidence that the threshold refuses at most ``target_fpr`` of new clean inputs (see
+#: :func:`refusal_threshold`; 0.5 aims at ``target_fpr`` on average). Chosen on the zoo's tune
+#: half (docs/zoo.md): confidences 0.5, 0.7, 0.8, 0.9 and 0.95 met the filtering target on 17,
+#: 17, 18, 18 and 17 of its 20 flagged patch models (the tie went to the less cautious).
+DEFAULT_FPR_CONFIDENCE = 0.8
 #: How trigger neurons are ranked (see :func:`rank_trigger_neurons`); ``"clean"`` was the only
 #: choice of the first versions. ``"both"`` suits models with few classes, where the stamped
 #: images' own classes' features also rise over the flagged label's images.
@@ -355,16 +371,71 @@ def fisher_weights(clean: np.ndarray, own: np.ndarray, stamped: np.ndarray) -> n
     return np.linalg.solve(cov, rise)
 
 
+def refusal_threshold(scores: np.ndarray, target_fpr: float, confidence: float) -> float:
+    """The lowest clean score that bounds the false-positive rate with the given confidence.
+
+    For ``n`` clean scores and new clean inputs drawn like them, the share of new inputs above
+    the ``j``-th highest score follows a Beta(``j``, ``n + 1 - j``) distribution, so it exceeds
+    ``target_fpr`` with the probability that fewer than ``j`` of ``n`` draws at rate
+    ``target_fpr`` succeed (a binomial tail). The threshold is the ``j``-th highest score for
+    the largest ``j`` whose tail is at most ``1 - confidence``. A quantile at ``1 - target_fpr``
+    instead aims at the rate only on average: on a few hundred images it overshoots it in
+    about half of the draws.
+
+    Args:
+        scores: Clean scores (one per image), at least one.
+        target_fpr: The false-positive rate to hold, in (0, 1).
+        confidence: The probability of holding it, in (0, 1).
+
+    Returns:
+        That score; the highest score when there are too few to give the confidence at all
+        (fewer than ``log(1 - confidence) / log(1 - target_fpr)``: 32 at 5 % and 80 %).
+    """
+    ranked = np.sort(np.asarray(scores, dtype=np.float64).ravel())[::-1]
+    n = len(ranked)
+    k = np.arange(n + 1)
+    log_factorial = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, n + 1)))])
+    log_pmf = (log_factorial[n] - log_factorial[k] - log_factorial[n - k]
+               + k * math.log(target_fpr) + (n - k) * math.log1p(-target_fpr))
+    # P(fewer than j successes) for j = 1..n+1; the j-th highest score works while it is small
+    tail = np.cumsum(np.exp(log_pmf))
+    j = int(np.searchsorted(tail, 1.0 - confidence, side="right"))
+    return float(ranked[min(max(j, 1), n) - 1])
+
+
+def own_label_threshold(scores: np.ndarray, target_fpr: float) -> float:
+    """The score above which ``target_fpr`` of a flagged label's own clean images fall.
+
+    A normal fit (mean plus the normal quantile times the spread): a label has a few dozen
+    clean images in a small clean set, where an empirical 95th percentile is decided by its
+    top two or three images (on the model zoo it raised the threshold by up to twice the
+    all-images one, docs/zoo.md).
+
+    Args:
+        scores: The label's clean scores, at least one.
+        target_fpr: The share of them to refuse, in (0, 1).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    return float(scores.mean() + NormalDist().inv_cdf(1.0 - target_fpr) * scores.std())
+
+
 def _centre_and_spread(scores: np.ndarray) -> tuple[float, float]:
     """Mean and standard deviation of clean scores (spread 1 where they do not vary)."""
     return float(scores.mean()), float(scores.std()) or 1.0
 
 
+def calibration_folds(n_images: int) -> int:
+    """Folds of the out-of-fold calibration for ``n_images`` clean images (0: none)."""
+    folds = min(CALIBRATION_FOLDS, n_images // MIN_PER_FOLD)
+    return folds if folds >= MIN_FOLDS else 0
+
+
 def out_of_fold_scores(choice: NeuronChoice, clean: np.ndarray, y: np.ndarray,
-                       stamped: dict[int, np.ndarray], keep: int, seed: int) -> np.ndarray:
+                       stamped: dict[int, np.ndarray], keep: int, seed: int,
+                       folds: int = CALIBRATION_FOLDS) -> np.ndarray:
     """Each clean image's overall score under weights fitted without it.
 
-    The clean images are split into :data:`CALIBRATION_FOLDS` seeded folds; for each fold the
+    The clean images are split into ``folds`` seeded folds; for each fold the
     neurons and weights of every label are fitted on the other folds (their clean images and
     the stamped copies of their images of other classes) and standardised on those folds'
     clean scores, then the fold is scored.
@@ -377,15 +448,16 @@ def out_of_fold_scores(choice: NeuronChoice, clean: np.ndarray, y: np.ndarray,
             another class in ``clean`` order.
         keep: Neurons kept per label.
         seed: Seed of the folds.
+        folds: How many folds (at least 2).
 
     Returns:
         ``N`` scores, the largest over the labels as :meth:`InputFilter.scores` gives it.
     """
-    fold = np.random.default_rng(seed).permutation(len(clean)) % CALIBRATION_FOLDS
+    fold = np.random.default_rng(seed).permutation(len(clean)) % folds
     out = np.full((len(stamped), len(clean)), -np.inf)
     for i, (label, acts) in enumerate(stamped.items()):
         others = y != label
-        for k in range(CALIBRATION_FOLDS):
+        for k in range(folds):
             train = fold != k
             part = acts[train[others]]  # the stamped copies of this part's images
             top, w = choice.fit(clean[train], y[train], part if len(part) else acts, label,
@@ -433,6 +505,7 @@ def filter_inputs(clf: Classifier, x: np.ndarray, y: np.ndarray,
                   score: str = DEFAULT_SCORE, top_fraction: float | None = None,
                   target_fpr: float = DEFAULT_TARGET_FPR, ranking: str | None = None,
                   max_neurons: int | None = None,
+                  fpr_confidence: float = DEFAULT_FPR_CONFIDENCE,
                   x_test: np.ndarray | None = None,
                   y_test: np.ndarray | None = None,
                   test_fraction: float = DEFAULT_TEST_FRACTION, seed: int = 0,
@@ -455,8 +528,11 @@ def filter_inputs(clf: Classifier, x: np.ndarray, y: np.ndarray,
         max_neurons: Most neurons kept per label (>= 1); ``None``:
             :data:`FISHER_MAX_NEURONS` for ``"fisher"``, :data:`DEFAULT_MAX_NEURONS` for
             ``"mean"``.
-        target_fpr: Most clean images the threshold refuses, in (0, 1): of all fitting images
-            and of each flagged label's own.
+        target_fpr: Most clean inputs the threshold refuses, in (0, 1): of all clean inputs
+            (with ``fpr_confidence``, see :func:`refusal_threshold`) and of each flagged
+            label's own (see :func:`own_label_threshold`).
+        fpr_confidence: Probability that the threshold refuses at most ``target_fpr`` of new
+            clean inputs, in (0, 1) (:data:`DEFAULT_FPR_CONFIDENCE`; 0.5: on average).
         ranking: How the neurons are ranked before the top ones are kept (:data:`RANKINGS`,
             see :func:`rank_trigger_neurons`; ``None``: :data:`DEFAULT_RANKING`): ranking
             against the flagged label's own clean images (``"target"``, ``"both"``,
@@ -477,6 +553,7 @@ def filter_inputs(clf: Classifier, x: np.ndarray, y: np.ndarray,
     """
     choice = NeuronChoice.resolve(score, top_fraction, max_neurons, ranking)
     target_fpr = check_fraction("target_fpr", target_fpr, allow_one=False)
+    fpr_confidence = check_fraction("fpr_confidence", fpr_confidence, allow_one=False)
     batch_size = check_int("batch_size", batch_size, 1)
     triggers = check_triggers(clf, triggers)
     x_fit, y_fit, x_hold, y_hold, split = fit_and_test(clf, x, y, x_test, y_test,
@@ -500,13 +577,13 @@ def filter_inputs(clf: Classifier, x: np.ndarray, y: np.ndarray,
         center[trig.label], scale[trig.label] = _centre_and_spread(clean[:, top] @ w)
     filt = InputFilter(clf, layer, neurons, center, scale, threshold=math.inf,
                        weights=weights)
-    folds = choice.score == "fisher" and len(clean) >= MIN_PER_FOLD * CALIBRATION_FOLDS
-    fit_scores = (out_of_fold_scores(choice, clean, y_fit, stamped, keep, seed) if folds
+    folds = calibration_folds(len(clean)) if choice.score == "fisher" else 0
+    fit_scores = (out_of_fold_scores(choice, clean, y_fit, stamped, keep, seed, folds) if folds
                   else filt._scores_of_activations(clean))
-    # at most target_fpr of all clean images AND of each flagged label's own clean images:
-    # a filter that refuses the target class's genuine inputs is no repair
-    filt.threshold = max([float(np.quantile(fit_scores, 1.0 - target_fpr))]
-                         + [float(np.quantile(fit_scores[y_fit == t.label], 1.0 - target_fpr))
+    # target_fpr on all clean inputs AND on each flagged label's own clean images: a filter
+    # that refuses the target class's genuine inputs is no repair
+    filt.threshold = max([refusal_threshold(fit_scores, target_fpr, fpr_confidence)]
+                         + [own_label_threshold(fit_scores[y_fit == t.label], target_fpr)
                             for t in triggers if np.any(y_fit == t.label)])
 
     held = HeldOut(x_hold, y_hold, triggers, clf.channels_first, batch_size)
@@ -524,7 +601,8 @@ def filter_inputs(clf: Classifier, x: np.ndarray, y: np.ndarray,
         detection_rate_by_label=detected,
         measurements=Measurements.between(before, after, len(x_hold)),
         split=split, options={"score": choice.score, "top_fraction": choice.top_fraction,
-                              "target_fpr": target_fpr, "ranking": choice.ranking,
+                              "target_fpr": target_fpr, "fpr_confidence": fpr_confidence,
+                              "ranking": choice.ranking,
                               "max_neurons": choice.max_neurons,
-                              "calibration_folds": CALIBRATION_FOLDS if folds else 0})
+                              "calibration_folds": folds})
     return filt

@@ -93,6 +93,8 @@ MITIGATION_FLAGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "score": ("--score", check_score),
     "top_fraction": ("--top-fraction", lambda v: check_fraction("top_fraction", v)),
     "target_fpr": ("--target-fpr", lambda v: check_fraction("target_fpr", v, allow_one=False)),
+    "fpr_confidence": ("--fpr-confidence",
+                       lambda v: check_fraction("fpr_confidence", v, allow_one=False)),
     "ranking": ("--ranking", check_ranking),
     "max_neurons": ("--max-neurons",
                     lambda v: check_int("max_neurons", v, 1, MAX_NEURONS_LIMIT)),
@@ -191,7 +193,11 @@ def mitigate(
              "for --score fisher, 0.1 for mean).")] = None,
     target_fpr: Annotated[float | None, typer.Option(
         "--target-fpr", rich_help_panel=MITIGATION_PANEL,
-        help="Filtering: false-positive rate on clean inputs.")] = None,
+        help="Filtering: false-positive rate on clean inputs (default 0.05).")] = None,
+    fpr_confidence: Annotated[float | None, typer.Option(
+        "--fpr-confidence", rich_help_panel=MITIGATION_PANEL,
+        help="Filtering: probability that new clean inputs are refused at no more than "
+             "--target-fpr (default 0.8; 0.5: on average).")] = None,
     ranking: Annotated[str | None, typer.Option(
         "--ranking", rich_help_panel=MITIGATION_PANEL,
         help=f"Filtering: how trigger neurons are ranked ({', '.join(RANKINGS)}): their rise "
@@ -251,8 +257,8 @@ def mitigate(
         min_updates=min_updates, rounds=rounds, all_seeds=all_seeds,
         max_fraction=max_fraction,
         target_asr=target_asr,
-        score=score, top_fraction=top_fraction, target_fpr=target_fpr, ranking=ranking,
-        max_neurons=max_neurons,
+        score=score, top_fraction=top_fraction, target_fpr=target_fpr,
+        fpr_confidence=fpr_confidence, ranking=ranking, max_neurons=max_neurons,
         test_fraction=test_fraction))
     extra: dict[str, Any] = {}
     if "test_fraction" in options:

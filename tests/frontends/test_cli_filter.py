@@ -159,6 +159,9 @@ def test_filter_command_gives_the_decisions_of_python(files: dict, saved: Path, 
     assert len([line for line in text if "REFUSED" in line]) == printed["n_refused"]
     assert text[-1].startswith(f"filtered {len(entries)} input(s): {printed['n_refused']} "
                                "refused")
+    # what the threshold promises, from the file
+    assert printed["target_fpr"] == 0.05 and printed["fpr_confidence"] == 0.8
+    assert "fitted for a 5.0% false-positive rate (held with 80% confidence)" in text[-1]
 
 
 @pytest.mark.parametrize("data", ["unlabelled.npz", "one_array.npz"])

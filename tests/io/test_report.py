@@ -297,6 +297,12 @@ def test_mitigation_shows_where_the_filter_or_the_model_was_saved() -> None:
     assert not {"input filter saved to", "repaired model saved to"} & set(details)
     # an older report (no score option) averaged its trigger neurons
     assert details["score"] == "mean of the trigger neurons"
+    assert details["target false-positive rate"] == "5.0 %"
+    assert details["held with confidence"] == "–"  # nor did it record a confidence
+    confident = replace(filtering, report=replace(filtering.report, options={
+        "score": "fisher", "fpr_confidence": 0.8}))
+    details = _mitigation_details(render_html(make_result(), mitigation=confident.to_dict()))
+    assert details["held with confidence"] == "80.0 %"
 
 
 def test_filtering_details_name_the_score_and_count_each_neuron_once() -> None:

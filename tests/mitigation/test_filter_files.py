@@ -102,13 +102,14 @@ def test_torch_filter_loads_back_to_the_same_decisions(case: dict, tmp_path: Pat
     np.testing.assert_array_equal(filt.predict(case["inputs"]), loaded.predict(case["inputs"]))
     doc = strict_json(path)
     report = filt.report
-    assert doc["format"] == FILTER_FORMAT and doc["schema_version"] == 2
+    assert doc["format"] == FILTER_FORMAT and doc["schema_version"] == 3
     assert doc["layer"] == "final_layer_input" and doc["n_neurons"] == report.n_neurons
     assert doc["labels"] == [{"label": TARGET, "neurons": report.neurons[TARGET],
                               "weights": filt.weights[TARGET].tolist(),
                               "center": filt.center[TARGET], "scale": filt.scale[TARGET]}]
     assert doc["score"] == "fisher" and len(set(doc["labels"][0]["weights"])) > 1
     assert doc["threshold"] == filt.threshold and doc["target_fpr"] == 0.05
+    assert doc["fpr_confidence"] == 0.8 and loaded.file_info["fpr_confidence"] == 0.8
     assert doc["false_positive_rate"] == report.false_positive_rate
     assert doc["detection_rate"] == report.detection_rate and doc["top_fraction"] == 0.1
     assert doc["model"] == {"framework": "pytorch", "model_class": "Sequential",
@@ -320,7 +321,9 @@ FILE_CASES: list[tuple[str, Callable[[str], str], str]] = [
      "in field 'labels[0]'"),
     ("missing field", edit(lambda d: d.pop("threshold")), "field 'threshold' is missing"),
     ("other format", setter("format", value="pickle"), "not an input filter file"),
-    ("newer schema", setter("schema_version", value=3), "newer neuralcleanse"),
+    ("newer schema", setter("schema_version", value=4), "newer neuralcleanse"),
+    ("certain confidence", setter("fpr_confidence", value=1.0), "field 'fpr_confidence'"),
+    ("text confidence", setter("fpr_confidence", value="high"), "field 'fpr_confidence'"),
     ("weights of another length", setter("labels", 0, "weights", value=[1.0]),
      "field 'labels[0].weights' must be a list of 7 numbers, one per neuron (got a list of 1)"),
     ("text weight", edit(lambda d: d["labels"][0]["weights"].__setitem__(0, "x")),
@@ -445,6 +448,21 @@ def test_an_unfitted_filter_cannot_be_saved(case: dict, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="only a filter fitted"):
         filt.save(tmp_path / "f.json")
     assert not (tmp_path / "f.json").exists()
+
+
+def test_a_version_2_file_does_not_know_its_confidence(case: dict, good_text: str,
+                                                       tmp_path: Path) -> None:
+    """Files written before the confidence existed load, and say they do not know it."""
+    def old(doc: dict) -> None:
+        doc["schema_version"] = 2
+        doc.pop("fpr_confidence")
+    path = tmp_path / "filter.json"
+    path.write_text(edit(old)(good_text), encoding="utf-8")
+    loaded = nc.load_filter(path, case["model"])
+    assert loaded.file_info["fpr_confidence"] is None and loaded.file_info["target_fpr"] == 0.05
+    assert loaded.threshold == case["filter"].threshold
+    assert "fpr_confidence" not in {k for k, v in strict_json(
+        loaded.save(tmp_path / "again.json")).items() if v is not None}
 
 
 def test_a_version_1_file_weighs_its_neurons_equally(case: dict, good_text: str,

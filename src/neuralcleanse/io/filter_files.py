@@ -48,8 +48,9 @@ from neuralcleanse.mitigation.filtering import SCORES, InputFilter
 FILTER_FORMAT = "neuralcleanse-input-filter"
 #: The layout version written; files of a later version are refused with advice to upgrade.
 #: Version 2 added each label's ``weights`` (a version-1 file, without them, weighs its
-#: neurons equally, as the filters of that time did) and the top-level ``score``.
-FILTER_SCHEMA_VERSION = 2
+#: neurons equally, as the filters of that time did) and the top-level ``score``; version 3
+#: the ``fpr_confidence`` the threshold holds ``target_fpr`` with (earlier files: unknown).
+FILTER_SCHEMA_VERSION = 3
 #: The file name a filter gets in a mitigation's output folder.
 FILTER_JSON = "filter.json"
 #: Largest filter file read. A Fisher filter of 43 labels x 2,048 weighted neurons, with a
@@ -66,8 +67,11 @@ MIN_SCALE = float(np.finfo(np.float32).tiny)
 
 _TOP_REQUIRED = ("format", "schema_version", "layer", "n_neurons", "labels", "threshold",
                  "model")
-_TOP_OPTIONAL = ("neuralcleanse_version", "layer_name", "target_fpr", "false_positive_rate",
-                 "detection_rate", "top_fraction", "score")
+_TOP_OPTIONAL = ("neuralcleanse_version", "layer_name", "target_fpr", "fpr_confidence",
+                 "false_positive_rate", "detection_rate", "top_fraction", "score")
+#: What a filter file records about its fitting besides the filter itself.
+FITTING_FIELDS = ("target_fpr", "fpr_confidence", "false_positive_rate", "detection_rate",
+                  "top_fraction", "score")
 _MODEL_REQUIRED = ("input_shape", "nb_classes", "channels_first", "clip_values", "output")
 _MODEL_OPTIONAL = ("framework", "model_class", "preprocessing", "file_sha256")
 _LABEL_FIELDS = ("label", "neurons", "center", "scale")
@@ -95,6 +99,8 @@ class FilterFile:
         scale: Spread of the clean score per flagged label.
         threshold: Score above which an input is refused.
         target_fpr: The false-positive rate the threshold was chosen for (``None``: unknown).
+        fpr_confidence: The probability with which the threshold holds ``target_fpr`` on new
+            clean inputs (``None``: unknown; files before version 3 aimed at it on average).
         false_positive_rate: Measured on held-out clean inputs (``None``: unknown).
         detection_rate: Measured on held-out stamped inputs (``None``: unknown).
         top_fraction: Share of the layer's neurons kept per label (``None``: unknown).
@@ -114,6 +120,7 @@ class FilterFile:
     scale: dict[int, float]
     threshold: float
     target_fpr: float | None
+    fpr_confidence: float | None
     false_positive_rate: float | None
     detection_rate: float | None
     top_fraction: float | None
@@ -172,14 +179,15 @@ def filter_document(filt: InputFilter, model_sha256: str | None = None) -> dict[
     if report is not None:
         n_neurons = int(report.n_neurons)
         rates: dict[str, Any] = {
-            "target_fpr": report.target_fpr, "false_positive_rate": report.false_positive_rate,
+            "target_fpr": report.target_fpr,
+            "fpr_confidence": report.options.get("fpr_confidence"),
+            "false_positive_rate": report.false_positive_rate,
             "detection_rate": report.detection_rate,
             "top_fraction": report.options.get("top_fraction"),
             "score": report.options.get("score")}
     else:
         n_neurons = info.get("n_neurons") or probe_neurons(filt.classifier, filt.layer)
-        rates = {k: info.get(k) for k in ("target_fpr", "false_positive_rate",
-                                           "detection_rate", "top_fraction", "score")}
+        rates = {k: info.get(k) for k in FITTING_FIELDS}
     layer, layer_name = _layer_fields(filt)
     described = filt.classifier.describe()
     model = {key: described.get(key) for key in
@@ -371,6 +379,8 @@ def _parse_document(document: Any, path: Path) -> FilterFile:
         scale=scale, threshold=float(threshold),  # type: ignore[arg-type]
         target_fpr=_number(document.get("target_fpr"), "target_fpr", 0.0, 1.0, open_low=True,
                            open_high=True, nullable=True),
+        fpr_confidence=_number(document.get("fpr_confidence"), "fpr_confidence", 0.0, 1.0,
+                               open_low=True, open_high=True, nullable=True),
         false_positive_rate=_number(document.get("false_positive_rate"), "false_positive_rate",
                                     0.0, 1.0, nullable=True),
         detection_rate=_number(document.get("detection_rate"), "detection_rate", 0.0, 1.0,

@@ -23,6 +23,7 @@ from neuralcleanse.core.checks import check_clip_values
 from neuralcleanse.core.errors import InputError, InputTypeError, LoadError, one_line
 from neuralcleanse.core.strict_json import shown
 from neuralcleanse.io.filter_files import (
+    FITTING_FIELDS,
     FilterFile,
     checked_path,
     probe_neurons,
@@ -83,10 +84,8 @@ def load_filter(path: str | Path, model: Any, *, model_path: str | Path | None =
     _check_model(spec, clf)
     filt = InputFilter(clf, spec.layer, spec.neurons, spec.center, spec.scale, spec.threshold,
                        weights=spec.weights)
-    filt.file_info = {"n_neurons": spec.n_neurons, "target_fpr": spec.target_fpr,
-                      "false_positive_rate": spec.false_positive_rate,
-                      "detection_rate": spec.detection_rate, "top_fraction": spec.top_fraction,
-                      "score": spec.score,
+    filt.file_info = {"n_neurons": spec.n_neurons,
+                      **{name: getattr(spec, name) for name in FITTING_FIELDS},
                       "model_sha256": spec.model["file_sha256"]}
     if mismatch is not None:  # said once the filter is known to fit the model
         warnings.warn(mismatch, UserWarning, stacklevel=2)

@@ -109,6 +109,8 @@ def mitigation_view(data: dict[str, Any]) -> dict[str, Any]:
                     ("false-positive rate on clean inputs", rate(
                         report.get("false_positive_rate"))),
                     ("target false-positive rate", rate(report.get("target_fpr"))),
+                    ("held with confidence", rate((report.get("options") or {}).get(
+                        "fpr_confidence"))),
                     ("detection rate on stamped inputs", rate(report.get("detection_rate")))]
     elif method == "pruning":
         details += [("layer", format_value(report.get("layer"))),

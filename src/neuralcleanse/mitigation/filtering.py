@@ -170,8 +170,9 @@ class InputFilter:
         report: What was measured when the filter was fitted (set by :func:`filter_inputs`).
         file_info: What a filter file recorded about the fitting (set by
             :func:`~neuralcleanse.io.filter_loading.load_filter`, kept when the filter is saved
-            again): ``n_neurons``, ``target_fpr``, ``false_positive_rate``, ``detection_rate``,
-            ``top_fraction``, ``score`` and ``model_sha256``.
+            again): ``n_neurons``, ``target_fpr``, ``fpr_confidence``,
+            ``false_positive_rate``, ``detection_rate``, ``top_fraction``, ``score`` and
+            ``model_sha256``.
     """
 
     def __init__(self, classifier: Classifier, layer: str | int | None,

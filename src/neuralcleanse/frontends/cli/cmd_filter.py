@@ -182,6 +182,7 @@ def decisions_document(decided: Any, labels: Any, *, model: Path, filter_file: P
             "model": str(model), "filter": str(filter_file), "data": str(data),
             "threshold": float(decided.threshold),
             "target_fpr": file_info.get("target_fpr"),
+            "fpr_confidence": file_info.get("fpr_confidence"),
             "false_positive_rate": file_info.get("false_positive_rate"),
             "detection_rate": file_info.get("detection_rate"),
             "n_inputs": n, "n_refused": sum(refused),
@@ -208,7 +209,9 @@ def summary_line(document: dict[str, Any]) -> str:
     share = f" ({refused / n:.1%})" if n else ""
     fitted = []
     if document["target_fpr"] is not None:
-        fitted.append(f"fitted for a {document['target_fpr']:.1%} false-positive rate")
+        held = ("" if document.get("fpr_confidence") is None
+                else f" (held with {document['fpr_confidence']:.0%} confidence)")
+        fitted.append(f"fitted for a {document['target_fpr']:.1%} false-positive rate{held}")
     if document["false_positive_rate"] is not None:
         fitted.append(f"measured {document['false_positive_rate']:.1%} on clean inputs")
     if document["detection_rate"] is not None:

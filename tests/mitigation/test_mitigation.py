@@ -276,6 +276,20 @@ def test_filtering_false_positive_rate_follows_the_target(backdoored: dict) -> N
     assert max(rates) <= 0.3 and 0.1 <= max(rates), rates
 
 
+def test_filtering_confidence_reaches_the_filter_through_mitigate(backdoored: dict) -> None:
+    """A higher confidence in the 5 % bound takes a higher threshold; the option is recorded."""
+    def fitted(confidence: float) -> nc.InputFilter:
+        return nc.mitigate(backdoored["model"], backdoored["x"], backdoored["y"],
+                           [true_trigger()], "filtering", seed=1,
+                           fpr_confidence=confidence).model
+    even, sure = fitted(0.5), fitted(0.99)
+    assert even.report.options["fpr_confidence"] == 0.5
+    assert sure.report.options["fpr_confidence"] == 0.99
+    assert sure.threshold > even.threshold
+    clean = backdoored["x_test"]
+    assert sure.is_flagged(clean).mean() <= even.is_flagged(clean).mean()
+
+
 def test_conv_layers_rank_channels_by_name_and_index(backdoored: dict) -> None:
     clf, x, y = prepare(backdoored["model"], backdoored["x"], backdoored["y"])
     names = clf.layer_names()

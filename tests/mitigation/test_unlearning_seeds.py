@@ -266,6 +266,17 @@ def test_mitigate_stamps_the_scans_further_triggers_unless_told_not_to(
     assert [t.norm for t in given[-1]] == [1.5]
     assert res.report.further_norms == {TARGET: [1.5]}
     assert "also stamped the scan's other triggers of label 1 (norms 1.5)" in res.summary()
+    # where the label's own images lost more than 3 points, the summary suggests the kept
+    # trigger alone; within 3 points it does not
+    m = res.report.measurements
+    for after, hinted in ((m.label_acc_before[TARGET] - 0.05, True),
+                          (m.label_acc_before[TARGET] - 0.02, False)):
+        shifted = dataclasses.replace(res, report=dataclasses.replace(
+            res.report, measurements=dataclasses.replace(
+                m, label_acc_after={**m.label_acc_after, TARGET: after})))
+        hint = (f"label {TARGET}'s own images lost {0.05 if hinted else 0.02:.1%} of accuracy: "
+                "compare all_seeds=False (CLI --kept-trigger-only)")
+        assert (hint in shifted.summary()) is hinted, shifted.summary()
     # the same from the report file
     path = tmp_path / "report.json"
     scan.to_json(path)

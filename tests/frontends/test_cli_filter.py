@@ -133,6 +133,19 @@ def test_mitigate_saves_the_filter_python_would_fit(files: dict, saved: Path) ->
     assert doc["false_positive_rate"] == fitted.report.false_positive_rate
 
 
+def test_fpr_confidence_flag_reaches_the_filter_and_its_file(files: dict, saved: Path,
+                                                            tmp_path: Path) -> None:
+    out = tmp_path / "even"
+    target = out / "filter.json"
+    assert cli.run(mitigate_args(files, out, "--fpr-confidence", "0.5", "--save",
+                                 str(target))) == cli.EXIT_CLEAN
+    even, default = json.loads(target.read_text()), json.loads(saved.read_text())
+    assert even["fpr_confidence"] == 0.5 and default["fpr_confidence"] == 0.8
+    mitigation = json.loads((out / "mitigation.json").read_text())
+    assert mitigation["report"]["options"]["fpr_confidence"] == 0.5
+    assert even["threshold"] < default["threshold"]  # aiming at 5 % on average refuses more
+
+
 def test_filter_command_gives_the_decisions_of_python(files: dict, saved: Path, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]
                                                       ) -> None:

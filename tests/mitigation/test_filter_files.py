@@ -395,6 +395,9 @@ def test_hostile_filter_files_never_run_their_payload(case: dict, good_text: str
         "jsonpickle.json": json.dumps({**doc, "model": {**doc["model"], "py/reduce": [
             {"py/function": "builtins.open"}, {"py/tuple": [str(marker), "w"]}]}}).encode(),
         "object.json": json.dumps({"py/object": "builtins.open", "file": str(marker)}).encode(),
+        # the newest field holds a payload too
+        "confidence.json": json.dumps({**doc, "fpr_confidence": {"py/reduce": [
+            {"py/function": "builtins.open"}, {"py/tuple": [str(marker), "w"]}]}}).encode(),
     }
     for name, content in hostile.items():
         path = tmp_path / name

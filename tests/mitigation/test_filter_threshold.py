@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from neuralcleanse.mitigation.filtering import (
     DEFAULT_FPR_CONFIDENCE,
+    images_for_confidence,
     own_label_threshold,
     refusal_threshold,
 )
@@ -60,6 +61,7 @@ def test_new_clean_inputs_are_refused_above_the_target_rarely() -> None:
 
 
 def test_too_few_scores_for_the_confidence_give_the_highest() -> None:
+    assert images_for_confidence(0.05, 0.8) == 32 and images_for_confidence(0.01, 0.9) == 230
     # (1 - 0.05) ** 31 > 0.2: no order statistic of 31 scores promises 5 % at 80 %
     scores = np.arange(31.0)
     assert refusal_threshold(scores, 0.05, 0.8) == 30.0

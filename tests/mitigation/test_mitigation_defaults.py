@@ -300,9 +300,15 @@ def test_fisher_threshold_holds_on_unseen_clean_images() -> None:
     stamped = x_new[y_new != 3].copy()
     stamped[:, 0, 6:, 6:] = 1.0
     assert filt.is_flagged(stamped).mean() >= 0.9  # 4 pixels raised on 64 noisy ones
-    # too few images for five folds of five: calibrated on the fitted scores
-    small = filter_inputs(clf, x[:24], y[:24], [corner], x_test=x_new[:50], y_test=y_new[:50])
+    # too few images for five folds of five: calibrated on the fitted scores; and too few to
+    # hold 5 % with 80 % confidence (32 needed), which the user is told
+    with pytest.warns(UserWarning, match=r"24 clean fitting images are too few to hold "
+                      r"target_fpr=0.05 with fpr_confidence=0.8 \(32 needed\)"):
+        small = filter_inputs(clf, x[:24], y[:24], [corner], x_test=x_new[:50],
+                              y_test=y_new[:50])
     assert small.report.options["calibration_folds"] == 0
+    assert small.threshold == pytest.approx(float(small._scores_of_activations(
+        clf.neuron_activations(x[:24])).max()))
     # 40 images: eight folds of five
     fewer = filter_inputs(clf, x[:40], y[:40], [corner], x_test=x_new[:50], y_test=y_new[:50])
     assert fewer.report.options["calibration_folds"] == 8

@@ -29,6 +29,7 @@ scores (:func:`own_label_threshold`). A refused input gets a prediction row of z
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -390,7 +391,7 @@ def refusal_threshold(scores: np.ndarray, target_fpr: float, confidence: float) 
 
     Returns:
         That score; the highest score when there are too few to give the confidence at all
-        (fewer than ``log(1 - confidence) / log(1 - target_fpr)``: 32 at 5 % and 80 %).
+        (fewer than :func:`images_for_confidence`: 32 at 5 % and 80 %).
     """
     ranked = np.sort(np.asarray(scores, dtype=np.float64).ravel())[::-1]
     n = len(ranked)
@@ -402,6 +403,14 @@ def refusal_threshold(scores: np.ndarray, target_fpr: float, confidence: float) 
     tail = np.cumsum(np.exp(log_pmf))
     j = int(np.searchsorted(tail, 1.0 - confidence, side="right"))
     return float(ranked[min(max(j, 1), n) - 1])
+
+
+def images_for_confidence(target_fpr: float, confidence: float) -> int:
+    """Fewest clean scores whose highest bounds ``target_fpr`` with ``confidence``.
+
+    ``n`` scores suffice when ``(1 - target_fpr) ** n <= 1 - confidence``: 32 at 5 % and 80 %.
+    """
+    return math.ceil(math.log1p(-confidence) / math.log1p(-target_fpr) - 1e-9)
 
 
 def own_label_threshold(scores: np.ndarray, target_fpr: float) -> float:
@@ -581,6 +590,13 @@ def filter_inputs(clf: Classifier, x: np.ndarray, y: np.ndarray,
     folds = calibration_folds(len(clean)) if choice.score == "fisher" else 0
     fit_scores = (out_of_fold_scores(choice, clean, y_fit, stamped, keep, seed, folds) if folds
                   else filt._scores_of_activations(clean))
+    needed = images_for_confidence(target_fpr, fpr_confidence)
+    if len(fit_scores) < needed:
+        warnings.warn(f"{len(fit_scores)} clean fitting images are too few to hold "
+                      f"target_fpr={target_fpr:g} with fpr_confidence={fpr_confidence:g} "
+                      f"({needed} needed): the threshold is their highest score, which holds "
+                      "it with less confidence; give more clean images or a lower "
+                      "fpr_confidence", UserWarning, stacklevel=2)
     # target_fpr on all clean inputs AND on each flagged label's own clean images: a filter
     # that refuses the target class's genuine inputs is no repair
     filt.threshold = max([refusal_threshold(fit_scores, target_fpr, fpr_confidence)]

@@ -51,6 +51,8 @@ FLAG_SPELLINGS: tuple[tuple[str, str], ...] = (
     ("clip_values=", "--clip-values"),
     ("output=", "--output"),
     ("preprocessing=", "--subtract/--divide"),  # the (subtrahend, divisor) pair they build
+    ("target_fpr=", "--target-fpr"),  # filter_inputs's
+    ("fpr_confidence=", "--fpr-confidence"),
 )
 #: A spelling starts a word: ``max_key=``, a path such as ``/tmp/arch=1.pt`` and a quoted value
 #: of the user's (``'x_key=1'``) are left alone.

@@ -67,11 +67,10 @@ MIN_SCALE = float(np.finfo(np.float32).tiny)
 
 _TOP_REQUIRED = ("format", "schema_version", "layer", "n_neurons", "labels", "threshold",
                  "model")
-_TOP_OPTIONAL = ("neuralcleanse_version", "layer_name", "target_fpr", "fpr_confidence",
-                 "false_positive_rate", "detection_rate", "top_fraction", "score")
 #: What a filter file records about its fitting besides the filter itself.
 FITTING_FIELDS = ("target_fpr", "fpr_confidence", "false_positive_rate", "detection_rate",
                   "top_fraction", "score")
+_TOP_OPTIONAL = ("neuralcleanse_version", "layer_name", *FITTING_FIELDS)
 _MODEL_REQUIRED = ("input_shape", "nb_classes", "channels_first", "clip_values", "output")
 _MODEL_OPTIONAL = ("framework", "model_class", "preprocessing", "file_sha256")
 _LABEL_FIELDS = ("label", "neurons", "center", "scale")

@@ -124,3 +124,30 @@ def test_help_documents_the_pipeline_flags(capsys: pytest.CaptureFixture[str]) -
         assert flag in text
     assert "never" in text and "json" in text
     assert "suspicious" in text and "SUSPICIOUS" in text and "paper" in text
+
+
+@pytest.mark.parametrize("command", ["scan", "mitigate", "filter", "scan-many"])
+def test_help_paragraphs_wrap_to_the_terminal(command: str, capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The docstrings are written to a 100-column margin; at 60 columns no line of the help's
+    prose may end early where the docstring's line did (a ragged, half-empty line)."""
+    import typer
+
+    doc = typer.main.get_command(cli.app).commands[command].help
+    assert "\n\n" in doc and all("\n" not in p for p in doc.split("\n\n"))
+    monkeypatch.setenv("COLUMNS", "60")
+    cli.run([command, "--help"])
+    out = capsys.readouterr().out
+    prose = out.split("╭")[0].splitlines()[3:]  # after the usage line, before the panels
+    body = [line.rstrip() for line in prose if line.strip()]
+    assert len(body) >= 4
+    # every line but each paragraph's last is filled to within a word of the width
+    paragraphs: list[list[str]] = [[]]
+    for line in prose:
+        if line.strip():
+            paragraphs[-1].append(line.rstrip())
+        elif paragraphs[-1]:
+            paragraphs.append([])
+    for paragraph in paragraphs:
+        for line in paragraph[:-1]:
+            assert len(line) >= 45, (command, line)

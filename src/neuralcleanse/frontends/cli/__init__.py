@@ -29,8 +29,10 @@ Errors are printed as one line on stderr, never as a traceback (unless ``--debug
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -96,10 +98,20 @@ def _root(
     _state["debug"] = debug
 
 
-for _command in (scan, mitigate, report, demo):
-    app.command(_command.__name__)(_command)
-app.command("scan-many")(scan_many)
-app.command("filter")(filter_command)
+def command_help(command: Callable[..., Any]) -> str:
+    """``command``'s docstring with each paragraph on one line, for the terminal to wrap.
+
+    Typer keeps a docstring's single line breaks, so text written to a 100-column margin
+    breaks raggedly in a narrower terminal; joined paragraphs wrap at any width.
+    """
+    paragraphs = inspect.getdoc(command) or ""
+    return "\n\n".join(" ".join(line.strip() for line in paragraph.splitlines())
+                       for paragraph in paragraphs.split("\n\n"))
+
+
+for _name, _command in (("scan", scan), ("mitigate", mitigate), ("report", report),
+                        ("demo", demo), ("scan-many", scan_many), ("filter", filter_command)):
+    app.command(_name, help=command_help(_command))(_command)
 
 
 def run(argv: list[str] | None = None) -> int:
